@@ -1,0 +1,32 @@
+# Set-up and the main jobs. Every target creates .venv and installs the project if needed.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+RUN    ?= runs/digits
+PIP_QUIET := -q --disable-pip-version-check
+
+.PHONY: install run test test-slow sigma-sweep compare benchmarks clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install $(PIP_QUIET) -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -c "import ppl_vae.models, ppl_vae.guides, pytest, hypothesis"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## make run: train the canonical VAE on the embedded digits data, then run the workflow analysis
+run: $(STAMP)
+	$(VENV)/bin/ppl-vae fit --out $(RUN) --overwrite
+	@echo "report: $(RUN)/report.md"
+
+## make test: the whole fast suite (statistical long runs: make test-slow)
+test: $(STAMP)
+	$(PY) -m pytest
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow
+
+clean:
+	rm -rf runs build dist *.egg-info .pytest_cache

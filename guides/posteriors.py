@@ -1,0 +1,113 @@
+r"""Heads that turn an encoder's hidden state h(x) into a distribution q(z | x).
+
+- :class:`DiagonalNormal`: :math:`q(z|x) = \mathcal N(\mu(h), \operatorname{diag} s(h)^2)`.
+- :class:`LowRankNormal`: :math:`\mathcal N(\mu(h), W(h) W(h)^\top + \operatorname{diag} d(h))`.
+- :class:`FlowPosterior`: a base head :math:`q_0(z_0|x)` pushed through N conditional
+  transforms :math:`z = T_N(\cdots T_1(z_0; h) \cdots; h)` fed by the same hidden state
+  (Kingma et al. 2016, arXiv:1606.04934; Rezende & Mohamed 2015, arXiv:1505.05770).
+
+The registry :data:`FLOWS` maps a guide name to a constructor of one conditional transform
+``(latent_dim, context_dim) -> ConditionalTransformModule``; :func:`posterior_head` builds
+any head by name.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pyro.distributions as dist
+import pyro.distributions.transforms as T
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["DiagonalNormal", "LowRankNormal", "FlowPosterior", "FLOWS", "GUIDES", "posterior_head"]
+
+MIN_SCALE = 1e-4
+
+
+class DiagonalNormal(nn.Module):
+    """:math:`q(z|x) = \\mathcal N(\\mu(h), \\operatorname{diag} s(h)^2)` from one linear layer."""
+
+    def __init__(self, hidden_dim: int, latent_dim: int):
+        super().__init__()
+        self.linear = nn.Linear(hidden_dim, 2 * latent_dim)
+
+    def forward(self, h: torch.Tensor) -> dist.Distribution:
+        loc, raw_scale = self.linear(h).chunk(2, dim=-1)  # (..., L) each
+        return dist.Normal(loc, F.softplus(raw_scale) + MIN_SCALE).to_event(1)
+
+    base = forward
+
+
+class LowRankNormal(nn.Module):
+    """:math:`\\mathcal N(\\mu, W W^\\top + \\operatorname{diag} d)` with ``W`` of rank ``rank``."""
+
+    def __init__(self, hidden_dim: int, latent_dim: int, rank: int = 2):
+        super().__init__()
+        self.latent_dim, self.rank = latent_dim, rank
+        self.linear = nn.Linear(hidden_dim, latent_dim * (2 + rank))
+
+    def forward(self, h: torch.Tensor) -> dist.Distribution:
+        L, r = self.latent_dim, self.rank
+        out = self.linear(h)
+        loc, raw_diag, factor = out[..., :L], out[..., L : 2 * L], out[..., 2 * L :]
+        cov_factor = factor.reshape(out.shape[:-1] + (L, r)) / r**0.5  # (..., L, r)
+        return dist.LowRankMultivariateNormal(loc, cov_factor, F.softplus(raw_diag) + MIN_SCALE)
+
+    base = forward
+
+
+class FlowPosterior(nn.Module):
+    """A base head followed by conditional transforms, all conditioned on ``h``.
+
+    Transforms are Pyro's conditional transform modules, so log-determinants come from
+    the library and autoregressive permutations are buffers (saved with the weights).
+    """
+
+    def __init__(self, base: nn.Module, transforms: list[nn.Module]):
+        super().__init__()
+        self.base_head = base
+        self.transforms = nn.ModuleList(transforms)
+
+    def base(self, h: torch.Tensor) -> dist.Distribution:
+        return self.base_head(h)
+
+    def forward(self, h: torch.Tensor) -> dist.Distribution:
+        return dist.TransformedDistribution(self.base_head(h), [t.condition(h) for t in self.transforms])
+
+
+def _hidden(latent_dim: int, context_dim: int) -> list[int]:
+    return [max(2 * latent_dim, 32)]
+
+
+FLOWS: dict[str, Callable[[int, int], nn.Module]] = {
+    "iaf": lambda L, H: T.conditional_affine_autoregressive(L, H, hidden_dims=_hidden(L, H)),
+    "naf": lambda L, H: T.conditional_neural_autoregressive(L, H, hidden_dims=_hidden(L, H), width=8),
+    "spline": lambda L, H: T.conditional_spline_autoregressive(L, H, hidden_dims=_hidden(L, H), count_bins=8),
+    "planar": lambda L, H: T.conditional_planar(L, H, hidden_dims=_hidden(L, H)),
+    "radial": lambda L, H: T.conditional_radial(L, H, hidden_dims=_hidden(L, H)),
+    "householder": lambda L, H: T.conditional_householder(L, H, hidden_dims=_hidden(L, H)),
+}
+"""Guide name -> constructor of one conditional transform ``(latent_dim, context_dim)``."""
+
+GUIDES: dict[str, Callable[..., nn.Module]] = {
+    "diagonal": lambda hidden_dim, latent_dim, **_: DiagonalNormal(hidden_dim, latent_dim),
+    "lowrank": lambda hidden_dim, latent_dim, rank=2, **_: LowRankNormal(hidden_dim, latent_dim, rank),
+    **{
+        name: (
+            lambda hidden_dim, latent_dim, flows=2, _make=make, **_: FlowPosterior(
+                DiagonalNormal(hidden_dim, latent_dim), [_make(latent_dim, hidden_dim) for _ in range(flows)]
+            )
+        )
+        for name, make in FLOWS.items()
+    },
+}
+"""Guide name -> constructor of a posterior head ``(hidden_dim, latent_dim, flows, rank)``."""
+
+
+def posterior_head(name: str, hidden_dim: int, latent_dim: int, flows: int = 2, rank: int = 2) -> nn.Module:
+    """Build the posterior head registered under ``name``."""
+    if name not in GUIDES:
+        raise ValueError(f"unknown guide {name!r}; choose one of {', '.join(GUIDES)}")
+    return GUIDES[name](hidden_dim=hidden_dim, latent_dim=latent_dim, flows=flows, rank=rank)

@@ -1,0 +1,23 @@
+"""Generative programs p(z) p(x | z) and their parts (installed as ``ppl_vae.models``)."""
+
+from .likelihoods import LIKELIHOODS, Likelihood, LocScale, Logits, check_scale
+from .networks import MLP, ConvDecoder, ConvEncoder
+from .priors import PRIORS, FlowPrior, MixtureOfGaussians, StandardNormal, VampPrior
+from .vae import VAE
+
+__all__ = [
+    "VAE",
+    "MLP",
+    "ConvDecoder",
+    "ConvEncoder",
+    "Likelihood",
+    "LocScale",
+    "Logits",
+    "LIKELIHOODS",
+    "check_scale",
+    "StandardNormal",
+    "MixtureOfGaussians",
+    "VampPrior",
+    "FlowPrior",
+    "PRIORS",
+]

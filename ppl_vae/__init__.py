@@ -1,0 +1,26 @@
+"""ppl_vae: variational autoencoders as Pyro probabilistic programs, with a Bayesian-workflow bench.
+
+>>> import ppl_vae
+>>> run = ppl_vae.fit(ppl_vae.Config(), "runs/digits")      # doctest: +SKIP
+>>> ppl_vae.load("runs/digits").sample(16).shape            # doctest: +SKIP
+torch.Size([16, 64])
+"""
+
+from .config import Config, DataConfig, GuideConfig, ModelConfig, TrainConfig, load_config
+from .errors import CheckpointError, UserError
+from .run import Run, fit, load
+
+__all__ = [
+    "Config",
+    "DataConfig",
+    "ModelConfig",
+    "GuideConfig",
+    "TrainConfig",
+    "load_config",
+    "UserError",
+    "CheckpointError",
+    "Run",
+    "fit",
+    "load",
+]
+__version__ = "0.1.0"

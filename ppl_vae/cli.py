@@ -1,0 +1,177 @@
+"""The command line: ``ppl-vae fit | sample | evaluate | compare | sigma-sweep``.
+
+Every option of the config dataclasses has one flag, declared once in :data:`OPTIONS`; a
+TOML file given with ``--config`` sets the same keys, and flags override it. User errors
+print one line and exit with status 2; an interrupt exits with 130 after a checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from .config import Config, load_config
+from .errors import UserError
+
+__all__ = ["main", "OPTIONS", "build_parser", "config_from_args"]
+
+# flag -> (section, key, type, help); a flag given on the command line overrides the TOML file
+OPTIONS: dict[str, tuple[str, str, type, str]] = {
+    "--data": ("data", "name", str, "digits | mnist | fashion-mnist | frey | path to .npy/.npz"),
+    "--data-root": ("data", "root", str, "folder or file holding the data set"),
+    "--download": ("data", "download", bool, "let torchvision download MNIST-like data into --data-root"),
+    "--limit": ("data", "limit", int, "keep only the first N training points"),
+    "--binarize": ("data", "binarize", bool, "dynamic binarization x ~ Bernoulli(pixel)"),
+    "--likelihood": ("model", "likelihood", str, "observation model p(x|z)"),
+    "--sigma": ("model", "sigma", float, "σ of the Normal likelihood (fixed), or its initial value"),
+    "--prior": ("model", "prior", str, "standard | mog | vamp | flow"),
+    "--latent-dim": ("model", "latent_dim", int, "dimension L of z"),
+    "--hidden-dim": ("model", "hidden_dim", int, "width of hidden layers"),
+    "--hidden-layers": ("model", "hidden_layers", int, "hidden layers in each MLP"),
+    "--network": ("model", "network", str, "mlp | conv"),
+    "--components": ("model", "n_components", int, "mixture components / VampPrior pseudo-inputs"),
+    "--prior-flows": ("model", "flows", int, "transforms in the flow prior"),
+    "--model": ("model", "program", str, "a user's model program, path/to/file.py:factory"),
+    "--guide": ("guide", "name", str, "diagonal | lowrank | iaf | naf | spline | planar | radial | householder | file.py:factory"),
+    "--flows": ("guide", "flows", int, "transforms in a flow guide"),
+    "--rank": ("guide", "rank", int, "rank of the low-rank guide"),
+    "--epochs": ("train", "epochs", int, "training epochs"),
+    "--batch-size": ("train", "batch_size", int, "minibatch size"),
+    "--lr": ("train", "lr", float, "Adam learning rate"),
+    "--seed": ("train", "seed", int, "random seed"),
+    "--device": ("train", "device", str, "cpu | cuda"),
+    "--elbo": ("train", "elbo", str, "trace | meanfield | iwae"),
+    "--particles": ("train", "particles", int, "K particles of the ELBO (vectorized)"),
+    "--beta": ("train", "beta", float, "weight β of the KL terms"),
+    "--anneal": ("train", "anneal", str, "none | linear | cyclical"),
+    "--anneal-epochs": ("train", "anneal_epochs", int, "warm-up (or cycle) length in epochs"),
+    "--checkpoint-every": ("train", "checkpoint_every", int, "epochs between checkpoints"),
+    "--checkpoint-steps": ("train", "checkpoint_steps", int, "also checkpoint every N steps"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _add_config_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="TOML file with [data], [model], [guide], [train] sections")
+    for flag, (section, key, kind, help_) in OPTIONS.items():
+        dest = f"opt_{section}_{key}"
+        if kind is bool:
+            p.add_argument(flag, dest=dest, action="store_true", default=None, help=help_)
+        else:
+            p.add_argument(flag, dest=dest, type=_typed(kind, flag), default=None, help=help_)
+
+
+def _typed(kind: type, flag: str):
+    def parse(text: str):
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} expects {kind.__name__}, got {text!r}") from None
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def config_from_args(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> Config:
+    """The TOML file (if any) with every flag given on the command line applied on top."""
+    config = load_config(args.config) if getattr(args, "config", None) else Config()
+    for flag, (section, key, _, _) in OPTIONS.items():
+        value = getattr(args, f"opt_{section}_{key}", None)
+        if value is None:
+            continue
+        if flag == "--guide" and ".py:" in value:
+            section, key = "guide", "program"
+        setattr(getattr(config, section), key, value)
+    for dotted, value in (overrides or {}).items():
+        section, key = dotted.split(".")
+        setattr(getattr(config, section), key, value)
+    return config.validate()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="ppl-vae", description="Variational autoencoders as Pyro programs, with a Bayesian-workflow bench.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("fit", help="train a model/guide pair and write a run directory")
+    _add_config_options(p)
+    p.add_argument("--out", help="run directory to create")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("sample", help="decode draws z ~ p(z) of a trained run into an image grid")
+    p.add_argument("run_dir")
+    p.add_argument("--n", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--device", default="cpu")
+    return parser
+
+
+def _fit(args) -> int:
+    from .run import fit
+
+    if args.resume:
+        if args.out and Path(args.out) != Path(args.resume):
+            raise UserError("--resume continues a run in place; leave out --out or give the same directory")
+        run = fit(Config(), args.resume, resume=True, progress=not args.no_progress)
+    else:
+        if not args.out:
+            raise UserError("fit needs --out RUN_DIR")
+        run = fit(config_from_args(args), args.out, overwrite=args.overwrite, progress=not args.no_progress)
+    m = run.metrics
+    print(f"trained {m['epochs']} epochs in {m['seconds']:.1f}s: train ELBO {m['train_elbo']:.2f}, test ELBO {m['test_elbo']:.2f} nats/datapoint -> {run.path}")
+    return 0
+
+
+def _sample(args) -> int:
+    import pyro
+
+    from .plots import plot_images
+    from .run import load
+
+    if args.n < 1:
+        raise UserError(f"--n must be >= 1, got {args.n}")
+    if not args.out.endswith(".png"):
+        raise UserError(f"--out must name a .png file, got {args.out}")
+    run = load(args.run_dir, device=args.device)
+    pyro.set_rng_seed(args.seed)
+    plot_images(run.sample(args.n), run_image_shape(run), args.out)
+    print(f"wrote {args.n} samples to {args.out}")
+    return 0
+
+
+def run_image_shape(run) -> tuple[int, ...]:
+    from .checkpoint import read_state
+
+    return tuple(read_state(run.path / "checkpoint")["extra"]["image_shape"])
+
+
+COMMANDS = {"fit": _fit, "sample": _sample}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .train import Interrupted
+
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as err:
+        print(f"ppl-vae: error: {err}", file=sys.stderr)
+        return 2
+    except Interrupted as err:
+        print(f"ppl-vae: {err}; a checkpoint was saved, continue with --resume", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("ppl-vae: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""Stochastic variational inference on in-memory minibatches.
+
+Each epoch draws one permutation of the training rows (from a generator seeded by the run
+seed and the epoch, so a resumed run sees the same order), slices minibatches off it and
+takes one optimizer step on the chosen objective, with the minibatch scaled to the data set
+by ``poutine.scale(N / B)``. The reported ELBOs are per datapoint, so they compare across
+batch sizes.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from .config import Config
+from .errors import UserError
+from .importance import log_weights, max_plate_nesting
+from .objectives import ANNEALING, Objective
+
+__all__ = ["Trainer", "TrainingDiverged", "Interrupted", "epoch_permutation", "elbo_per_datapoint"]
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite."""
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM arrived; a checkpoint was written at the step boundary."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"interrupted by signal {signum}")
+        self.signum = signum
+
+
+def epoch_permutation(n: int, seed: int, epoch: int, device="cpu") -> torch.Tensor:
+    """The training order of ``epoch``: a function of (seed, epoch) alone."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=generator).to(device)
+
+
+@torch.no_grad()
+def elbo_per_datapoint(program, x: torch.Tensor, batch_size: int = 1024, num_particles: int = 1) -> torch.Tensor:
+    """Monte Carlo ELBO of each row of ``x``: ``(N,)``, from the shared log-weights."""
+    nesting = max_plate_nesting(program.model, program.guide, x[:1])
+    parts = [
+        log_weights(program.model, program.guide, xb, num_particles, nesting).total.mean(0) for xb in x.split(batch_size)
+    ]
+    return torch.cat(parts)
+
+
+@dataclass
+class Trainer:
+    """Fits ``program`` to ``train`` with the objective and schedule of ``config``.
+
+    ``on_epoch(trainer)`` is called after each epoch and ``on_step(trainer)`` after each
+    step (checkpointing); ``history`` holds one dict a completed epoch. The counters are
+    everything a checkpoint needs to resume mid-epoch with the same data order.
+    """
+
+    program: torch.nn.Module
+    config: Config
+    train: torch.Tensor
+    test: torch.Tensor
+    on_epoch: Callable[["Trainer"], None] | None = None
+    on_step: Callable[["Trainer"], None] | None = None
+    on_interrupt: Callable[["Trainer"], None] | None = None
+    progress: bool = True
+    epoch: int = 0  # completed epochs
+    step: int = 0  # optimizer steps taken
+    batch_index: int = 0  # batches of the current epoch already taken
+    epoch_loss: float = 0.0  # their running objective sum
+    history: list[dict] = field(default_factory=list)
+
+    def __post_init__(self):
+        t = self.config.train
+        self.objective = Objective(t.elbo, t.particles)
+        self.optimizer = torch.optim.Adam(self.program.parameters(), lr=t.lr)
+        self._signal: int | None = None
+
+    def beta(self, epoch_fraction: float) -> float:
+        t = self.config.train
+        if t.anneal not in ANNEALING:
+            raise UserError(f"unknown annealing {t.anneal!r}; choose one of {', '.join(ANNEALING)}")
+        return ANNEALING[t.anneal](t.beta, epoch_fraction, t.anneal_epochs)
+
+    def run_epoch(self) -> dict:
+        """Finish the current epoch (from ``batch_index`` on, after a resume) and return its row."""
+        t, n = self.config.train, len(self.train)
+        model, guide = self.program.model, self.program.guide
+        start = time.perf_counter()
+        batches = epoch_permutation(n, t.seed, self.epoch, self.train.device).split(t.batch_size)
+        bar = tqdm(total=len(batches), initial=self.batch_index, desc=f"epoch {self.epoch + 1}/{t.epochs}", leave=False, disable=not self.progress)
+        for i in range(self.batch_index, len(batches)):
+            x = self.train[batches[i]]
+            if self.config.data.binarize:
+                x = torch.bernoulli(x)
+            loss = self.objective(model, guide, x, scale=n / len(x), beta=self.beta(self.epoch + i / len(batches)))
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"the loss became {loss.item()} at epoch {self.epoch + 1}, step {i + 1}; training stopped, the last good checkpoint is kept"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.step += 1
+            self.batch_index = i + 1
+            self.epoch_loss += loss.detach().item() * (len(x) / n)  # Σ_i of the batch's per-datapoint objective
+            bar.update()
+            if self.on_step is not None:
+                self.on_step(self)
+            if self._signal is not None:
+                if self.on_interrupt is not None:
+                    self.on_interrupt(self)
+                raise Interrupted(self._signal)
+        bar.close()
+        row = {
+            "epoch": self.epoch + 1,
+            "train_elbo": -self.epoch_loss / n,
+            "test_elbo": elbo_per_datapoint(self.program, self.test).mean().item(),
+            "beta": self.beta(self.epoch + 1),
+            "seconds": time.perf_counter() - start,
+        }
+        self.epoch, self.batch_index, self.epoch_loss = self.epoch + 1, 0, 0.0
+        return row
+
+    def fit(self) -> list[dict]:
+        t = self.config.train
+        check = self.train[: min(2, len(self.train))]
+        self.objective.check(self.program.model, self.program.guide, check)
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if _main_thread() else {}
+        try:
+            bar = tqdm(range(self.epoch, t.epochs), desc="training", disable=not self.progress)
+            for _ in bar:
+                row = self.run_epoch()
+                self.history.append(row)
+                bar.set_postfix(train=f"{row['train_elbo']:.2f}", test=f"{row['test_elbo']:.2f}")
+                if self.on_epoch is not None:
+                    self.on_epoch(self)
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        return self.history
+
+    def _on_signal(self, signum, frame):
+        self._signal = signum
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()

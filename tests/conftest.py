@@ -1,0 +1,50 @@
+import os
+from pathlib import Path
+
+import pyro
+import pytest
+import torch
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _pyro_state():
+    """Validation on, a clean param store and a fixed seed for every test."""
+    pyro.enable_validation(True)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    yield
+    pyro.clear_param_store()
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data sets not found at {SHARED_DATA} (only present beside the development checkout)")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def digits():
+    from ppl_vae.config import DataConfig
+    from ppl_vae.data import load_data
+
+    return load_data(DataConfig())
+
+
+def tiny_config(**sections):
+    """A fast config: few epochs, small networks; ``sections`` override fields, e.g. train={"epochs": 2}."""
+    from ppl_vae.config import Config
+
+    config = Config()
+    config.train.epochs = 2
+    config.model.hidden_dim = 32
+    config.train.batch_size = 128
+    for section, values in sections.items():
+        for key, value in values.items():
+            setattr(getattr(config, section), key, value)
+    return config.validate()
+
+
+os.environ.setdefault("TQDM_DISABLE", "1")
