@@ -102,24 +102,21 @@ def build_program(cfg: Config, data_dim: int, image_shape: tuple[int, ...], init
             pseudo-inputs); ``None`` when the weights will be loaded from a checkpoint anyway.
     """
     m, g = cfg.model, cfg.guide
-    if m.program and g.program and m.program == g.program:
-        shared = _user_module(m.program, "model", "model", data_dim, m.latent_dim)
-        if not callable(getattr(shared, "guide", None)):
-            raise UserError(f"{m.program} must return a module with model(x) and guide(x)")
-        return Program(shared, shared)
-
+    model_module = _user_module(m.program, "model", "model", data_dim, m.latent_dim) if m.program else None
     encoder_net, decoder_net = _pick(NETWORKS, m.network, "network")
-    if g.program:
+    if g.program and g.program != m.program:
         guide_module = _user_module(g.program, "guide", "guide", data_dim, m.latent_dim)
+    elif model_module is not None:  # a user's model brings its own guide (its latent sites)
+        if not callable(getattr(model_module, "guide", None)):
+            raise UserError(f"{m.program} has no guide(x); give one with --guide path/to/file.py:factory")
+        guide_module = model_module
     else:
         _pick(GUIDES, g.name, "guide")
         net = encoder_net(data_dim, image_shape, m.hidden_dim, m.hidden_layers)
         head = posterior_head(g.name, m.hidden_dim, m.latent_dim, flows=g.flows, rank=g.rank)
         guide_module = AmortizedGuide(Encoder(net, head))
 
-    if m.program:
-        model_module = _user_module(m.program, "model", "model", data_dim, m.latent_dim)
-    else:
+    if model_module is None:
         make_likelihood = _pick(LIKELIHOODS, m.likelihood, "likelihood")
         make_prior = _pick(PRIORS, m.prior, "prior")
         encoder = getattr(guide_module, "encoder", None)

@@ -22,11 +22,12 @@ from typing import Callable
 
 import pyro.poutine as poutine
 import torch
+from pyro.distributions.kl import kl_divergence
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from pyro.poutine.messenger import Messenger
 
 from .errors import UserError
-from .importance import log_mean_exp, log_weights, max_plate_nesting
+from .importance import latent_sites, log_mean_exp, log_weights, max_plate_nesting
 
 __all__ = ["ScaleLatent", "Objective", "ELBOS", "ANNEALING"]
 
@@ -68,16 +69,32 @@ class Objective:
 
     def check(self, model, guide, x: torch.Tensor) -> None:
         """Raise :class:`UserError` if this objective cannot be computed for the pair."""
-        try:
-            with torch.no_grad():
-                loss = self(model, guide, x[:2])
-        except NotImplementedError:
-            raise UserError(
-                f"the {self.name!r} ELBO needs a closed-form KL between guide and prior, which this pair "
-                "does not have; use --elbo trace"
-            ) from None
+        x = x[:2]
+        if self.name == "meanfield":
+            # TraceMeanField_ELBO silently falls back to Monte Carlo; an analytic ELBO was asked for
+            missing = _sites_without_closed_form_kl(model, guide, x)
+            if missing:
+                raise UserError(
+                    f"the meanfield ELBO needs a closed-form KL between guide and prior, which site(s) "
+                    f"{', '.join(missing)} do not have; use --elbo trace"
+                )
+        with torch.no_grad():
+            loss = self(model, guide, x)
         if not torch.isfinite(loss):
             raise UserError(f"the {self.name!r} ELBO is not finite at initialisation")
+
+
+@torch.no_grad()
+def _sites_without_closed_form_kl(model, guide, x: torch.Tensor) -> list[str]:
+    guide_trace = poutine.trace(guide).get_trace(x)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
+    missing = []
+    for site in latent_sites(model_trace):
+        try:
+            kl_divergence(guide_trace.nodes[site["name"]]["fn"], site["fn"])
+        except NotImplementedError:
+            missing.append(site["name"])
+    return missing
 
 
 def _trace(particles: int):

@@ -139,6 +139,10 @@ def fit(
         state = read_state(out / "checkpoint")
         config = from_dict(state["config"])
     config.validate()
+    for part in (config.model, config.guide):  # a run must find its program again from anywhere
+        if part.program:
+            path, _, attr = part.program.rpartition(":")
+            part.program = f"{Path(path).resolve()}:{attr}" if path else part.program
     device = resolve_device(config.train.device)
     data = data if data is not None else load_data(config.data)
     check_support(config, data)
