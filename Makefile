@@ -19,6 +19,7 @@ install: $(STAMP)
 ## make run: train the canonical VAE on the embedded digits data, then run the workflow analysis
 run: $(STAMP)
 	$(VENV)/bin/ppl-vae fit --out $(RUN) --overwrite
+	$(VENV)/bin/ppl-vae evaluate $(RUN)
 	@echo "report: $(RUN)/report.md"
 
 ## make test: the whole fast suite (statistical long runs: make test-slow)

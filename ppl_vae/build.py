@@ -46,8 +46,19 @@ def _mlp_decoder(latent_dim, data_dim, image_shape, hidden_dim, layers, params_p
     return MLP([latent_dim] + [hidden_dim] * layers + [data_dim * params_per_pixel])
 
 
+class _Identity(nn.Identity):
+    def __init__(self, features: int):
+        super().__init__()
+        self.out_features = features
+
+
 NETWORKS: dict[str, tuple[Callable, Callable]] = {
     "mlp": (_mlp_encoder, _mlp_decoder),
+    # a linear VAE: x -> q(z|x) by one affine map, z -> f(z) = Wz + b (probabilistic PCA's model)
+    "linear": (
+        lambda data_dim, image_shape, hidden_dim, layers: _Identity(data_dim),
+        lambda latent_dim, data_dim, image_shape, hidden_dim, layers, ppp: nn.Linear(latent_dim, data_dim * ppp),
+    ),
     "conv": (
         lambda data_dim, image_shape, hidden_dim, layers: ConvEncoder(image_shape, hidden_dim),
         lambda latent_dim, data_dim, image_shape, hidden_dim, layers, ppp: ConvDecoder(latent_dim, image_shape, ppp),
@@ -113,7 +124,7 @@ def build_program(cfg: Config, data_dim: int, image_shape: tuple[int, ...], init
     else:
         _pick(GUIDES, g.name, "guide")
         net = encoder_net(data_dim, image_shape, m.hidden_dim, m.hidden_layers)
-        head = posterior_head(g.name, m.hidden_dim, m.latent_dim, flows=g.flows, rank=g.rank)
+        head = posterior_head(g.name, net.out_features, m.latent_dim, flows=g.flows, rank=g.rank)
         guide_module = AmortizedGuide(Encoder(net, head))
 
     if model_module is None:

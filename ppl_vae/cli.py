@@ -105,6 +105,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
+    p = sub.add_parser("evaluate", help="Bayesian-workflow analysis of a trained run (writes evaluation.json)")
+    p.add_argument("run_dir")
+    p.add_argument("--k", type=int, default=1000, help="importance samples per test point")
+    p.add_argument("--points", type=int, default=0, help="evaluate only the first N test points (0 = all)")
+    p.add_argument("--gap-points", type=int, default=100, help="test points whose guides are refined for the gaps")
+    p.add_argument("--sbc-simulations", type=int, default=500)
+    p.add_argument("--data", help="evaluate on another data set (name or path); default: the run's test split")
+    p.add_argument("--data-root", default="", help="folder or file holding that data set")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true")
+
     p = sub.add_parser("sample", help="decode draws z ~ p(z) of a trained run into an image grid")
     p.add_argument("run_dir")
     p.add_argument("--n", type=int, default=64)
@@ -142,18 +154,37 @@ def _sample(args) -> int:
         raise UserError(f"--out must name a .png file, got {args.out}")
     run = load(args.run_dir, device=args.device)
     pyro.set_rng_seed(args.seed)
-    plot_images(run.sample(args.n), run_image_shape(run), args.out)
+    plot_images(run.sample(args.n), run.image_shape, args.out)
     print(f"wrote {args.n} samples to {args.out}")
     return 0
 
 
-def run_image_shape(run) -> tuple[int, ...]:
-    from .checkpoint import read_state
+def _evaluate(args) -> int:
+    from dataclasses import replace
 
-    return tuple(read_state(run.path / "checkpoint")["extra"]["image_shape"])
+    from .data import load_data
+    from .run import load
+    from .workflow import WorkflowConfig, evaluate_run
+
+    config = WorkflowConfig(k=args.k, points=args.points, gap_points=args.gap_points, sbc_simulations=args.sbc_simulations, seed=args.seed).validate()
+    run = load(args.run_dir, device=args.device)
+    x = None
+    if args.data:
+        other = load_data(replace(run.config.data, name=args.data, root=args.data_root, limit=0))
+        if other.data_dim != run.dataset().data_dim:
+            raise UserError(f"{args.data} has {other.data_dim} values a row; the run was trained on {run.dataset().data_dim}")
+        x = other.test
+    r = evaluate_run(run, config, x=x, progress=not args.no_progress)
+    print(
+        f"log p(x) {r['log_px']:.2f} ± {r['log_px_se']:.2f}, ELBO {r['elbo']:.2f}, KL {r['kl']:.2f}, "
+        f"k̂ mean {r['khat_mean']:.2f} ({r['khat_frac_gt_0_7']:.0%} > 0.7), active units {r['active_units']}, "
+        f"gaps: approximation {r['approximation_gap']:.2f}, amortization {r['amortization_gap']:.2f}, "
+        f"SBC p {r['sbc_pvalue']:.2g} -> {run.path}/evaluation.json"
+    )
+    return 0
 
 
-COMMANDS = {"fit": _fit, "sample": _sample}
+COMMANDS = {"fit": _fit, "evaluate": _evaluate, "sample": _sample}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

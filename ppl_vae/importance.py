@@ -102,7 +102,8 @@ def log_weights(
     num_particles: int = 1,
     nesting: int | None = None,
     plate: str = DATA_PLATE,
-) -> LogWeights:
+    return_traces: bool = False,
+):
     """Importance log-weights of ``num_particles`` draws from ``guide(x)`` under ``model(x)``.
 
     Args:
@@ -112,7 +113,8 @@ def log_weights(
         nesting: the pair's :func:`max_plate_nesting` (computed when not given).
 
     Returns:
-        :class:`LogWeights` with ``(K, B)`` tensors (with gradients, unless called under no_grad).
+        :class:`LogWeights` with ``(K, B)`` tensors (with gradients, unless called under no_grad);
+        with ``return_traces``, also the guide and model traces they came from.
 
     Example:
         >>> import pyro.distributions as dist
@@ -145,4 +147,5 @@ def log_weights(
             log_ratio = log_ratio + term
     for site in _sample_sites(guide_trace):
         log_ratio = log_ratio - _per_datapoint(site, full_rank, K, B, plate)
-    return LogWeights(log_lik, log_ratio)
+    weights = LogWeights(log_lik, log_ratio)
+    return (weights, guide_trace, model_trace) if return_traces else weights

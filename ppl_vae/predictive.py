@@ -24,7 +24,7 @@ def observed_site(trace) -> dict:
 
 @torch.no_grad()
 def _replayed(model, guide, x: torch.Tensor, num_particles: int):
-    return replayed_traces(model, guide, x, num_particles, max_plate_nesting(model, guide, x[:1]))
+    return replayed_traces(model, guide, x, num_particles, max_plate_nesting(model, guide, x))
 
 
 def reconstruct(model, guide, x: torch.Tensor, num_particles: int = 1) -> torch.Tensor:
@@ -44,16 +44,19 @@ def posterior_predictive(model, guide, x: torch.Tensor, num_particles: int = 1):
 
 
 @torch.no_grad()
-def prior_decode(model, n: int, data_dim: int, device="cpu") -> torch.Tensor:
+def prior_decode(model, n: int, data_dim: int, device="cpu", dtype=None) -> torch.Tensor:
     """Decodings E[x | z] of n draws z ~ p(z): ``(n, D)``."""
-    trace = poutine.trace(model).get_trace(torch.zeros(n, data_dim, device=device))
+    trace = poutine.trace(model).get_trace(torch.zeros(n, data_dim, device=device, dtype=dtype))
     return observed_site(trace)["fn"].mean.expand(n, data_dim)
 
 
 @torch.no_grad()
-def prior_predictive(model, n: int, data_dim: int, device="cpu"):
-    """Draws z ~ p(z) (a dict by site) and x ~ p(x | z) ``(n, D)``, the observation released."""
-    placeholder = torch.zeros(n, data_dim, device=device)
+def prior_predictive(model, n: int, data_dim: int, device="cpu", dtype=None):
+    """Draws z ~ p(z) (a dict by site) and x ~ p(x | z) ``(n, D)``, the observation released.
+
+    The model is run on a placeholder batch of zeros (of ``dtype``) only for its shape.
+    """
+    placeholder = torch.zeros(n, data_dim, device=device, dtype=dtype)
     name = observed_site(poutine.trace(model).get_trace(placeholder[:1]))["name"]
     trace = poutine.trace(poutine.uncondition(model)).get_trace(placeholder)
     latents = {s["name"]: s["value"] for s in latent_sites(trace) if s["name"] != name}

@@ -68,6 +68,8 @@ class Run:
     path: Path
     config: Config
     program: Program
+    data_dim: int
+    image_shape: tuple[int, ...]
     metrics: dict = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
     data: Dataset | None = None
@@ -87,7 +89,7 @@ class Run:
 
     def sample(self, n: int) -> torch.Tensor:
         """Decodings of n draws z ~ p(z): ``(n, D)``."""
-        return prior_decode(self.program.model, n, self.dataset().data_dim if self.data is None else self.data.data_dim, self.device)
+        return prior_decode(self.program.model, n, self.data_dim, self.device)
 
 
 def _write_outputs(run: Run, seconds: float, first_test_elbo: float) -> None:
@@ -149,7 +151,7 @@ def fit(
 
     pyro.set_rng_seed(config.train.seed)
     program = build_program(config, data.data_dim, data.image_shape, init_data=data.train).to(device)
-    run = Run(out, config, program, data=data)
+    run = Run(out, config, program, data.data_dim, tuple(data.image_shape), data=data)
     trainer = Trainer(program, config, data.train.to(device), data.test.to(device))
     if resume:
         state = load_checkpoint(out / "checkpoint", program, trainer.optimizer, restore_rng=True, device=str(device))
@@ -213,11 +215,10 @@ def load(run_dir: str | Path, device: str = "cpu") -> Run:
         raise CheckpointError(f"{run_dir}: the checkpoint's config is invalid: {err}") from None
     dev = resolve_device(device)
     data_dim, image_shape = state["extra"].get("data_dim"), state["extra"].get("image_shape")
-    if data_dim is None:
-        data = load_data(config.data)
-        data_dim, image_shape = data.data_dim, data.image_shape
+    if not isinstance(data_dim, int) or not isinstance(image_shape, list) or not all(isinstance(s, int) for s in image_shape):
+        raise CheckpointError(f"{run_dir}: the checkpoint does not record the data shape")
     program = build_program(config, data_dim, tuple(image_shape)).to(dev)
     load_checkpoint(run_dir / "checkpoint", program, device=str(dev))
     program.eval()
     metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
-    return Run(run_dir, config, program, metrics=metrics, history=state["extra"].get("history", []))
+    return Run(run_dir, config, program, data_dim, tuple(image_shape), metrics=metrics, history=state["extra"].get("history", []))

@@ -46,7 +46,7 @@ def epoch_permutation(n: int, seed: int, epoch: int, device="cpu") -> torch.Tens
 @torch.no_grad()
 def elbo_per_datapoint(program, x: torch.Tensor, batch_size: int = 1024, num_particles: int = 1) -> torch.Tensor:
     """Monte Carlo ELBO of each row of ``x``: ``(N,)``, from the shared log-weights."""
-    nesting = max_plate_nesting(program.model, program.guide, x[:1])
+    nesting = max_plate_nesting(program.model, program.guide, x[:batch_size])
     parts = [
         log_weights(program.model, program.guide, xb, num_particles, nesting).total.mean(0) for xb in x.split(batch_size)
     ]

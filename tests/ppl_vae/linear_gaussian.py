@@ -1,0 +1,58 @@
+"""Probabilistic PCA as a Pyro program, with its exact posterior as a guide: every number is known.
+
+x = W z + b + σ ε,  z ~ N(0, I)   =>   log p(x) = log N(x; b, W Wᵀ + σ² I)
+q*(z | x) = N(M⁻¹ Wᵀ (x − b), σ² M⁻¹),  M = Wᵀ W + σ² I
+"""
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+
+class PPCA(nn.Module):
+    def __init__(self, W: torch.Tensor, b: torch.Tensor, sigma: float):
+        super().__init__()
+        self.register_buffer("W", W)
+        self.register_buffer("b", b)
+        self.sigma = sigma
+
+    def model(self, x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(self.W.shape[1]), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ self.W.T + self.b, self.sigma).to_event(1), obs=x)
+
+    def log_px(self, x):
+        cov = self.W @ self.W.T + self.sigma**2 * torch.eye(len(self.b), dtype=x.dtype)
+        return dist.MultivariateNormal(self.b, cov).log_prob(x)
+
+    def posterior(self, x):
+        L = self.W.shape[1]
+        M = self.W.T @ self.W + self.sigma**2 * torch.eye(L, dtype=x.dtype)
+        loc = torch.linalg.solve(M, self.W.T @ (x - self.b).T).T  # (B, L)
+        return loc, self.sigma**2 * torch.linalg.inv(M)
+
+    def sample(self, n, generator=None):
+        z = torch.randn(n, self.W.shape[1], dtype=self.W.dtype, generator=generator)
+        return z @ self.W.T + self.b + self.sigma * torch.randn(n, len(self.b), dtype=self.W.dtype, generator=generator)
+
+
+class PosteriorGuide(nn.Module):
+    """The exact posterior, optionally with its spread scaled by ``width`` and its mean shifted."""
+
+    def __init__(self, ppca: PPCA, width: float = 1.0, shift: float = 0.0):
+        super().__init__()
+        self.ppca, self.width, self.shift = ppca, width, shift
+
+    def guide(self, x):
+        loc, cov = self.ppca.posterior(x)
+        scale_tril = self.width * torch.linalg.cholesky(cov)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.MultivariateNormal(loc + self.shift, scale_tril=scale_tril))
+
+
+def make(data_dim=5, latent_dim=2, sigma=0.5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(data_dim, latent_dim, dtype=torch.float64, generator=g)
+    b = torch.randn(data_dim, dtype=torch.float64, generator=g)
+    return PPCA(W, b, sigma)
