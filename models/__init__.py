@@ -1,6 +1,6 @@
 """Generative programs p(z) p(x | z) and their parts (installed as ``ppl_vae.models``)."""
 
-from .likelihoods import LIKELIHOODS, Likelihood, LocScale, Logits, check_scale
+from .likelihoods import LIKELIHOODS, IsotropicNormal, Likelihood, LocScale, Logits, check_scale
 from .networks import MLP, ConvDecoder, ConvEncoder
 from .priors import PRIORS, FlowPrior, MixtureOfGaussians, StandardNormal, VampPrior
 from .vae import VAE
@@ -11,6 +11,7 @@ __all__ = [
     "ConvDecoder",
     "ConvEncoder",
     "Likelihood",
+    "IsotropicNormal",
     "LocScale",
     "Logits",
     "LIKELIHOODS",

@@ -33,7 +33,7 @@ from .predictive import observed_site
 __all__ = ["PointEstimates", "importance_sample", "psis_khat", "active_units", "summarize", "ACTIVE_THRESHOLD"]
 
 ACTIVE_THRESHOLD = 0.01
-ROWS_PER_CHUNK = 1 << 15  # particles x points decoded at once: bounds memory, stays cache-friendly
+ROWS_PER_CHUNK = 1 << 13  # particles x points decoded at once: bounds memory, stays cache-friendly
 
 
 @dataclass
@@ -88,7 +88,7 @@ def importance_sample(
             log_lik_sum[rows_] += lw.log_lik.sum(0).double().cpu()
             log_ratio_sum[rows_] += lw.log_ratio.sum(0).double().cpu()
             mean = observed_site(model_trace)["fn"].mean  # (kk, b, D) decodings E[x|z]
-            sse_sum[rows_] += ((xb - mean) ** 2).mean(-1).expand(kk, b).sum(0).double().cpu()
+            sse_sum[rows_] += (mean - xb).square_().mean(-1).expand(kk, b).sum(0).double().cpu()
             z = torch.cat([s["value"].reshape(kk, b, -1) for s in latent_sites(guide_trace)], dim=-1)  # (kk, b, Z)
             if z_sum is None:
                 z_sum = torch.zeros(n, z.shape[-1], dtype=torch.float64)

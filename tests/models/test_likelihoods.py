@@ -113,3 +113,18 @@ def test_learned_sigma_has_gradient():
         assert lik.log_sigma.shape == shape
         lik(torch.zeros(2, 4)).log_prob(torch.ones(2, 4)).sum().backward()
         assert lik.log_sigma.grad is not None and torch.all(lik.log_sigma.grad != 0)
+
+
+def test_isotropic_normal_is_the_normal():
+    from ppl_vae.models import IsotropicNormal
+
+    loc = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 4, 3, dtype=torch.float64)
+    fast, slow = IsotropicNormal(loc, 0.3), dist.Normal(loc, 0.3)
+    torch.testing.assert_close(fast.log_prob(x), slow.log_prob(x))
+    (g_fast,) = torch.autograd.grad(fast.log_prob(x).sum(), loc)
+    (g_slow,) = torch.autograd.grad(slow.log_prob(x).sum(), loc)
+    torch.testing.assert_close(g_fast, g_slow)
+    expanded = fast.expand((5, 4, 3))
+    assert isinstance(expanded, IsotropicNormal) and expanded.sigma == 0.3
+    torch.testing.assert_close(expanded.log_prob(x[0]), slow.expand((5, 4, 3)).log_prob(x[0]))

@@ -22,7 +22,7 @@ def synthetic(n=3000, seed=0):
     return Dataset("synthetic", x[: n - 500], x[n - 500 :], (6,))
 
 
-def train_linear_vae(sigma2: float, epochs: int = 60):
+def train_linear_vae(sigma2: float, epochs: int = 150):
     """Train the linear VAE with fixed σ² and return (measured, pPCA-predicted) active units."""
     data = synthetic()
     config = tiny_config(

@@ -1,0 +1,40 @@
+"""Helpers shared by the benchmark scripts: data, a reference VAE of the same networks, timing."""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def mnist(points: int | None = None, split: str = "x_test") -> torch.Tensor | None:
+    """MNIST rows in [0, 1] from ../shared/data, or None where it is absent."""
+    path = ROOT.parent / "shared" / "data" / "mnist" / "mnist.npz"
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as f:
+        x = f[split][:points].reshape(-1, 784).astype(np.float32) / 255.0
+    return torch.from_numpy(x)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_worker(script: str, args: list[str]) -> dict:
+    """Run ``script --worker ...`` in a fresh process (its own peak memory) and read its JSON line."""
+    out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def median(values) -> float:
+    return statistics.median(values)
