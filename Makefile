@@ -29,5 +29,11 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow
 
+## make sigma-sweep: the "Why MSE?" numbers and figures, embedded into README.md
+SWEEP ?= runs/sigma-sweep
+sigma-sweep: $(STAMP)
+	$(VENV)/bin/ppl-vae sigma-sweep --sigmas 0.03,0.05,0.1,0.2,0.4 --latent-dim 16 --out $(SWEEP)
+	$(PY) docs/embed_sweep.py $(SWEEP)
+
 clean:
 	rm -rf runs build dist *.egg-info .pytest_cache

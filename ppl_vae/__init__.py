@@ -8,7 +8,10 @@ torch.Size([16, 64])
 
 from .config import Config, DataConfig, GuideConfig, ModelConfig, TrainConfig, load_config
 from .errors import CheckpointError, UserError
+from .compare import Comparison, compare
 from .run import Run, fit, load
+from .sweep import sigma_sweep
+from .workflow import WorkflowConfig, evaluate_run
 
 __all__ = [
     "Config",
@@ -22,5 +25,10 @@ __all__ = [
     "Run",
     "fit",
     "load",
+    "WorkflowConfig",
+    "evaluate_run",
+    "Comparison",
+    "compare",
+    "sigma_sweep",
 ]
 __version__ = "0.1.0"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from .config import Config, load_config
 from .errors import UserError
@@ -78,19 +78,26 @@ def _typed(kind: type, flag: str):
     return parse
 
 
-def config_from_args(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> Config:
+def _add_workflow_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--k", type=int, default=1000, help="importance samples per test point")
+    p.add_argument("--points", type=int, default=0, help="evaluate only the first N test points (0 = all)")
+    p.add_argument("--gap-points", type=int, default=100, help="test points whose guides are refined for the gaps")
+    p.add_argument("--sbc-simulations", type=int, default=500, help="simulated (z, x) pairs for calibration")
+    p.add_argument("--eval-seed", dest="eval_seed", type=int, default=0, help="seed of the evaluation draws")
+
+
+def _workflow_config(args):
+    from .workflow import WorkflowConfig
+
+    return WorkflowConfig(
+        k=args.k, points=args.points, gap_points=args.gap_points, sbc_simulations=args.sbc_simulations, seed=args.eval_seed
+    ).validate()
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
     """The TOML file (if any) with every flag given on the command line applied on top."""
     config = load_config(args.config) if getattr(args, "config", None) else Config()
-    for flag, (section, key, _, _) in OPTIONS.items():
-        value = getattr(args, f"opt_{section}_{key}", None)
-        if value is None:
-            continue
-        if flag == "--guide" and ".py:" in value:
-            section, key = "guide", "program"
-        setattr(getattr(config, section), key, value)
-    for dotted, value in (overrides or {}).items():
-        section, key = dotted.split(".")
-        setattr(getattr(config, section), key, value)
+    explicit_overrides(args)(config)
     return config.validate()
 
 
@@ -107,14 +114,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="Bayesian-workflow analysis of a trained run (writes evaluation.json)")
     p.add_argument("run_dir")
-    p.add_argument("--k", type=int, default=1000, help="importance samples per test point")
-    p.add_argument("--points", type=int, default=0, help="evaluate only the first N test points (0 = all)")
-    p.add_argument("--gap-points", type=int, default=100, help="test points whose guides are refined for the gaps")
-    p.add_argument("--sbc-simulations", type=int, default=500)
+    _add_workflow_options(p)
     p.add_argument("--data", help="evaluate on another data set (name or path); default: the run's test split")
     p.add_argument("--data-root", default="", help="folder or file holding that data set")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("sigma-sweep", help="train the fixed-σ model at several σ and compare rate, distortion, identity")
+    _add_config_options(p)
+    p.add_argument("--sigmas", default="0.03,0.05,0.1,0.2,0.4", help="comma-separated σ values")
+    _add_workflow_options(p)
+    p.add_argument("--out", required=True, help="directory for the sweep")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("compare", help="train and evaluate variants on equal terms, ranked by held-out log p(x)")
+    _add_config_options(p)
+    p.add_argument("--variants", nargs="*", default=[], metavar="FILE.toml", help="one TOML file a variant (name = file stem)")
+    p.add_argument("--grid", default="", help="e.g. 'guide=diagonal,iaf;prior=standard,vamp'")
+    p.add_argument("--seeds", type=int, default=1, help="train every variant with this many seeds")
+    _add_workflow_options(p)
+    p.add_argument("--out", required=True, help="directory for the comparison (finished runs in it are reused)")
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("sample", help="decode draws z ~ p(z) of a trained run into an image grid")
@@ -164,9 +183,9 @@ def _evaluate(args) -> int:
 
     from .data import load_data
     from .run import load
-    from .workflow import WorkflowConfig, evaluate_run
+    from .workflow import evaluate_run
 
-    config = WorkflowConfig(k=args.k, points=args.points, gap_points=args.gap_points, sbc_simulations=args.sbc_simulations, seed=args.seed).validate()
+    config = _workflow_config(args)
     run = load(args.run_dir, device=args.device)
     x = None
     if args.data:
@@ -184,7 +203,44 @@ def _evaluate(args) -> int:
     return 0
 
 
-COMMANDS = {"fit": _fit, "evaluate": _evaluate, "sample": _sample}
+def _sigma_sweep(args) -> int:
+    from .sweep import parse_sigmas, sigma_sweep
+
+    sigmas = parse_sigmas(args.sigmas)
+    rows = sigma_sweep(sigmas, config_from_args(args), args.out, _workflow_config(args), progress=not args.no_progress)
+    from .sweep import sweep_table
+
+    print(sweep_table(rows), end="")
+    print(f"-> {args.out}/sweep.md, {args.out}/figures/")
+    return 0
+
+
+def explicit_overrides(args):
+    """A function applying the options given on the command line (the shared budget) to a config."""
+    given = [(flag, spec) for flag, spec in OPTIONS.items() if getattr(args, f"opt_{spec[0]}_{spec[1]}", None) is not None]
+
+    def apply(config):
+        for flag, (section, key, _, _) in given:
+            value = getattr(args, f"opt_{section}_{key}")
+            if flag == "--guide" and ".py:" in value:
+                section, key = "guide", "program"
+            setattr(getattr(config, section), key, value)
+
+    return apply
+
+
+def _compare(args) -> int:
+    from .compare import compare, variants_from
+
+    base = config_from_args(args)
+    variants = variants_from(base, args.variants, args.grid, explicit_overrides(args))
+    comparison = compare(variants, args.out, _workflow_config(args), seeds=args.seeds, progress=not args.no_progress)
+    print(comparison.to_markdown(), end="")
+    print(f"-> {args.out}/comparison.md, comparison.csv, comparison.json, figures/")
+    return 0
+
+
+COMMANDS = {"fit": _fit, "evaluate": _evaluate, "compare": _compare, "sigma-sweep": _sigma_sweep, "sample": _sample}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,6 +7,7 @@ not here: configs have no side effects.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import tomllib
@@ -130,9 +131,9 @@ def _coerce(section: str, key: str, value: Any, kind: type) -> Any:
     raise UserError(f"{where} must be of type {kind.__name__}, got {value!r}")
 
 
-def from_dict(data: dict[str, Any]) -> Config:
-    """Build a :class:`Config` from nested dicts, refusing unknown sections, keys and types."""
-    config = Config()
+def from_dict(data: dict[str, Any], base: Config | None = None) -> Config:
+    """Build a :class:`Config` from nested dicts (on top of ``base``), refusing unknown sections, keys and types."""
+    config = copy.deepcopy(base) if base is not None else Config()
     for section, values in data.items():
         if section not in SECTIONS:
             raise UserError(f"unknown config section [{section}]; expected one of {', '.join(SECTIONS)}")
@@ -147,8 +148,8 @@ def from_dict(data: dict[str, Any]) -> Config:
     return config
 
 
-def load_config(path: str | Path) -> Config:
-    """Read a TOML config file."""
+def load_config(path: str | Path, base: Config | None = None) -> Config:
+    """Read a TOML config file (its keys set on top of ``base``, or of the defaults)."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
@@ -157,7 +158,7 @@ def load_config(path: str | Path) -> Config:
         raise UserError(f"config file not found: {path}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"config file {path} is not valid TOML: {err}") from None
-    return from_dict(data)
+    return from_dict(data, base)
 
 
 def _toml_value(value: Any) -> str:

@@ -47,6 +47,7 @@ class PointEstimates:
     distortion: torch.Tensor  # (N,) -E_q log p(x|z)
     mse: torch.Tensor  # (N,) E_q mean_d (x_d - E[x_d|z])^2
     latent_mean: torch.Tensor  # (N, total latent dims) E_q[z], all latent sites concatenated
+    latent_var: torch.Tensor  # (N, total latent dims) Var_q[z]
 
     @property
     def k(self) -> int:
@@ -76,6 +77,7 @@ def importance_sample(
     log_ratio_sum = torch.zeros(n, dtype=torch.float64)
     sse_sum = torch.zeros(n, dtype=torch.float64)
     z_sum: torch.Tensor | None = None
+    z2_sum: torch.Tensor | None = None
     bar = tqdm(total=n * k, desc=f"importance sampling (K={k})", unit="draw", unit_scale=True, disable=not progress, leave=False)
     for start in range(0, n, n_chunk):
         xb = x[start : start + n_chunk]
@@ -92,7 +94,9 @@ def importance_sample(
             z = torch.cat([s["value"].reshape(kk, b, -1) for s in latent_sites(guide_trace)], dim=-1)  # (kk, b, Z)
             if z_sum is None:
                 z_sum = torch.zeros(n, z.shape[-1], dtype=torch.float64)
+                z2_sum = torch.zeros(n, z.shape[-1], dtype=torch.float64)
             z_sum[rows_] += z.sum(0).double().cpu()
+            z2_sum[rows_] += z.square().sum(0).double().cpu()
             bar.update(b * kk)
     bar.close()
     return PointEstimates(
@@ -103,6 +107,7 @@ def importance_sample(
         distortion=-log_lik_sum / k,
         mse=sse_sum / k,
         latent_mean=z_sum / k,
+        latent_var=(z2_sum / k - (z_sum / k) ** 2).clamp(min=0) * (k / max(k - 1, 1)),
     )
 
 
@@ -155,6 +160,7 @@ def summarize(est: PointEstimates, khat: np.ndarray) -> dict:
         "mse": float(est.mse.mean()),
         "active_units": n_active,
         "latent_variance": [float(v) for v in variance],
+        "posterior_variance": [float(v) for v in est.latent_var.mean(0)],
         "khat_mean": float(np.mean(khat)),
         "khat_max": float(np.max(khat)),
         "khat_frac_gt_0_7": float(np.mean(khat > 0.7)),

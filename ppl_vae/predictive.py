@@ -14,9 +14,9 @@ from .importance import latent_sites, max_plate_nesting, replayed_traces
 __all__ = ["observed_site", "reconstruct", "prior_decode", "prior_predictive", "posterior_predictive"]
 
 
-def observed_site(trace) -> dict:
-    """The (single) observed sample site of a model trace."""
-    sites = [s for s in trace.nodes.values() if s["type"] == "sample" and s["is_observed"]]
+def observed_site(trace, conditioned: frozenset | set = frozenset()) -> dict:
+    """The (single) observed sample site of a model trace, not counting ``conditioned`` latents."""
+    sites = [s for s in trace.nodes.values() if s["type"] == "sample" and s["is_observed"] and s["name"] not in conditioned]
     if len(sites) != 1:
         raise ValueError(f"expected one observed site, found {[s['name'] for s in sites]}")
     return sites[0]

@@ -106,6 +106,9 @@ def evaluate_run(run, config: WorkflowConfig | None = None, x: torch.Tensor | No
     wp.plot_ppc(idata, figures / "ppc.png")
     wp.plot_sbc(sbc, figures / "sbc.png")
 
+    with atomic_path(out / "pointwise.npz") as tmp:
+        with open(tmp, "wb") as f:  # per-point numbers for paired comparisons; plain arrays, no pickle
+            np.savez(f, log_px=est.log_px.numpy(), elbo=est.elbo.numpy(), kl=est.kl.numpy(), khat=khat)
     write_json(out / "evaluation.json", result)
     write_report(out)
     return result
@@ -114,4 +117,6 @@ def evaluate_run(run, config: WorkflowConfig | None = None, x: torch.Tensor | No
 def _subset(est, n: int):
     from dataclasses import replace
 
-    return replace(est, **{f: getattr(est, f)[:n] for f in ("log_w", "log_px", "elbo", "kl", "distortion", "mse", "latent_mean")})
+    from dataclasses import fields
+
+    return replace(est, **{f.name: getattr(est, f.name)[:n] for f in fields(est)})
