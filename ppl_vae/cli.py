@@ -52,9 +52,18 @@ OPTIONS: dict[str, tuple[str, str, type, str]] = {
 }
 
 
+def one_line(message: str) -> str:
+    """The message on one printable line: control and line-break characters escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message))
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)  # "--ove" must not mean --overwrite
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str):  # one line, exit 2
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"{self.prog}: error: {one_line(message)}\n")
 
 
 def _add_config_options(p: argparse.ArgumentParser) -> None:
@@ -250,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except UserError as err:
-        print(f"ppl-vae: error: {err}", file=sys.stderr)
+        print(f"ppl-vae: error: {one_line(err)}", file=sys.stderr)
         return 2
     except Interrupted as err:
         print(f"ppl-vae: {err}; a checkpoint was saved, continue with --resume", file=sys.stderr)

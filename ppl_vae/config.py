@@ -68,6 +68,7 @@ class TrainConfig:
     anneal_epochs: int = 10  # length of a warm-up (or of one cycle)
     checkpoint_every: int = 1  # epochs between checkpoints
     checkpoint_steps: int = 0  # also checkpoint every N optimizer steps (0 = off)
+    pyro_validation: bool = False  # Pyro's shape/support checks on every step (always on for the first)
 
 
 @dataclass

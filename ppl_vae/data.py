@@ -58,11 +58,14 @@ def validate_array(x: np.ndarray, name: str) -> np.ndarray:
     if np.iscomplexobj(x):
         raise UserError(f"{name}: complex values are not supported")
     if x.dtype == np.uint8:
-        x = x.astype(np.float32) / 255.0
-    x = x.astype(np.float32, copy=False)
+        return x.astype(np.float32) / 255.0
     if not np.isfinite(x).all():
         bad = int((~np.isfinite(x)).sum())
         raise UserError(f"{name}: {bad} values are NaN or infinite; clean the data first")
+    with np.errstate(over="ignore"):
+        x = x.astype(np.float32, copy=False)
+    if not np.isfinite(x).all():
+        raise UserError(f"{name}: values beyond the float32 range (|x| > 3.4e38); rescale the data first")
     return x
 
 

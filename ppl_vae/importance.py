@@ -54,9 +54,11 @@ def latent_sites(trace) -> list[dict]:
 
 
 def max_plate_nesting(model: Callable, guide: Callable, *args) -> int:
-    """How many plate dimensions the pair uses (traces guide and model once)."""
-    guide_trace = poutine.trace(guide).get_trace(*args)
-    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
+    """How many plate dimensions the pair uses (traces guide and model once, RNG state untouched)."""
+    devices = [a.device for a in args if torch.is_tensor(a) and a.device.type == "cuda"][:1]
+    with torch.no_grad(), torch.random.fork_rng(devices=devices):
+        guide_trace = poutine.trace(guide).get_trace(*args)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
     dims = [-f.dim for tr in (guide_trace, model_trace) for s in _sample_sites(tr) for f in s["cond_indep_stack"] if f.vectorized]
     return max(dims, default=0)
 

@@ -56,13 +56,16 @@ class Objective:
         if name not in ELBOS:
             raise UserError(f"unknown ELBO {name!r}; choose one of {', '.join(ELBOS)}")
         self.name, self.particles = name, particles
-        self._elbo = ELBOS[name] and ELBOS[name](particles)
+        self._elbo = None
         self._nesting: int | None = None
 
     def __call__(self, model, guide, x: torch.Tensor, scale: float = 1.0, beta: float = 1.0) -> torch.Tensor:
+        if self._nesting is None:
+            # found once, without drawing from the RNG, so a resumed run draws what the original drew
+            self._nesting = max_plate_nesting(model, guide, x)
+            elbo = ELBOS[self.name]
+            self._elbo = elbo and elbo(num_particles=self.particles, vectorize_particles=self.particles > 1, max_plate_nesting=self._nesting)
         if self._elbo is None:  # iwae, on the shared log-weights
-            if self._nesting is None:
-                self._nesting = max_plate_nesting(model, guide, x)
             lw = log_weights(_with_handlers(model, 1.0, beta), _with_handlers(guide, 1.0, beta), x, self.particles, self._nesting)
             return -scale * log_mean_exp(lw.total, dim=0).sum()
         return self._elbo.differentiable_loss(_with_handlers(model, scale, beta), _with_handlers(guide, scale, beta), x)
@@ -78,7 +81,7 @@ class Objective:
                     f"the meanfield ELBO needs a closed-form KL between guide and prior, which site(s) "
                     f"{', '.join(missing)} do not have; use --elbo trace"
                 )
-        with torch.no_grad():
+        with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
             loss = self(model, guide, x)
         if not torch.isfinite(loss):
             raise UserError(f"the {self.name!r} ELBO is not finite at initialisation")
@@ -97,16 +100,8 @@ def _sites_without_closed_form_kl(model, guide, x: torch.Tensor) -> list[str]:
     return missing
 
 
-def _trace(particles: int):
-    return Trace_ELBO(num_particles=particles, vectorize_particles=particles > 1)
-
-
-def _meanfield(particles: int):
-    return TraceMeanField_ELBO(num_particles=particles, vectorize_particles=particles > 1)
-
-
-ELBOS = {"trace": _trace, "meanfield": _meanfield, "iwae": None}
-"""ELBO name -> constructor ``(particles)`` of a Pyro ELBO (``None``: IWAE on our log-weights)."""
+ELBOS = {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO, "iwae": None}
+"""ELBO name -> Pyro ELBO class (``None``: IWAE on the shared log-weights)."""
 
 
 ANNEALING: dict[str, Callable[[float, float, int], float]] = {

@@ -9,11 +9,13 @@ batch sizes.
 
 from __future__ import annotations
 
+import math
 import signal
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import pyro
 import torch
 from tqdm.auto import tqdm
 
@@ -91,33 +93,10 @@ class Trainer:
     def run_epoch(self) -> dict:
         """Finish the current epoch (from ``batch_index`` on, after a resume) and return its row."""
         t, n = self.config.train, len(self.train)
-        model, guide = self.program.model, self.program.guide
         start = time.perf_counter()
         batches = epoch_permutation(n, t.seed, self.epoch, self.train.device).split(t.batch_size)
-        bar = tqdm(total=len(batches), initial=self.batch_index, desc=f"epoch {self.epoch + 1}/{t.epochs}", leave=False, disable=not self.progress)
-        for i in range(self.batch_index, len(batches)):
-            x = self.train[batches[i]]
-            if self.config.data.binarize:
-                x = torch.bernoulli(x)
-            loss = self.objective(model, guide, x, scale=n / len(x), beta=self.beta(self.epoch + i / len(batches)))
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"the loss became {loss.item()} at epoch {self.epoch + 1}, step {i + 1}; training stopped, the last good checkpoint is kept"
-                )
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.step += 1
-            self.batch_index = i + 1
-            self.epoch_loss += loss.detach().item() * (len(x) / n)  # Σ_i of the batch's per-datapoint objective
-            bar.update()
-            if self.on_step is not None:
-                self.on_step(self)
-            if self._signal is not None:
-                if self.on_interrupt is not None:
-                    self.on_interrupt(self)
-                raise Interrupted(self._signal)
-        bar.close()
+        with pyro.validation_enabled(t.pyro_validation):
+            self._steps(batches)
         row = {
             "epoch": self.epoch + 1,
             "train_elbo": -self.epoch_loss / n,
@@ -128,10 +107,40 @@ class Trainer:
         self.epoch, self.batch_index, self.epoch_loss = self.epoch + 1, 0, 0.0
         return row
 
+    def _steps(self, batches) -> None:
+        t, n = self.config.train, len(self.train)
+        model, guide = self.program.model, self.program.guide
+        bar = tqdm(total=len(batches), initial=self.batch_index, desc=f"epoch {self.epoch + 1}/{t.epochs}", leave=False, disable=not self.progress)
+        for i in range(self.batch_index, len(batches)):
+            x = self.train[batches[i]]
+            if self.config.data.binarize:
+                x = torch.bernoulli(x)
+            loss = self.objective(model, guide, x, scale=n / len(x), beta=self.beta(self.epoch + i / len(batches)))
+            value = loss.item()
+            if not math.isfinite(value):
+                raise TrainingDiverged(
+                    f"the loss became {value} at epoch {self.epoch + 1}, step {i + 1}; training stopped, the last good checkpoint is kept"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.step += 1
+            self.batch_index = i + 1
+            self.epoch_loss += value * (len(x) / n)  # Σ_i of the batch's per-datapoint objective
+            bar.update()
+            if self.on_step is not None:
+                self.on_step(self)
+            if self._signal is not None:
+                if self.on_interrupt is not None:
+                    self.on_interrupt(self)
+                raise Interrupted(self._signal)
+        bar.close()
+
     def fit(self) -> list[dict]:
         t = self.config.train
         check = self.train[: min(2, len(self.train))]
-        self.objective.check(self.program.model, self.program.guide, check)
+        with pyro.validation_enabled(True):  # shape and support errors surface here, once
+            self.objective.check(self.program.model, self.program.guide, check)
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if _main_thread() else {}
         try:
             bar = tqdm(range(self.epoch, t.epochs), desc="training", disable=not self.progress)

@@ -1,0 +1,158 @@
+"""Training speed: ppl_vae's loop against hand-written PyTorch and plain Pyro SVI with a DataLoader.
+
+    python benchmarks/train_speed.py                 # MNIST (784-400-50, b256) and digits (64-256-8, b128)
+    python benchmarks/train_speed.py --smoke         # tiny sizes (what the tests run)
+    python benchmarks/train_speed.py --device cuda   # the same on a GPU
+
+(a) ppl_vae: ``Trainer.run_epoch`` — Trace_ELBO on the Pyro program, in-memory minibatches.
+(b) hand:    the same networks, the same reparameterised single-sample ELBO and log-densities,
+             written as a plain PyTorch loss with ``torch.optim.Adam``.
+(c) pyro:    ``pyro.infer.SVI`` with ``Trace_ELBO`` fed by ``DataLoader(TensorDataset)``.
+
+All three see identical initial weights and batch order ((c) shuffles with its own loader).
+Epochs alternate a, b, c so drift on a noisy machine hits all three; the script prints median
+seconds per epoch and the ratios a/b and c/a.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import sys
+import time
+
+import torch
+
+from common import median, mnist
+
+import pyro  # noqa: E402
+import pyro.optim  # noqa: E402
+from pyro.infer import SVI, Trace_ELBO  # noqa: E402
+
+from ppl_vae.build import build_program  # noqa: E402
+from ppl_vae.config import Config  # noqa: E402
+from ppl_vae.data import DataConfig, load_data  # noqa: E402
+from ppl_vae.train import Trainer, epoch_permutation  # noqa: E402
+
+
+def make_config(likelihood: str, hidden: int, latent: int, batch: int, device: str) -> Config:
+    c = Config()
+    c.model.likelihood, c.model.hidden_dim, c.model.latent_dim = likelihood, hidden, latent
+    c.train.batch_size, c.train.device = batch, device
+    return c.validate()
+
+
+def hand_epoch(program, optimizer, x, config, epoch):
+    """One epoch of the same Monte Carlo ELBO written by hand."""
+    enc_net, head = program.guide_module.encoder.net, program.guide_module.encoder.head
+    dec = program.model_module.decoder
+    likelihood = config.model.likelihood
+    sigma = config.model.sigma
+    n = len(x)
+    half_log_2pi = 0.5 * math.log(2 * math.pi)
+    for idx in epoch_permutation(n, config.train.seed, epoch, x.device).split(config.train.batch_size):
+        xb = x[idx]
+        loc, raw = head.linear(enc_net(xb)).chunk(2, -1)
+        scale = torch.nn.functional.softplus(raw) + 1e-4
+        eps = torch.randn_like(loc)
+        z = loc + scale * eps
+        log_q = (-0.5 * eps**2 - scale.log() - half_log_2pi).sum(-1)
+        log_pz = (-0.5 * z**2 - half_log_2pi).sum(-1)
+        out = dec(z)
+        if likelihood == "normal":
+            log_px = (-((xb - out) ** 2) / (2 * sigma**2) - math.log(sigma) - half_log_2pi).sum(-1)
+        else:
+            log_px = -torch.nn.functional.binary_cross_entropy_with_logits(out, xb, reduction="none").sum(-1)
+        loss = -(log_px + log_pz - log_q).sum() * (n / len(xb))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+
+def pyro_dataloader_epoch(svi, loader, n):
+    for (xb,) in loader:
+        svi.step(xb, n / len(xb))
+
+
+def bench(name, x, config, epochs, device):
+    pyro.set_rng_seed(0)
+    program = build_program(config, x.shape[1], (x.shape[1],)).to(device)
+    programs = {k: copy.deepcopy(program) for k in ("a", "b", "c")}
+    trainer = Trainer(programs["a"], copy.deepcopy(config), x, x[:2], progress=False)
+    hand_opt = torch.optim.Adam(programs["b"].parameters(), lr=config.train.lr)
+    c_prog = programs["c"]
+
+    def model(xb, scale):
+        pyro.module("program", c_prog)
+        with pyro.poutine.scale(scale=scale):
+            c_prog.model(xb)
+
+    def guide(xb, scale):
+        pyro.module("program", c_prog)
+        with pyro.poutine.scale(scale=scale):
+            c_prog.guide(xb)
+
+    pyro.clear_param_store()
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": config.train.lr}), Trace_ELBO())
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x.cpu()), batch_size=config.train.batch_size, shuffle=True)
+    loader = [(b.to(device),) for (b,) in loader] if device != "cpu" else loader
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    times = {"a": [], "b": [], "c": []}
+    runs = {
+        "a": lambda e: trainer.run_epoch(),
+        "b": lambda e: hand_epoch(programs["b"], hand_opt, x, config, e),
+        "c": lambda e: pyro_dataloader_epoch(svi, loader, len(x)),
+    }
+    for epoch in range(epochs + 1):  # the first round warms up caches and allocators
+        for key, run in runs.items():
+            sync()
+            start = time.perf_counter()
+            run(epoch)
+            sync()
+            if epoch:
+                times[key].append(time.perf_counter() - start)
+    t = {k: median(v) for k, v in times.items()}
+    print(
+        f"{name:30s} a {t['a']:7.3f}s  b {t['b']:7.3f}s  c {t['c']:7.3f}s   "
+        f"a/b = {t['a'] / t['b']:.3f}   c/a = {t['c'] / t['a']:.3f}",
+        flush=True,
+    )
+    return t
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--epochs", type=int, default=5, help="timed epochs per method (after one warm-up)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--smoke", action="store_true")
+    p.add_argument("--only", choices=["mnist", "digits"], help="run one data set")
+    args = p.parse_args(argv)
+    torch.set_num_threads(torch.get_num_threads())
+    if args.smoke:
+        args.epochs = 1
+    print(f"median seconds per epoch over {args.epochs} epochs (torch {torch.__version__}, {torch.get_num_threads()} threads, {args.device})")
+    digits = load_data(DataConfig()).train.to(args.device)
+    cases = []
+    if args.smoke:
+        cases = [("digits-smoke", digits[:256], 16, 2, 64)]
+    else:
+        x_mnist = mnist(None, "x_train")
+        if x_mnist is None and args.only != "digits":
+            print("MNIST not found in ../shared/data: skipping the MNIST rows")
+        if x_mnist is not None and args.only != "digits":
+            cases.append(("mnist 784-400-50 b256", x_mnist.to(args.device), 400, 50, 256))
+        if args.only != "mnist":
+            cases.append(("digits 64-256-8 b128", digits, 256, 8, 128))
+    for name, x, hidden, latent, batch in cases:
+        for likelihood in ("normal", "bernoulli"):
+            bench(f"{name} {likelihood}", x, make_config(likelihood, hidden, latent, batch, args.device), args.epochs, args.device)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
