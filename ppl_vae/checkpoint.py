@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, load_model, save, save_model
 from torch import nn
 
@@ -174,6 +175,32 @@ def _check_safetensors_header(file: Path) -> None:
         raise CheckpointError(f"{file} has a corrupt safetensors header")
 
 
+def _check_tensors_fit(file: Path, program: nn.Module) -> None:
+    """Every tensor in the file must exist in the program with the same shape and dtype."""
+    expected = program.state_dict()
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():
+                if key not in expected:
+                    raise CheckpointError(f"{file}: weights do not fit the program the config describes: unexpected tensor {key!r}")
+                info = f.get_slice(key)
+                shape, dtype = tuple(info.get_shape()), _DTYPES.get(info.get_dtype())
+                want = expected[key]
+                if shape != tuple(want.shape) or dtype != want.dtype:
+                    raise CheckpointError(
+                        f"{file}: weights do not fit the program the config describes: {key!r} is "
+                        f"{str(dtype).replace('torch.', '')} {list(shape)}, expected {str(want.dtype).replace('torch.', '')} {list(want.shape)}"
+                    )
+    except CheckpointError:
+        raise
+    except Exception as err:  # safetensors' own error types for malformed headers
+        raise CheckpointError(f"{file}: unreadable safetensors file: {err}") from None
+
+
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64,
+           "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+
+
 def load_checkpoint(
     directory: str | Path,
     program: nn.Module,
@@ -184,6 +211,7 @@ def load_checkpoint(
     """Load weights (and optionally optimizer and RNG states) into ``program``; return the state."""
     directory = Path(directory)
     state = read_state(directory)
+    _check_tensors_fit(directory / state["files"]["weights"]["name"], program)
     try:
         missing, unexpected = load_model(program, str(directory / state["files"]["weights"]["name"]), strict=False, device=device)
     except (RuntimeError, ValueError) as err:

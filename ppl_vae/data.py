@@ -18,6 +18,7 @@ import torch
 
 from .config import DataConfig
 from .errors import UserError
+from .rowfile import RowFile
 
 __all__ = ["Dataset", "load_data", "validate_array", "DATASETS", "shared_data_dir"]
 
@@ -25,8 +26,8 @@ __all__ = ["Dataset", "load_data", "validate_array", "DATASETS", "shared_data_di
 @dataclass
 class Dataset:
     name: str
-    train: torch.Tensor  # (N, D) float32
-    test: torch.Tensor  # (M, D) float32
+    train: torch.Tensor | RowFile  # (N, D) float32, or rows streamed from a .npy file
+    test: torch.Tensor | RowFile  # (M, D)
     image_shape: tuple[int, ...]  # (H, W) or (C, H, W); prod == D
     train_labels: np.ndarray | None = None
     test_labels: np.ndarray | None = None
@@ -69,12 +70,17 @@ def validate_array(x: np.ndarray, name: str) -> np.ndarray:
     return x
 
 
+def _split_indices(n: int, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) row indices: a fixed permutation seeded by ``cfg.split_seed``."""
+    perm = np.random.default_rng(cfg.split_seed).permutation(n)
+    n_test = max(1, int(round(cfg.test_fraction * n)))
+    if n - n_test < 1:
+        raise UserError(f"{n} data points are too few to split into train and test")
+    return perm[n_test:], perm[:n_test]
+
+
 def _split(x: np.ndarray, labels: np.ndarray | None, cfg: DataConfig):
-    perm = np.random.default_rng(cfg.split_seed).permutation(len(x))
-    n_test = max(1, int(round(cfg.test_fraction * len(x))))
-    if len(x) - n_test < 1:
-        raise UserError(f"{len(x)} data points are too few to split into train and test")
-    test, train = perm[:n_test], perm[n_test:]
+    train, test = _split_indices(len(x), cfg)
     pick = (lambda a, i: None if a is None else a[i])
     return x[train], x[test], pick(labels, train), pick(labels, test)
 
@@ -162,13 +168,12 @@ def _user_file(path: Path, cfg: DataConfig) -> Dataset:
             if "x" not in f:
                 raise UserError(f"{path}: expected arrays 'x_train'/'x_test' or 'x', found {list(f.keys())}")
             x, y = f["x"], (f["y"] if "y" in f else None)
-    else:
-        try:
-            x, y = np.load(path, allow_pickle=False, mmap_mode="r"), None
-        except ValueError as err:
-            raise UserError(f"cannot read {path}: {err}") from None
-    x = validate_array(np.asarray(x), path.name)
-    return _make(path.stem, *_split(x, y, cfg))
+        x = validate_array(np.asarray(x), path.name)
+        return _make(path.stem, *_split(x, y, cfg))
+    # a .npy is streamed by rows: it may be larger than memory
+    rows = RowFile(path).validate(path.name)
+    train, test = _split_indices(len(rows), cfg)
+    return Dataset(path.stem, rows.subset(train), rows.subset(test), rows.row_shape)
 
 
 DATASETS: dict[str, Callable[[DataConfig], Dataset]] = {
@@ -191,7 +196,7 @@ def load_data(cfg: DataConfig) -> Dataset:
             f"unknown data set {cfg.name!r}; choose one of {', '.join(DATASETS)} or give a .npy/.npz path"
         )
     if cfg.limit:
-        data.train = data.train[: cfg.limit]
+        data.train = data.train.subset(slice(0, cfg.limit)) if isinstance(data.train, RowFile) else data.train[: cfg.limit]
         data.train_labels = None if data.train_labels is None else data.train_labels[: cfg.limit]
     if math.prod(data.image_shape) != data.data_dim:
         raise UserError(f"{data.name}: image shape {data.image_shape} does not match {data.data_dim} values a row")

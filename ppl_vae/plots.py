@@ -5,6 +5,7 @@ Every function writes one PNG atomically and returns its path. Matplotlib runs h
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -28,9 +29,18 @@ def save_figure(fig, path: str | Path) -> Path:
     return path
 
 
+def display_shape(image_shape: Sequence[int]) -> tuple[int, ...]:
+    """Flat vectors are shown as squares where D is a square number, else as one strip."""
+    if len(image_shape) >= 2:
+        return tuple(image_shape)
+    d = int(np.prod(image_shape))
+    side = math.isqrt(d)
+    return (side, side) if side * side == d else (1, d)
+
+
 def _as_images(x: torch.Tensor, image_shape: Sequence[int]) -> np.ndarray:
     """``(N, D)`` -> ``(N, H, W)`` or ``(N, H, W, C)`` in [0, 1] for display."""
-    x = x.detach().cpu().float().clamp(0, 1).reshape((-1,) + tuple(image_shape)).numpy()
+    x = x.detach().cpu().float().clamp(0, 1).reshape((-1,) + display_shape(image_shape)).numpy()
     if x.ndim == 4:  # (N, C, H, W)
         x = x.transpose(0, 2, 3, 1)
         if x.shape[-1] == 1:
@@ -41,7 +51,7 @@ def _as_images(x: torch.Tensor, image_shape: Sequence[int]) -> np.ndarray:
 def image_grid(rows: list[torch.Tensor], image_shape: Sequence[int], row_labels: list[str] | None = None, title: str | None = None):
     """A figure with one row of images per tensor in ``rows`` (each ``(n, D)``)."""
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
-    h, w = image_shape[-2], image_shape[-1]
+    h, w = display_shape(image_shape)[-2:]
     scale = 0.9 * min(1.0, 14.0 / max(n_cols, 1))
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(n_cols * scale * w / h + 0.8, n_rows * scale + (0.4 if title else 0)), squeeze=False)
     for r, row in enumerate(rows):

@@ -23,6 +23,7 @@ from .identity import identity_preservation, train_classifier
 from .io import write_csv, write_json, write_text
 from .plots import image_grid, save_figure
 from .predictive import prior_predictive, reconstruct
+from .rowfile import as_tensor
 from .study import run_variants
 from .workflow import WorkflowConfig
 from . import sweep_plots
@@ -67,8 +68,8 @@ def sigma_sweep(
     results = run_variants(variants, out, workflow, data, progress)
 
     labels = data.test_labels[: workflow.points or None] if data.test_labels is not None else None
-    classifier = train_classifier(data.train, data.train_labels, base.train.seed) if labels is not None else None
-    x = data.test[: workflow.points or None]
+    classifier = train_classifier(as_tensor(data.train), data.train_labels, base.train.seed) if labels is not None else None
+    x = as_tensor(data.test)[: workflow.points or None]
     rows, decodings = [], []
     examples = x[_example_rows(labels, 4)]
     for (name, (run, ev)), sigma in zip(results.items(), sigmas):
@@ -85,7 +86,7 @@ def sigma_sweep(
             "distortion": ev["distortion"],
             "mse": ev["mse"],
             "active_units": ev["active_units"],
-            "ppca_active_units": ppca_active_units(data.train, sigma, base.model.latent_dim),
+            "ppca_active_units": ppca_active_units(as_tensor(data.train), sigma, base.model.latent_dim),
             "posterior_spread": float(np.mean(np.array(ev["posterior_variance"]) / prior_var.numpy())),
             "khat_mean": ev["khat_mean"],
         }

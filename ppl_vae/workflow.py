@@ -24,6 +24,7 @@ from .io import atomic_path, write_json
 from .plots import plot_images, plot_reconstructions
 from .predictive import prior_predictive
 from .report import write_report
+from .rowfile import as_tensor
 from .sbc import simulation_based_calibration
 from . import workflow_plots as wp
 
@@ -70,7 +71,7 @@ def inference_gaps(model, guide, x: torch.Tensor, amortized, k: int, steps: int,
 def evaluate_run(run, config: WorkflowConfig | None = None, x: torch.Tensor | None = None, progress: bool = True) -> dict:
     """Run the whole analysis on the run's test split (or ``x``) and write it into the run directory."""
     config = (config or WorkflowConfig()).validate()
-    x = (run.dataset().test if x is None else x).to(run.device)
+    x = as_tensor(run.dataset().test if x is None else x).to(run.device)
     if config.points:
         x = x[: config.points]
     model, guide = run.program.model, run.program.guide

@@ -154,3 +154,19 @@ def test_every_guide_and_prior_round_trips_bit_identically(room, name, tmp_path)
         draws.append((guide_trace.nodes["z"]["value"], model_trace.log_prob_sum(), prior_trace.nodes["z"]["value"]))
     for a, b in zip(*draws):
         assert torch.equal(a, b)
+
+
+def test_weights_of_another_dtype_are_refused(run, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from ppl_vae.io import sha256_file
+
+    dst = _copy(run, tmp_path)
+    state = read_state(dst / "checkpoint")
+    weights = dst / "checkpoint" / state["files"]["weights"]["name"]
+    tensors = {k: v.double() if v.is_floating_point() and v.dtype == torch.float32 else v for k, v in load_file(str(weights)).items()}
+    save_file(tensors, str(weights))
+    state["files"]["weights"]["sha256"] = sha256_file(weights)  # a consistent but foreign checkpoint
+    (dst / "checkpoint" / "state.json").write_text(json.dumps(state))
+    with pytest.raises(CheckpointError, match="float64"):
+        ppl_vae.load(dst)

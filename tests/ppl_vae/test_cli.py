@@ -117,3 +117,10 @@ def test_subprocess_errors_have_no_traceback(args, tmp_path):
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_flat_vectors_of_any_length_train_and_plot(tmp_path):
+    np.save(tmp_path / "flat.npy", np.random.rand(60, 7).astype(np.float32))
+    out = tmp_path / "run"
+    assert main(["fit", "--data", str(tmp_path / "flat.npy"), "--out", str(out), *FAST]) == 0
+    assert (out / "figures" / "reconstructions.png").is_file()

@@ -53,3 +53,43 @@ def test_mnist_from_shared_folder(shared_data):
 def test_frey_from_shared_folder(shared_data):
     data = load_data(DataConfig(name="frey", root=str(shared_data / "frey")))
     assert data.image_shape == (28, 20) and len(data.train) + len(data.test) == 1965
+
+
+def test_npy_is_streamed_by_rows_and_trains_like_the_array_in_memory(tmp_path):
+    """A .npy file is read row by row (never whole) and gives the same training as the array itself."""
+    import copy
+
+    from ppl_vae.build import build_program
+    from ppl_vae.data import Dataset
+    from ppl_vae.rowfile import RowFile, as_tensor
+    from ppl_vae.train import Trainer
+    from tests.conftest import tiny_config
+
+    x = (np.random.default_rng(0).random((300, 5, 4)) * 255).astype(np.uint8)
+    np.save(tmp_path / "big.npy", x)
+    streamed = load_data(DataConfig(name=str(tmp_path / "big.npy")))
+    assert isinstance(streamed.train, RowFile) and streamed.image_shape == (5, 4)
+    in_memory = Dataset("mem", as_tensor(streamed.train), as_tensor(streamed.test), (5, 4))
+    torch.testing.assert_close(in_memory.train[7], torch.from_numpy(x[streamed.train.rows[7]].reshape(-1) / np.float32(255)))
+    config = tiny_config(train={"epochs": 2, "batch_size": 32})
+    results = []
+    for data in (streamed, in_memory):
+        torch.manual_seed(0)
+        program = build_program(config, 20, (5, 4))
+        history = Trainer(program, copy.deepcopy(config), data.train, data.test, progress=False).fit()
+        results.append((history, [p.detach().clone() for p in program.parameters()]))
+    numbers = [[(row["train_elbo"], row["test_elbo"]) for row in history] for history, _ in results]
+    assert numbers[0] == numbers[1]
+    for p, q in zip(results[0][1], results[1][1]):
+        assert torch.equal(p, q)
+
+
+def test_npy_with_nan_deep_inside_is_refused(tmp_path):
+    x = np.random.rand(1000, 8).astype(np.float32)
+    x[977, 3] = np.nan
+    np.save(tmp_path / "nan.npy", x)
+    with pytest.raises(UserError, match="NaN"):
+        load_data(DataConfig(name=str(tmp_path / "nan.npy")))
+    np.save(tmp_path / "fortran.npy", np.asfortranarray(np.random.rand(10, 3)))
+    with pytest.raises(UserError, match="Fortran"):
+        load_data(DataConfig(name=str(tmp_path / "fortran.npy")))

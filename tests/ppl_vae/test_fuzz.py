@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -18,6 +19,7 @@ from ppl_vae.cli import OPTIONS, main
 from ppl_vae.config import Config, DataConfig, from_dict
 from ppl_vae.data import load_data
 from ppl_vae.errors import UserError
+from ppl_vae.rowfile import as_tensor
 from tests.conftest import tiny_config
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -109,9 +111,12 @@ def test_any_data_array_loads_or_is_refused(array):
         except UserError as err:
             assert str(err) and "\n" not in str(err)
             return
-    assert data.train.dtype.is_floating_point and data.train.ndim == 2
-    assert len(data.train) >= 1 and len(data.test) >= 1
-    assert np.isfinite(data.train.numpy()).all() and np.isfinite(data.test.numpy()).all()
+        train, test = as_tensor(data.train), as_tensor(data.test)
+    assert train.dtype == torch.float32 and train.ndim == 2 and train.shape[1] == data.data_dim
+    assert len(train) >= 1 and len(test) >= 1 and len(train) + len(test) == len(array)
+    assert torch.isfinite(train).all() and torch.isfinite(test).all()
+    expected = array.astype(np.float32) / (255.0 if array.dtype == np.uint8 else 1.0)
+    assert sorted(map(tuple, np.concatenate([train.numpy(), test.numpy()]))) == sorted(map(tuple, expected.reshape(len(array), -1)))
 
 
 @FUZZ
