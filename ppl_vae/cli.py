@@ -119,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory to create")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--distributed", action="store_true", help="data-parallel over the processes torchrun starts (DDP)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     p = sub.add_parser("evaluate", help="Bayesian-workflow analysis of a trained run (writes evaluation.json)")
@@ -164,7 +165,9 @@ def _fit(args) -> int:
     else:
         if not args.out:
             raise UserError("fit needs --out RUN_DIR")
-        run = fit(config_from_args(args), args.out, overwrite=args.overwrite, progress=not args.no_progress)
+        run = fit(config_from_args(args), args.out, overwrite=args.overwrite, progress=not args.no_progress, distributed=args.distributed)
+        if not run.metrics:  # a rank other than 0: rank 0 reports
+            return 0
     m = run.metrics
     print(f"trained {m['epochs']} epochs in {m['seconds']:.1f}s: train ELBO {m['train_elbo']:.2f}, test ELBO {m['test_elbo']:.2f} nats/datapoint -> {run.path}")
     return 0

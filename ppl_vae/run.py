@@ -26,6 +26,7 @@ from .build import Program, build_program, check_support
 from .checkpoint import load_checkpoint, read_state, save_checkpoint
 from .config import Config, from_dict, to_toml
 from .data import Dataset, load_data
+from .distributed import SINGLE, init_cluster
 from .errors import CheckpointError, UserError
 from .io import write_csv, write_json, write_text
 from .plots import plot_history, plot_images, plot_reconstructions
@@ -129,12 +130,14 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     data: Dataset | None = None,
+    distributed: bool = False,
 ) -> Run:
     """Train the program ``config`` describes and write a run directory at ``out``.
 
     Everything is validated (config, data, the output directory) before anything is written.
     With ``resume=True``, training continues from ``out/checkpoint`` with the same data order
-    and RNG states, so the result equals an uninterrupted run.
+    and RNG states, so the result equals an uninterrupted run. With ``distributed=True`` (under
+    torchrun) every rank trains its shard of each batch with DDP and rank 0 writes the run.
     """
     out = check_out_dir(out, overwrite, resume)
     if resume:
@@ -146,25 +149,35 @@ def fit(
             path, _, attr = part.program.rpartition(":")
             part.program = f"{Path(path).resolve()}:{attr}" if path else part.program
     device = resolve_device(config.train.device)
+    if distributed and resume:
+        raise UserError("--resume continues single-process runs; a distributed run restarts from its last checkpoint by hand")
     data = data if data is not None else load_data(config.data)
     check_support(config, data)
 
+    cluster = init_cluster(device) if distributed else SINGLE
+    if device.type == "cuda" and cluster.world > 1:
+        device = torch.device("cuda", torch.cuda.current_device())
     pyro.set_rng_seed(config.train.seed)
     program = build_program(config, data.data_dim, data.image_shape, init_data=data.train).to(device)
+    if cluster.world > 1:
+        pyro.set_rng_seed(config.train.seed + cluster.rank)  # each rank its own Monte Carlo noise
     run = Run(out, config, program, data.data_dim, tuple(data.image_shape), data=data)
-    trainer = Trainer(program, config, data.train.to(device), data.test.to(device))
+    trainer = Trainer(program, config, data.train.to(device), data.test.to(device), cluster=cluster)
     if resume:
         state = load_checkpoint(out / "checkpoint", program, trainer.optimizer, restore_rng=True, device=str(device))
         extra = state["extra"]
         trainer.epoch, trainer.step = state["epoch"], state["step"]
         trainer.batch_index, trainer.epoch_loss = extra["batch_index"], extra["epoch_loss"]
         trainer.history = extra["history"]
-    elif out.exists() and overwrite:
+    elif out.exists() and overwrite and cluster.is_main:
         shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "config.toml", to_toml(config))
+    if cluster.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / "config.toml", to_toml(config))
 
     def checkpoint(t: Trainer) -> None:
+        if not cluster.is_main:
+            return
         save_checkpoint(
             out / "checkpoint",
             program,
@@ -182,6 +195,8 @@ def fit(
         )
 
     def on_epoch(t: Trainer) -> None:
+        if not cluster.is_main:
+            return
         write_csv(out / "history.csv", t.history)
         if t.epoch % config.train.checkpoint_every == 0 or t.epoch == config.train.epochs:
             checkpoint(t)
@@ -195,7 +210,8 @@ def fit(
     trainer.fit()
     seconds = sum(row["seconds"] for row in trainer.history) if resume else time.perf_counter() - start
     run.history = trainer.history
-    _write_outputs(run, seconds, trainer.history[0]["test_elbo"])
+    if cluster.is_main:
+        _write_outputs(run, seconds, trainer.history[0]["test_elbo"])
     return run
 
 

@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import Config
+from .distributed import SINGLE, Cluster, ProgramLoss
 from .errors import UserError
 from .importance import log_weights, max_plate_nesting
 from .objectives import ANNEALING, Objective
@@ -76,11 +77,13 @@ class Trainer:
     step: int = 0  # optimizer steps taken
     batch_index: int = 0  # batches of the current epoch already taken
     epoch_loss: float = 0.0  # their running objective sum
+    cluster: Cluster = SINGLE  # this process's place among data-parallel ranks
     history: list[dict] = field(default_factory=list)
 
     def __post_init__(self):
         t = self.config.train
         self.objective = Objective(t.elbo, t.particles)
+        self.loss = self.cluster.wrap(ProgramLoss(self.program, self.objective), self.train.device)
         self.optimizer = torch.optim.Adam(self.program.parameters(), lr=t.lr)
         self._signal: int | None = None
 
@@ -99,7 +102,7 @@ class Trainer:
             self._steps(batches)
         row = {
             "epoch": self.epoch + 1,
-            "train_elbo": -self.epoch_loss / n,
+            "train_elbo": -self.cluster.sum(self.epoch_loss) / n,
             "test_elbo": elbo_per_datapoint(self.program, self.test).mean().item(),
             "beta": self.beta(self.epoch + 1),
             "seconds": time.perf_counter() - start,
@@ -108,14 +111,15 @@ class Trainer:
         return row
 
     def _steps(self, batches) -> None:
-        t, n = self.config.train, len(self.train)
-        model, guide = self.program.model, self.program.guide
+        t, n, world = self.config.train, len(self.train), self.cluster.world
         bar = tqdm(total=len(batches), initial=self.batch_index, desc=f"epoch {self.epoch + 1}/{t.epochs}", leave=False, disable=not self.progress)
         for i in range(self.batch_index, len(batches)):
-            x = self.train[batches[i]]
+            x = self.train[self.cluster.shard(batches[i])]
             if self.config.data.binarize:
                 x = torch.bernoulli(x)
-            loss = self.objective(model, guide, x, scale=n / len(x), beta=self.beta(self.epoch + i / len(batches)))
+            # N·W/B: on one process N/B; across W ranks DDP's average restores the union batch's gradient
+            scale = n * world / len(batches[i])
+            loss = self.loss(x, scale, self.beta(self.epoch + i / len(batches)))
             value = loss.item()
             if not math.isfinite(value):
                 raise TrainingDiverged(
@@ -126,7 +130,7 @@ class Trainer:
             self.optimizer.step()
             self.step += 1
             self.batch_index = i + 1
-            self.epoch_loss += value * (len(x) / n)  # Σ_i of the batch's per-datapoint objective
+            self.epoch_loss += value / scale  # Σ_i of this rank's per-datapoint objective
             bar.update()
             if self.on_step is not None:
                 self.on_step(self)
