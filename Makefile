@@ -22,7 +22,7 @@ run: $(STAMP)
 	$(VENV)/bin/ppl-vae evaluate $(RUN)
 	@echo "report: $(RUN)/report.md"
 
-## make test: the whole fast suite (statistical long runs: make test-slow)
+## make test: the whole suite; make test-slow: the long statistical runs marked slow
 test: $(STAMP)
 	$(PY) -m pytest
 
@@ -34,6 +34,14 @@ SWEEP ?= runs/sigma-sweep
 sigma-sweep: $(STAMP)
 	$(VENV)/bin/ppl-vae sigma-sweep --sigmas 0.03,0.05,0.1,0.2,0.4 --latent-dim 16 --out $(SWEEP)
 	$(PY) docs/embed_sweep.py $(SWEEP)
+
+## make compare: guides x priors on digits, ranked by held-out log p(x)
+compare: $(STAMP)
+	$(VENV)/bin/ppl-vae compare --grid 'guide=diagonal,iaf;prior=standard,vamp' --out runs/compare
+
+## make benchmarks: speed and memory against hand-written references (see BENCHMARKS.md)
+benchmarks: $(STAMP)
+	cd benchmarks && ../$(PY) train_speed.py && ../$(PY) eval_speed.py && ../$(PY) mmap_memory.py
 
 clean:
 	rm -rf runs build dist *.egg-info .pytest_cache

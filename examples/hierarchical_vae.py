@@ -13,7 +13,6 @@ a line written for it::
 
 import pyro
 import pyro.distributions as dist
-import torch
 import torch.nn.functional as F
 from torch import nn
 

@@ -3,7 +3,6 @@ from pathlib import Path
 
 import pyro
 import pytest
-import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

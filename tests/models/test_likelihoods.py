@@ -2,7 +2,6 @@
 
 import math
 
-import pyro
 import pyro.distributions as dist
 import pyro.poutine as poutine
 import pytest

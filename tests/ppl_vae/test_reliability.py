@@ -3,7 +3,6 @@
 import csv
 import re
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -11,7 +10,6 @@ import textwrap
 import time
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors.torch import load_file
 

@@ -4,7 +4,6 @@ import math
 
 import pyro
 import pytest
-import torch
 
 import ppl_vae
 from ppl_vae.build import build_program
