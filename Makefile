@@ -35,6 +35,11 @@ sigma-sweep: $(STAMP)
 	$(VENV)/bin/ppl-vae sigma-sweep --sigmas 0.03,0.05,0.1,0.2,0.4 --latent-dim 16 --out $(SWEEP)
 	$(PY) docs/embed_sweep.py $(SWEEP)
 
+## make sigma-sweep-frey: the same on Frey Face (the AEVB paper's Gaussian-decoder data), where ../shared/data has it
+sigma-sweep-frey: $(STAMP)
+	$(VENV)/bin/ppl-vae sigma-sweep --data frey --sigmas 0.03,0.05,0.1,0.2,0.4 --latent-dim 16 --out runs/sigma-sweep-frey
+	$(PY) docs/embed_sweep.py runs/sigma-sweep-frey sigma-sweep-frey
+
 ## make compare: guides x priors on digits, ranked by held-out log p(x)
 compare: $(STAMP)
 	$(VENV)/bin/ppl-vae compare --grid 'guide=diagonal,iaf;prior=standard,vamp' --out runs/compare
