@@ -11,7 +11,6 @@ which is what the interpreter, torch and the networks cost by themselves.
 from __future__ import annotations
 
 import argparse
-import resource
 import subprocess
 import sys
 import tempfile
@@ -21,13 +20,25 @@ from pathlib import Path
 import numpy as np
 
 
-def peak_of(cmd: list[str]) -> tuple[float, float]:
-    """(seconds, peak RSS in MB) of a child process."""
+# the child reports its own peak RSS (ru_maxrss of RUSAGE_CHILDREN would be the max over all children)
+REPORT_PEAK = (
+    "import resource, runpy, sys\n"
+    "sys.argv = ['ppl-vae', *sys.argv[1:]]\n"
+    "try:\n"
+    "    runpy.run_module('ppl_vae', run_name='__main__')\n"
+    "finally:\n"
+    "    print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+)
+
+
+def peak_of(args: list[str]) -> tuple[float, float]:
+    """(seconds, peak RSS in MiB) of ``ppl-vae ARGS`` in a child process."""
     start = time.perf_counter()
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    subprocess.run(cmd, check=True, capture_output=True)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return time.perf_counter() - start, max(after, before) / 1024.0
+    out = subprocess.run([sys.executable, "-c", REPORT_PEAK, *args], capture_output=True, text=True)
+    if "PEAK_KB" not in out.stdout:
+        raise RuntimeError(out.stderr[-2000:])
+    kb = int(out.stdout.split("PEAK_KB")[-1].split()[0])
+    return time.perf_counter() - start, kb / 1024.0
 
 
 def main(argv=None) -> int:
@@ -39,17 +50,17 @@ def main(argv=None) -> int:
         args.mb = 4
     d = 784
     n = args.mb * (1 << 20) // (4 * d)
-    fit = [sys.executable, "-m", "ppl_vae", "fit", "--epochs", "1", "--hidden-dim", "64", "--no-progress", "--overwrite"]
+    fit = ["fit", "--epochs", "1", "--hidden-dim", "64", "--no-progress", "--overwrite"]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "big.npy"
-        out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, d))
-        rng = np.random.default_rng(0)
-        for start in range(0, n, 8192):  # written in pieces: this process stays small too
-            out[start : start + 8192] = rng.random((min(8192, n - start), d), dtype=np.float32)
-        out.flush()
-        del out
+        # written in pieces through a plain file: the parent's own memory stays small (a child's
+        # peak RSS can start from its parent's at fork)
+        with open(path, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (n, d)})
+            rng = np.random.default_rng(0)
+            for start in range(0, n, 8192):
+                f.write(rng.random((min(8192, n - start), d), dtype=np.float32).tobytes())
         size_mb = path.stat().st_size / (1 << 20)
-        # the baseline first: ru_maxrss of children is the maximum over all of them so far
         base_s, base_mb = peak_of([*fit, "--out", f"{tmp}/digits"])
         big_s, big_mb = peak_of([*fit, "--data", str(path), "--out", f"{tmp}/big"])
     print(f"file: {size_mb:.0f} MiB ({n} rows of {d} float32)")
