@@ -66,8 +66,15 @@ def write_report(run_dir: str | Path) -> Path:
 
 
 def _html(lines: list[str]) -> str:
-    body = []
+    """The same page as HTML: headings, one table per run of table rows, figures with captions."""
+    body, in_table = [], False
     for line in lines:
+        is_row = line.startswith("|")
+        if in_table and not is_row:
+            body.append("</table>")
+        if is_row and not in_table:
+            body.append("<table>")
+        in_table = is_row
         if line.startswith("# "):
             body.append(f"<h1>{html.escape(line[2:])}</h1>")
         elif line.startswith("## "):
@@ -75,9 +82,9 @@ def _html(lines: list[str]) -> str:
         elif line.startswith("!["):
             caption, src = line[2:].split("](", 1)
             body.append(f'<figure><img src="{html.escape(src[:-1])}" style="max-width:100%"><figcaption>{html.escape(caption)}</figcaption></figure>')
-        elif line.startswith("| ---"):
-            continue
-        elif line.startswith("|"):
+        elif is_row and not line.startswith("| ---"):
             cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
             body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    return "<!doctype html><meta charset='utf-8'><title>ppl_vae report</title><table>" + "\n".join(body) + "</table>\n"
+    if in_table:
+        body.append("</table>")
+    return "<!doctype html><meta charset='utf-8'><title>ppl_vae report</title>\n" + "\n".join(body) + "\n"
