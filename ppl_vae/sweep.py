@@ -60,11 +60,11 @@ def sigma_sweep(
         raise UserError("the sigma sweep trains the fixed-σ Normal model (--likelihood normal, no --model program)")
     out = Path(out)
     data = data or load_data(base.data)
+    names = {sigma: f"sigma_{sigma:g}" for sigma in sigmas}
     variants = {}
-    for sigma in sigmas:
-        config = copy.deepcopy(base)
-        config.model.sigma = sigma
-        variants[f"sigma_{sigma:g}"] = config
+    for sigma, name in names.items():
+        variants[name] = copy.deepcopy(base)
+        variants[name].model.sigma = sigma
     results = run_variants(variants, out, workflow, data, progress)
 
     labels = data.test_labels[: workflow.points or None] if data.test_labels is not None else None
@@ -72,7 +72,8 @@ def sigma_sweep(
     x = as_tensor(data.test)[: workflow.points or None]
     rows, decodings = [], []
     examples = x[_example_rows(labels, 4)]
-    for (name, (run, ev)), sigma in zip(results.items(), sigmas):
+    for sigma, name in names.items():
+        run, ev = results[name]
         model, guide = run.program.model, run.program.guide
         pyro.set_rng_seed(workflow.seed)
         prior_var = _prior_variance(model, data.data_dim)
