@@ -16,9 +16,8 @@ import numpy as np
 import pyro.poutine as poutine
 import torch
 
-from .evaluate import importance_sample
-from .importance import latent_sites
-from .predictive import observed_site, prior_decode, reconstruct
+from .importance import latent_sites, max_plate_nesting, replayed_traces
+from .predictive import observed_site, prior_decode
 
 __all__ = ["train_classifier", "identity_preservation"]
 
@@ -44,13 +43,19 @@ def _predict(classifier, images: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def identity_preservation(model, guide, x: torch.Tensor, labels: np.ndarray, classifier, draws: int = 10) -> dict:
-    """Identity preservation of posterior draws, the posterior mean and prior draws, with 95% intervals."""
+def identity_preservation(model, guide, x: torch.Tensor, labels: np.ndarray, classifier, draws: int = 10, mean_draws: int = 32) -> dict:
+    """Identity preservation of posterior draws, the posterior mean and prior draws, with 95% intervals.
+
+    One replay of ``mean_draws`` guide draws gives both the decodings of the first ``draws``
+    (the sampled-z rate) and the Monte Carlo posterior mean E_q[z] of every latent site.
+    """
     labels = np.asarray(labels)
-    posterior = _predict(classifier, reconstruct(model, guide, x, draws)) == labels[None, :]  # (S, N)
-    est = importance_sample(model, guide, x, k=max(draws, 32))
-    mean_decoding = _decode_at(model, guide, x, est.latent_mean.to(x.dtype))
-    at_mean = _predict(classifier, mean_decoding) == labels
+    k = max(draws, mean_draws)
+    guide_trace, model_trace = replayed_traces(model, guide, x, k, max_plate_nesting(model, guide, x))
+    decodings = observed_site(model_trace)["fn"].mean.expand((k,) + x.shape)[:draws]  # (S, N, D)
+    posterior = _predict(classifier, decodings) == labels[None, :]  # (S, N)
+    means = {s["name"]: s["value"].mean(0) for s in latent_sites(guide_trace)}  # E_q[z] per site
+    at_mean = _predict(classifier, _decode_at(model, x, means)) == labels
     prior = _predict(classifier, prior_decode(model, draws * len(x), x.shape[1], x.device, x.dtype).reshape(draws, len(x), -1))
     return {
         "posterior_sample": _rate(posterior.mean(0)),
@@ -60,13 +65,7 @@ def identity_preservation(model, guide, x: torch.Tensor, labels: np.ndarray, cla
     }
 
 
-def _decode_at(model, guide, x: torch.Tensor, latent_mean: torch.Tensor) -> torch.Tensor:
-    """E[x | z = E_q[z]]: the model run with every latent site conditioned at its posterior mean."""
-    guide_trace = poutine.trace(guide).get_trace(x)
-    values, start = {}, 0
-    for site in latent_sites(guide_trace):
-        width = site["value"][0].numel()
-        values[site["name"]] = latent_mean[:, start : start + width].reshape(site["value"].shape)
-        start += width
+def _decode_at(model, x: torch.Tensor, values: dict[str, torch.Tensor]) -> torch.Tensor:
+    """E[x | z = values]: the model run with its latent sites conditioned."""
     trace = poutine.trace(poutine.condition(model, values)).get_trace(x)
     return observed_site(trace, set(values))["fn"].mean

@@ -15,6 +15,7 @@ ELBO is the mean of :math:`\log w`, the IWAE bound is :math:`\log \frac1K \sum_k
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Callable, NamedTuple
 
@@ -23,7 +24,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.poutine.util import site_is_subsample
 
-__all__ = ["LogWeights", "log_weights", "max_plate_nesting", "log_mean_exp", "replayed_traces", "vectorize", "latent_sites", "DATA_PLATE"]
+__all__ = ["LogWeights", "log_weights", "max_plate_nesting", "log_mean_exp", "replayed_traces", "trace_pair", "rng_untouched", "vectorize", "latent_sites", "DATA_PLATE"]
 
 DATA_PLATE = "data"
 
@@ -53,12 +54,27 @@ def latent_sites(trace) -> list[dict]:
     return [s for s in _sample_sites(trace) if not s["is_observed"]]
 
 
-def max_plate_nesting(model: Callable, guide: Callable, *args) -> int:
+def trace_pair(model: Callable, guide: Callable, *args):
+    """Trace the guide, then the model replayed against it: ``(guide_trace, model_trace)``."""
+    guide_trace = poutine.trace(guide).get_trace(*args)
+    return guide_trace, poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
+
+
+@contextlib.contextmanager
+def rng_untouched(x: torch.Tensor):
+    """Run a block without gradients and without advancing the RNG of ``x``'s device.
+
+    Set-up work (finding the plate nesting, checking an objective) must not draw, so that a
+    resumed run draws exactly what the interrupted one would have.
+    """
+    with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        yield
+
+
+def max_plate_nesting(model: Callable, guide: Callable, x: torch.Tensor) -> int:
     """How many plate dimensions the pair uses (traces guide and model once, RNG state untouched)."""
-    devices = [a.device for a in args if torch.is_tensor(a) and a.device.type == "cuda"][:1]
-    with torch.no_grad(), torch.random.fork_rng(devices=devices):
-        guide_trace = poutine.trace(guide).get_trace(*args)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
+    with rng_untouched(x):
+        guide_trace, model_trace = trace_pair(model, guide, x)
     dims = [-f.dim for tr in (guide_trace, model_trace) for s in _sample_sites(tr) for f in s["cond_indep_stack"] if f.vectorized]
     return max(dims, default=0)
 
@@ -75,9 +91,7 @@ def vectorize(fn: Callable, num_particles: int, nesting: int) -> Callable:
 
 def replayed_traces(model: Callable, guide: Callable, x: torch.Tensor, num_particles: int, nesting: int):
     """Trace the guide under a particle plate, then the model replayed against it."""
-    guide_trace = poutine.trace(vectorize(guide, num_particles, nesting)).get_trace(x)
-    model_trace = poutine.trace(poutine.replay(vectorize(model, num_particles, nesting), trace=guide_trace)).get_trace(x)
-    return guide_trace, model_trace
+    return trace_pair(vectorize(model, num_particles, nesting), vectorize(guide, num_particles, nesting), x)
 
 
 def _per_datapoint(site, full_rank: int, K: int, B: int, plate: str) -> torch.Tensor:

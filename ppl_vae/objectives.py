@@ -27,7 +27,7 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from pyro.poutine.messenger import Messenger
 
 from .errors import UserError
-from .importance import latent_sites, log_mean_exp, log_weights, max_plate_nesting
+from .importance import latent_sites, log_mean_exp, log_weights, max_plate_nesting, rng_untouched, trace_pair
 
 __all__ = ["ScaleLatent", "Objective", "ELBOS", "ANNEALING"]
 
@@ -73,24 +73,22 @@ class Objective:
     def check(self, model, guide, x: torch.Tensor) -> None:
         """Raise :class:`UserError` if this objective cannot be computed for the pair."""
         x = x[:2]
-        if self.name == "meanfield":
-            # TraceMeanField_ELBO silently falls back to Monte Carlo; an analytic ELBO was asked for
-            missing = _sites_without_closed_form_kl(model, guide, x)
-            if missing:
-                raise UserError(
-                    f"the meanfield ELBO needs a closed-form KL between guide and prior, which site(s) "
-                    f"{', '.join(missing)} do not have; use --elbo trace"
-                )
-        with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        with rng_untouched(x):
+            if self.name == "meanfield":
+                # TraceMeanField_ELBO silently falls back to Monte Carlo; an analytic ELBO was asked for
+                missing = _sites_without_closed_form_kl(model, guide, x)
+                if missing:
+                    raise UserError(
+                        f"the meanfield ELBO needs a closed-form KL between guide and prior, which site(s) "
+                        f"{', '.join(missing)} do not have; use --elbo trace"
+                    )
             loss = self(model, guide, x)
         if not torch.isfinite(loss):
             raise UserError(f"the {self.name!r} ELBO is not finite at initialisation")
 
 
-@torch.no_grad()
 def _sites_without_closed_form_kl(model, guide, x: torch.Tensor) -> list[str]:
-    guide_trace = poutine.trace(guide).get_trace(x)
-    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
+    guide_trace, model_trace = trace_pair(model, guide, x)
     missing = []
     for site in latent_sites(model_trace):
         try:

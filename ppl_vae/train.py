@@ -85,13 +85,14 @@ class Trainer:
         self.objective = Objective(t.elbo, t.particles)
         self.loss = self.cluster.wrap(ProgramLoss(self.program, self.objective), self.train.device)
         self.optimizer = torch.optim.Adam(self.program.parameters(), lr=t.lr)
+        if t.anneal not in ANNEALING:
+            raise UserError(f"unknown annealing {t.anneal!r}; choose one of {', '.join(ANNEALING)}")
+        self._schedule = ANNEALING[t.anneal]
         self._signal: int | None = None
 
     def beta(self, epoch_fraction: float) -> float:
         t = self.config.train
-        if t.anneal not in ANNEALING:
-            raise UserError(f"unknown annealing {t.anneal!r}; choose one of {', '.join(ANNEALING)}")
-        return ANNEALING[t.anneal](t.beta, epoch_fraction, t.anneal_epochs)
+        return self._schedule(t.beta, epoch_fraction, t.anneal_epochs)
 
     def run_epoch(self) -> dict:
         """Finish the current epoch (from ``batch_index`` on, after a resume) and return its row."""
