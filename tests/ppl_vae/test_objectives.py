@@ -107,3 +107,11 @@ def test_meanfield_without_closed_form_is_refused(batch):
 def test_unknown_elbo():
     with pytest.raises(UserError, match="unknown ELBO"):
         Objective("nope")
+
+
+@pytest.mark.parametrize("elbo", ["trace", "meanfield", "iwae"])
+def test_checking_an_objective_draws_nothing_from_the_rng(program, batch, elbo):
+    """Set-up must not advance the RNG, or a resumed run would draw other noise than the original."""
+    state = torch.get_rng_state()
+    Objective(elbo, particles=2).check(program.model, program.guide, batch)
+    assert torch.equal(torch.get_rng_state(), state)
