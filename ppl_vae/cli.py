@@ -40,6 +40,8 @@ OPTIONS: dict[str, tuple[str, str, type, str]] = {
     "--epochs": ("train", "epochs", int, "training epochs"),
     "--batch-size": ("train", "batch_size", int, "minibatch size"),
     "--lr": ("train", "lr", float, "Adam learning rate"),
+    "--lr-schedule": ("train", "lr_schedule", str, "constant | cosine"),
+    "--lr-final": ("train", "lr_final", float, "learning rate at the end of a cosine schedule"),
     "--seed": ("train", "seed", int, "random seed"),
     "--device": ("train", "device", str, "cpu | cuda"),
     "--elbo": ("train", "elbo", str, "trace | meanfield | iwae"),
@@ -47,6 +49,7 @@ OPTIONS: dict[str, tuple[str, str, type, str]] = {
     "--beta": ("train", "beta", float, "weight β of the KL terms"),
     "--anneal": ("train", "anneal", str, "none | linear | cyclical"),
     "--anneal-epochs": ("train", "anneal_epochs", int, "warm-up (or cycle) length in epochs"),
+    "--compile": ("train", "compile", bool, "record one training step as a tensor graph and replay it (faster small networks)"),
     "--checkpoint-every": ("train", "checkpoint_every", int, "epochs between checkpoints"),
     "--checkpoint-steps": ("train", "checkpoint_steps", int, "also checkpoint every N steps"),
 }

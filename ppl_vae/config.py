@@ -59,6 +59,8 @@ class TrainConfig:
     epochs: int = 100
     batch_size: int = 128
     lr: float = 1e-3
+    lr_schedule: str = "constant"  # constant | cosine (from lr down to lr_final over the epochs)
+    lr_final: float = 0.0  # learning rate at the end of a decaying schedule
     seed: int = 0
     device: str = "cpu"
     elbo: str = "trace"  # trace | meanfield | iwae
@@ -66,6 +68,7 @@ class TrainConfig:
     beta: float = 1.0  # weight of the latent (KL) terms
     anneal: str = "none"  # none | linear | cyclical warm-up of beta
     anneal_epochs: int = 10  # length of a warm-up (or of one cycle)
+    compile: bool = False  # record a step once and replay it (ppl_vae.compiled); reparameterized programs
     checkpoint_every: int = 1  # epochs between checkpoints
     checkpoint_steps: int = 0  # also checkpoint every N optimizer steps (0 = off)
     pyro_validation: bool = False  # Pyro's shape/support checks on every step (always on for the first)
@@ -102,6 +105,8 @@ class Config:
             raise UserError(f"sigma must be a finite number > 0, got {self.model.sigma}")
         if not (math.isfinite(self.train.lr) and self.train.lr > 0):
             raise UserError(f"lr must be a finite number > 0, got {self.train.lr}")
+        if not (math.isfinite(self.train.lr_final) and 0 <= self.train.lr_final <= self.train.lr):
+            raise UserError(f"lr_final must lie in [0, lr = {self.train.lr}], got {self.train.lr_final}")
         if not (math.isfinite(self.train.beta) and self.train.beta >= 0):
             raise UserError(f"beta must be a finite number >= 0, got {self.train.beta}")
         if not 0 < self.data.test_fraction < 1:

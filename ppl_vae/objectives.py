@@ -44,9 +44,11 @@ class ScaleLatent(Messenger):
             msg["scale"] = msg["scale"] * self.beta
 
 
-def _with_handlers(fn: Callable, scale: float, beta: float) -> Callable:
+def with_handlers(fn: Callable, scale: float, beta: float | torch.Tensor) -> Callable:
+    """``fn`` with its log-densities scaled by ``scale`` and those of its latent sites by ``beta`` too."""
     fn = poutine.scale(fn, scale) if scale != 1.0 else fn
-    return ScaleLatent(beta)(fn) if beta != 1.0 else fn
+    # a tensor β is an input of a recorded step (ppl_vae.compiled): the handler must always be there
+    return ScaleLatent(beta)(fn) if isinstance(beta, torch.Tensor) or beta != 1.0 else fn
 
 
 class Objective:
@@ -59,16 +61,20 @@ class Objective:
         self._elbo = None
         self._nesting: int | None = None
 
-    def __call__(self, model, guide, x: torch.Tensor, scale: float = 1.0, beta: float = 1.0) -> torch.Tensor:
+    def nesting(self, model, guide, x: torch.Tensor) -> int:
+        """The pair's plate nesting, found once, without drawing from the RNG (so a resumed run draws what the original drew)."""
         if self._nesting is None:
-            # found once, without drawing from the RNG, so a resumed run draws what the original drew
             self._nesting = max_plate_nesting(model, guide, x)
             elbo = ELBOS[self.name]
             self._elbo = elbo and elbo(num_particles=self.particles, vectorize_particles=self.particles > 1, max_plate_nesting=self._nesting)
+        return self._nesting
+
+    def __call__(self, model, guide, x: torch.Tensor, scale: float = 1.0, beta: float = 1.0) -> torch.Tensor:
+        self.nesting(model, guide, x)
         if self._elbo is None:  # iwae, on the shared log-weights
-            lw = log_weights(_with_handlers(model, 1.0, beta), _with_handlers(guide, 1.0, beta), x, self.particles, self._nesting)
+            lw = log_weights(with_handlers(model, 1.0, beta), with_handlers(guide, 1.0, beta), x, self.particles, self._nesting)
             return -scale * log_mean_exp(lw.total, dim=0).sum()
-        return self._elbo.differentiable_loss(_with_handlers(model, scale, beta), _with_handlers(guide, scale, beta), x)
+        return self._elbo.differentiable_loss(with_handlers(model, scale, beta), with_handlers(guide, scale, beta), x)
 
     def check(self, model, guide, x: torch.Tensor) -> None:
         """Raise :class:`UserError` if this objective cannot be computed for the pair."""

@@ -20,12 +20,22 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import Config
+from .compiled import RecordedStep
 from .distributed import SINGLE, Cluster, ProgramLoss
 from .errors import UserError
 from .importance import log_weights, max_plate_nesting
 from .objectives import ANNEALING, Objective
 
-__all__ = ["Trainer", "TrainingDiverged", "Interrupted", "epoch_permutation", "elbo_per_datapoint"]
+__all__ = ["Trainer", "TrainingDiverged", "Interrupted", "epoch_permutation", "elbo_per_datapoint", "LR_SCHEDULES"]
+
+LR_SCHEDULES: dict[str, Callable[[float, float, float], float]] = {
+    "constant": lambda lr, lr_final, progress: lr,
+    # Loshchilov & Hutter 2017 (arXiv:1608.03983), one cycle without restarts
+    "cosine": lambda lr, lr_final, progress: lr_final + 0.5 * (lr - lr_final) * (1.0 + math.cos(math.pi * min(progress, 1.0))),
+}
+"""Schedule name -> ``(lr, lr_final, fraction of training done) -> learning rate there``.
+
+A function of the step counters alone, so a resumed run follows the same schedule."""
 
 
 class TrainingDiverged(UserError):
@@ -56,6 +66,11 @@ def elbo_per_datapoint(program, x: torch.Tensor, batch_size: int = 1024, num_par
     return torch.cat(parts)
 
 
+def binarize(x: torch.Tensor) -> torch.Tensor:
+    """Dynamic binarization, ``x ~ Bernoulli(pixel)`` elementwise, from one uniform draw."""
+    return (torch.rand_like(x) < x).to(x.dtype)
+
+
 @dataclass
 class Trainer:
     """Fits ``program`` to ``train`` with the objective and schedule of ``config``.
@@ -83,16 +98,28 @@ class Trainer:
     def __post_init__(self):
         t = self.config.train
         self.objective = Objective(t.elbo, t.particles)
+        if t.compile and self.cluster.world > 1:
+            raise UserError("--compile trains one process; DDP needs the eager step (drop --compile or --distributed)")
         self.loss = self.cluster.wrap(ProgramLoss(self.program, self.objective), self.train.device)
-        self.optimizer = torch.optim.Adam(self.program.parameters(), lr=t.lr)
+        self.recorded = RecordedStep(self.program, self.objective) if t.compile else None
+        # one fused kernel for all parameters instead of a dozen small ops per tensor
+        fused = self.train.device.type in ("cpu", "cuda")
+        self.optimizer = torch.optim.Adam(self.program.parameters(), lr=t.lr, fused=fused)
         if t.anneal not in ANNEALING:
             raise UserError(f"unknown annealing {t.anneal!r}; choose one of {', '.join(ANNEALING)}")
         self._schedule = ANNEALING[t.anneal]
+        if t.lr_schedule not in LR_SCHEDULES:
+            raise UserError(f"unknown learning-rate schedule {t.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
+        self._lr = LR_SCHEDULES[t.lr_schedule]
         self._signal: int | None = None
 
     def beta(self, epoch_fraction: float) -> float:
         t = self.config.train
         return self._schedule(t.beta, epoch_fraction, t.anneal_epochs)
+
+    def lr(self, epoch_fraction: float) -> float:
+        t = self.config.train
+        return self._lr(t.lr, t.lr_final, epoch_fraction / t.epochs)
 
     def run_epoch(self) -> dict:
         """Finish the current epoch (from ``batch_index`` on, after a resume) and return its row."""
@@ -117,17 +144,16 @@ class Trainer:
         for i in range(self.batch_index, len(batches)):
             x = self.train[self.cluster.shard(batches[i])]
             if self.config.data.binarize:
-                x = torch.bernoulli(x)
+                x = binarize(x)
             # N·W/B: on one process N/B; across W ranks DDP's average restores the union batch's gradient
             scale = n * world / len(batches[i])
-            loss = self.loss(x, scale, self.beta(self.epoch + i / len(batches)))
-            value = loss.item()
+            value = self._loss_and_grads(x, scale, self.beta(self.epoch + i / len(batches)))
             if not math.isfinite(value):
                 raise TrainingDiverged(
                     f"the loss became {value} at epoch {self.epoch + 1}, step {i + 1}; training stopped, the last good checkpoint is kept"
                 )
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.lr(self.epoch + i / len(batches))
             self.optimizer.step()
             self.step += 1
             self.batch_index = i + 1
@@ -140,6 +166,17 @@ class Trainer:
                     self.on_interrupt(self)
                 raise Interrupted(self._signal)
         bar.close()
+
+    def _loss_and_grads(self, x: torch.Tensor, scale: float, beta: float) -> float:
+        """The objective's value on ``x``, with its gradient left in the parameters' ``.grad``."""
+        if self.recorded is not None:
+            return self.recorded(x, scale, beta).item()
+        loss = self.loss(x, scale, beta)
+        value = loss.item()
+        if math.isfinite(value):
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        return value
 
     def fit(self) -> list[dict]:
         t = self.config.train

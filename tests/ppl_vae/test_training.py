@@ -54,3 +54,28 @@ def test_beta_schedules(anneal, expected):
     from ppl_vae.objectives import ANNEALING
 
     assert [ANNEALING[anneal](1.0, e, 4) for e in (0, 2, 4)] == expected
+
+
+def test_cosine_learning_rate_reaches_lr_final_and_resumes_from_the_counters(digits):
+    from ppl_vae.train import LR_SCHEDULES, Trainer
+
+    cosine = LR_SCHEDULES["cosine"]
+    assert cosine(1e-3, 1e-5, 0.0) == pytest.approx(1e-3)
+    assert cosine(1e-3, 1e-5, 0.5) == pytest.approx(0.5 * (1e-3 + 1e-5))
+    assert cosine(1e-3, 1e-5, 1.0) == pytest.approx(1e-5)
+    assert cosine(1e-3, 1e-5, 0.3) > cosine(1e-3, 1e-5, 0.7)
+    config = tiny_config(train={"epochs": 2, "batch_size": 100, "lr_schedule": "cosine", "lr_final": 1e-5})
+    trainer = Trainer(build_program(config, 64, (8, 8)), config, digits.train[:400], digits.test[:10], progress=False)
+    trainer.fit()
+    # the last step of 2 epochs of 4 batches starts at epoch fraction 1 + 3/4
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(cosine(1e-3, 1e-5, 1.75 / 2))
+
+
+@pytest.mark.parametrize("train,message", [({"lr_final": 0.1}, "lr_final must lie in"), ({"lr_schedule": "step"}, "unknown learning-rate schedule")])
+def test_bad_learning_rate_schedules_are_refused(digits, train, message):
+    from ppl_vae.errors import UserError
+    from ppl_vae.train import Trainer
+
+    with pytest.raises(UserError, match=message):
+        config = tiny_config(train=train)
+        Trainer(build_program(config, 64, (8, 8)), config, digits.train[:40], digits.test[:10], progress=False)
