@@ -4,14 +4,16 @@
     python benchmarks/train_speed.py --smoke         # tiny sizes (what the tests run)
     python benchmarks/train_speed.py --device cuda   # the same on a GPU
 
-(a) ppl_vae: ``Trainer.run_epoch`` — Trace_ELBO on the Pyro program, in-memory minibatches.
+(a) ppl_vae: ``Trainer.run_epoch`` with ``compile = true`` — the step of the Pyro program
+             recorded once and replayed (ppl_vae.compiled), in-memory minibatches.
+(e) eager:   the same loop without ``compile``: Pyro's Trace_ELBO traced at every step.
 (b) hand:    the same networks, the same reparameterised single-sample ELBO and log-densities,
              written as a plain PyTorch loss with ``torch.optim.Adam``.
 (c) pyro:    ``pyro.infer.SVI`` with ``Trace_ELBO`` fed by ``DataLoader(TensorDataset)``.
 
-All three see identical initial weights and batch order ((c) shuffles with its own loader).
-Epochs alternate a, b, c so drift on a noisy machine hits all three; the script prints median
-seconds per epoch and the ratios a/b and c/a.
+All see identical initial weights and batch order ((c) shuffles with its own loader).
+Epochs alternate a, e, b, c so drift on a noisy machine hits all of them; the script prints
+median seconds per epoch and the ratios a/b, c/a and e/b.
 """
 
 from __future__ import annotations
@@ -78,8 +80,11 @@ def pyro_dataloader_epoch(svi, loader, n):
 def bench(name, x, config, epochs, device):
     pyro.set_rng_seed(0)
     program = build_program(config, x.shape[1], (x.shape[1],)).to(device)
-    programs = {k: copy.deepcopy(program) for k in ("a", "b", "c")}
-    trainer = Trainer(programs["a"], copy.deepcopy(config), x, x[:2], progress=False)
+    programs = {k: copy.deepcopy(program) for k in ("a", "e", "b", "c")}
+    compiled = copy.deepcopy(config)
+    compiled.train.compile = True
+    trainer = Trainer(programs["a"], compiled, x, x[:2], progress=False)
+    eager = Trainer(programs["e"], copy.deepcopy(config), x, x[:2], progress=False)
     hand_opt = torch.optim.Adam(programs["b"].parameters(), lr=config.train.lr)
     c_prog = programs["c"]
 
@@ -102,9 +107,10 @@ def bench(name, x, config, epochs, device):
         if device == "cuda":
             torch.cuda.synchronize()
 
-    times = {"a": [], "b": [], "c": []}
+    times = {"a": [], "e": [], "b": [], "c": []}
     runs = {
         "a": lambda e: trainer.run_epoch(),
+        "e": lambda e: eager.run_epoch(),
         "b": lambda e: hand_epoch(programs["b"], hand_opt, x, config, e),
         "c": lambda e: pyro_dataloader_epoch(svi, loader, len(x)),
     }
@@ -118,8 +124,8 @@ def bench(name, x, config, epochs, device):
                 times[key].append(time.perf_counter() - start)
     t = {k: median(v) for k, v in times.items()}
     print(
-        f"{name:30s} a {t['a']:7.3f}s  b {t['b']:7.3f}s  c {t['c']:7.3f}s   "
-        f"a/b = {t['a'] / t['b']:.3f}   c/a = {t['c'] / t['a']:.3f}",
+        f"{name:30s} a {t['a']:7.3f}s  e {t['e']:7.3f}s  b {t['b']:7.3f}s  c {t['c']:7.3f}s   "
+        f"a/b = {t['a'] / t['b']:.3f}   c/a = {t['c'] / t['a']:.3f}   e/b = {t['e'] / t['b']:.3f}",
         flush=True,
     )
     return t
@@ -135,6 +141,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(torch.get_num_threads())
     if args.smoke:
         args.epochs = 1
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print(f"train_speed.py: --device {args.device} asked for, but torch sees no CUDA device", file=sys.stderr)
+        return 2
     print(f"median seconds per epoch over {args.epochs} epochs (torch {torch.__version__}, {torch.get_num_threads()} threads, {args.device})")
     digits = load_data(DataConfig()).train.to(args.device)
     cases = []

@@ -41,7 +41,7 @@ from torch.func import functional_call
 
 from .distributed import ProgramLoss
 from .errors import UserError
-from .importance import _sample_sites, latent_sites, replayed_traces, rng_untouched, trace_pair
+from .importance import sample_sites, latent_sites, replayed_traces, rng_untouched, trace_pair
 from .objectives import Objective, with_handlers
 
 __all__ = ["RecordedStep", "recordable_elbo"]
@@ -59,8 +59,8 @@ def recordable_elbo(objective: Objective):
         guide_trace, model_trace = replayed_traces(with_handlers(model, scale, beta), with_handlers(guide, scale, beta), x, K, objective.nesting(model, guide, x))
         guide_trace.compute_log_prob()
         model_trace.compute_log_prob()
-        log_p = sum(site["log_prob_sum"] for site in _sample_sites(model_trace))
-        log_q = sum(site["log_prob_sum"] for site in _sample_sites(guide_trace))
+        log_p = sum(site["log_prob_sum"] for site in sample_sites(model_trace))
+        log_q = sum(site["log_prob_sum"] for site in sample_sites(guide_trace))
         return -(log_p - log_q) / K
 
     return trace_elbo
@@ -90,7 +90,7 @@ class RecordedStep:
         key = (tuple(x.shape), x.dtype, x.device, float(scale))
         if key not in self._graphs:
             self._graphs[key] = self._record(x, float(scale))
-        names, tensors, n_params = self._tensors()
+        _, tensors, _ = self._tensors()
         with torch.no_grad():
             loss, grads = self._graphs[key](tensors, x, torch.tensor(float(beta), dtype=x.dtype, device=x.device))
         for (_, p), g in zip(self.loss.named_parameters(), grads):
@@ -122,7 +122,7 @@ class RecordedStep:
                     "--compile cannot record this program: it branches on tensor values or reads them back "
                     "(if tensor: / .item()); train without --compile"
                 ) from None
-        self._check_agrees(graph, x, scale, tensors, n_params)
+        self._check_agrees(graph, x, scale, tensors)
         return graph
 
     def _check_recordable(self, x: torch.Tensor) -> None:
@@ -137,7 +137,7 @@ class RecordedStep:
         if score:
             raise UserError(f"--compile records reparameterized guides only; site(s) {', '.join(score)} need score-function gradients")
 
-    def _check_agrees(self, graph: nn.Module, x: torch.Tensor, scale: float, tensors, n_params: int) -> None:
+    def _check_agrees(self, graph: nn.Module, x: torch.Tensor, scale: float, tensors: list[torch.Tensor]) -> None:
         """Run the recording and the eager objective on the same batch and noise; they must agree."""
         params = [p for _, p in self.loss.named_parameters()]
         beta, seed = 0.5, 20240601

@@ -24,7 +24,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.poutine.util import site_is_subsample
 
-__all__ = ["LogWeights", "log_weights", "max_plate_nesting", "log_mean_exp", "replayed_traces", "trace_pair", "rng_untouched", "vectorize", "latent_sites", "DATA_PLATE"]
+__all__ = ["LogWeights", "log_weights", "max_plate_nesting", "log_mean_exp", "replayed_traces", "trace_pair", "rng_untouched", "vectorize", "latent_sites", "sample_sites", "DATA_PLATE"]
 
 DATA_PLATE = "data"
 
@@ -45,13 +45,14 @@ def log_mean_exp(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
     return torch.logsumexp(x, dim=dim) - math.log(x.shape[dim])
 
 
-def _sample_sites(trace):
+def sample_sites(trace) -> list[dict]:
+    """The sample sites of a trace (subsample sites of plates left out), in program order."""
     return [s for s in trace.nodes.values() if s["type"] == "sample" and not site_is_subsample(s)]
 
 
 def latent_sites(trace) -> list[dict]:
     """The unobserved sample sites of a trace, in program order."""
-    return [s for s in _sample_sites(trace) if not s["is_observed"]]
+    return [s for s in sample_sites(trace) if not s["is_observed"]]
 
 
 def trace_pair(model: Callable, guide: Callable, *args):
@@ -75,7 +76,7 @@ def max_plate_nesting(model: Callable, guide: Callable, x: torch.Tensor) -> int:
     """How many plate dimensions the pair uses (traces guide and model once, RNG state untouched)."""
     with rng_untouched(x):
         guide_trace, model_trace = trace_pair(model, guide, x)
-    dims = [-f.dim for tr in (guide_trace, model_trace) for s in _sample_sites(tr) for f in s["cond_indep_stack"] if f.vectorized]
+    dims = [-f.dim for tr in (guide_trace, model_trace) for s in sample_sites(tr) for f in s["cond_indep_stack"] if f.vectorized]
     return max(dims, default=0)
 
 
@@ -155,13 +156,13 @@ def log_weights(
     full_rank = nesting + 1
     log_lik = x.new_zeros(K, B)
     log_ratio = x.new_zeros(K, B)
-    for site in _sample_sites(model_trace):
+    for site in sample_sites(model_trace):
         term = _per_datapoint(site, full_rank, K, B, plate)
         if site["is_observed"]:
             log_lik = log_lik + term
         else:
             log_ratio = log_ratio + term
-    for site in _sample_sites(guide_trace):
+    for site in sample_sites(guide_trace):
         log_ratio = log_ratio - _per_datapoint(site, full_rank, K, B, plate)
     weights = LogWeights(log_lik, log_ratio)
     return (weights, guide_trace, model_trace) if return_traces else weights

@@ -25,3 +25,17 @@ def test_benchmark_smoke(script, expect, tmp_path):
     result = subprocess.run(args, cwd=BENCHMARKS, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert expect in result.stdout or "not found" in result.stdout, result.stdout
+
+
+def test_gpu_check_runs_or_says_why_not():
+    """The GPU check script runs the CUDA benchmark where there is a device, and says so in one line where not."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: run `make benchmarks-gpu` instead (minutes, not a test)")
+    env = {"PY": sys.executable, "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(["bash", str(BENCHMARKS / "gpu_check.sh")], capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == "no CUDA device: the GPU check needs one"
+    direct = subprocess.run([sys.executable, str(BENCHMARKS / "train_speed.py"), "--device", "cuda"], cwd=BENCHMARKS, capture_output=True, text=True, timeout=120)
+    assert direct.returncode == 2 and "sees no CUDA device" in direct.stderr
