@@ -8,6 +8,10 @@ ELBO, and its gradient with respect to every parameter — are recorded once per
 with :func:`torch.fx.experimental.proxy_tensor.make_fx`, and later steps run the recording.
 Random draws stay random (they are operations in the graph); what is paid once instead of
 at every step is the Python of Pyro's messengers and traces and autograd's graph building.
+The recording is then compiled by TorchInductor (``torch.compile``), which fuses its
+elementwise operations into a few kernels; its random operations are left to the eager
+generator (``fallback_random``), so a compiled step draws exactly the noise an eager step
+would draw, and a resumed run stays exact.
 
 The recorded loss is the same estimator as the eager objective, written without reading
 values back to Python (Pyro's ``Trace_ELBO`` calls ``.item()``, which cannot be recorded):
@@ -32,6 +36,9 @@ The recording is faithful only where:
 """
 
 from __future__ import annotations
+
+import logging
+import warnings
 
 import pyro
 import torch
@@ -70,13 +77,14 @@ class RecordedStep:
     """``step(x, scale, beta) -> loss``, which also sets ``.grad`` of every parameter of ``program``.
 
     One recording per (batch shape, dtype, device, scale); β is an input of the recording,
-    so annealing does not record again.
+    so annealing does not record again. ``fuse=False`` replays the recorded operations one
+    by one instead of compiling them (no compiler needed, no compile time).
     """
 
-    def __init__(self, program: nn.Module, objective: Objective):
+    def __init__(self, program: nn.Module, objective: Objective, fuse: bool = True):
         if objective.name not in RECORDABLE:
             raise UserError(f"--compile records the {' and '.join(RECORDABLE)} ELBOs, not {objective.name!r}; train without --compile")
-        self.program, self.objective = program, objective
+        self.program, self.objective, self.fuse = program, objective, fuse
         self.loss = ProgramLoss(program, recordable_elbo(objective))
         self._graphs: dict[tuple, nn.Module] = {}
 
@@ -107,7 +115,11 @@ class RecordedStep:
 
         return step
 
-    def _record(self, x: torch.Tensor, scale: float) -> nn.Module:
+    def check(self, x: torch.Tensor) -> None:
+        """Record (without compiling) a step on two rows of ``x``: refusals surface before training starts."""
+        self._record(x[:2], 1.0, fuse=False)
+
+    def _record(self, x: torch.Tensor, scale: float, fuse: bool | None = None) -> nn.Module:
         self._check_recordable(x)
         names, tensors, n_params = self._tensors()
         beta = torch.tensor(1.0, dtype=x.dtype, device=x.device)
@@ -122,6 +134,9 @@ class RecordedStep:
                     "--compile cannot record this program: it branches on tensor values or reads them back "
                     "(if tensor: / .item()); train without --compile"
                 ) from None
+        graph = _without_dead_code(graph)
+        if self.fuse if fuse is None else fuse:
+            graph = _fused(graph, tensors, x, beta)
         self._check_agrees(graph, x, scale, tensors)
         return graph
 
@@ -158,3 +173,31 @@ class RecordedStep:
                 f"--compile: the recorded step gives loss {loss.item():.6g} where the program gives {eager.item():.6g}; "
                 "train without --compile"
             )
+
+
+def _without_dead_code(graph: nn.Module) -> nn.Module:
+    """Drop aliases and operations whose results nothing uses (random draws stay: they are impure)."""
+    for node in list(graph.graph.nodes):
+        if node.op == "call_function" and node.target is torch.ops.aten.alias.default:
+            node.replace_all_uses_with(node.args[0])
+            graph.graph.erase_node(node)
+    graph.graph.eliminate_dead_code()
+    graph.recompile()
+    return graph
+
+
+def _fused(graph: nn.Module, tensors: list[torch.Tensor], x: torch.Tensor, beta: torch.Tensor) -> nn.Module:
+    """``graph`` compiled by TorchInductor, random draws from the eager generator; ``graph`` itself if that fails."""
+    compiled = torch.compile(graph, fullgraph=True, dynamic=False, options={"fallback_random": True})
+    quiet = logging.getLogger("torch.utils.cpp_extension")  # it warns about CUDA_HOME on CPU-only machines
+    level = quiet.level
+    try:
+        quiet.setLevel(logging.ERROR)
+        with rng_untouched(x):
+            compiled(tensors, x, beta)  # compiles now, not inside a training step
+    except Exception as err:  # noqa: BLE001 - no compiler, unsupported device: the plain replay still works
+        warnings.warn(f"--compile: TorchInductor could not compile the recorded step ({type(err).__name__}); replaying it uncompiled", RuntimeWarning, stacklevel=3)
+        return graph
+    finally:
+        quiet.setLevel(level)
+    return compiled

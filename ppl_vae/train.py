@@ -102,6 +102,8 @@ class Trainer:
             raise UserError("--compile trains one process; DDP needs the eager step (drop --compile or --distributed)")
         self.loss = self.cluster.wrap(ProgramLoss(self.program, self.objective), self.train.device)
         self.recorded = RecordedStep(self.program, self.objective) if t.compile else None
+        if self.recorded is not None:
+            self.recorded.check(self.train)  # a program that cannot be recorded is refused before anything is written
         # one fused kernel for all parameters instead of a dozen small ops per tensor
         fused = self.train.device.type in ("cpu", "cuda")
         self.optimizer = torch.optim.Adam(self.program.parameters(), lr=t.lr, fused=fused)
