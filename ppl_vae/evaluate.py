@@ -24,6 +24,8 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import pyro
+from pyro.infer.util import is_validation_enabled
 import torch
 from tqdm.auto import tqdm
 
@@ -60,7 +62,7 @@ def _chunk_sizes(n: int, k: int, rows: int) -> tuple[int, int]:
     return n_chunk, k_chunk
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def importance_sample(
     model, guide, x: torch.Tensor, k: int = 1000, rows: int = ROWS_PER_CHUNK, progress: bool = False, split_points: bool = True
 ) -> PointEstimates:
@@ -84,7 +86,9 @@ def importance_sample(
         b = xb.shape[0]
         for k0 in range(0, k, k_chunk):
             kk = min(k_chunk, k - k0)
-            lw, guide_trace, model_trace = log_weights(model, guide, xb, kk, nesting, return_traces=True)
+            # shapes and supports are checked on the first chunk; the rest repeat its shapes
+            with pyro.validation_enabled(is_validation_enabled() and start == 0 and k0 == 0):
+                lw, guide_trace, model_trace = log_weights(model, guide, xb, kk, nesting, return_traces=True)
             rows_ = slice(start, start + b)
             log_w[rows_, k0 : k0 + kk] = lw.total.T.double().cpu()
             log_lik_sum[rows_] += lw.log_lik.sum(0).double().cpu()
