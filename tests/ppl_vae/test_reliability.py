@@ -10,6 +10,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -44,8 +45,9 @@ def _numbers(run_dir: Path):
     return metrics, history
 
 
-def test_kill_9_then_resume_equals_uninterrupted_run(tmp_path):
-    args = ["--epochs", "6", "--checkpoint-steps", "5"]
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_kill_9_then_resume_equals_uninterrupted_run(tmp_path, compiled):
+    args = ["--epochs", "6", "--checkpoint-steps", "5", *(["--compile"] if compiled else [])]
     reference = tmp_path / "reference"
     subprocess.run([*FIT, *args, "--out", str(reference)], check=True, capture_output=True)
 
