@@ -87,29 +87,35 @@ class RecordedStep:
         self.program, self.objective, self.fuse = program, objective, fuse
         self.loss = ProgramLoss(program, recordable_elbo(objective))
         self._graphs: dict[tuple, nn.Module] = {}
+        # the recording's inputs: each distinct parameter (they get gradients), then each buffer
+        self._params = list(self.loss.parameters())
+        self._inputs = self._params + list(self.loss.buffers())
+        index = {id(t): i for i, t in enumerate(self._inputs)}
+        self._holders = [(name, index[id(t)]) for name, t in _holders(self.loss)]
 
-    def _tensors(self) -> tuple[list[str], list[torch.Tensor], int]:
-        params = list(self.loss.named_parameters())
-        buffers = list(self.loss.named_buffers())
-        names = [n for n, _ in params + buffers]
-        return names, [t.detach() for _, t in params + buffers], len(params)
+    def _tensors(self) -> list[torch.Tensor]:
+        return [t.detach() for t in self._inputs]
 
     def __call__(self, x: torch.Tensor, scale: float, beta: float) -> torch.Tensor:
         key = (tuple(x.shape), x.dtype, x.device, float(scale))
         if key not in self._graphs:
             self._graphs[key] = self._record(x, float(scale))
-        _, tensors, _ = self._tensors()
         with torch.no_grad():
-            loss, grads = self._graphs[key](tensors, x, torch.tensor(float(beta), dtype=x.dtype, device=x.device))
-        for (_, p), g in zip(self.loss.named_parameters(), grads):
+            loss, grads = self._graphs[key](self._tensors(), x, torch.tensor(float(beta), dtype=x.dtype, device=x.device))
+        for p, g in zip(self._params, grads):
             p.grad = g
         return loss
 
-    def _step_fn(self, names: list[str], n_params: int, scale: float):
+    def _step_fn(self, scale: float):
+        n_params = len(self._params)
+
         def step(tensors, x, beta):
             leaves = [t.detach().requires_grad_(i < n_params) for i, t in enumerate(tensors)]
+            # every holder swapped once and restored once: a module shared by two programs (the
+            # VampPrior's encoder) must get its own Parameter objects back, the optimizer's
+            swap = {name: leaves[i] for name, i in self._holders}
             with torch.enable_grad():
-                loss = functional_call(self.loss, dict(zip(names, leaves)), (x, scale, beta))
+                loss = functional_call(self.loss, swap, (x, scale, beta), tie_weights=False)
                 grads = torch.autograd.grad(loss, leaves[:n_params], allow_unused=True)
             return loss.detach(), list(grads)
 
@@ -121,9 +127,9 @@ class RecordedStep:
 
     def _record(self, x: torch.Tensor, scale: float, fuse: bool | None = None) -> nn.Module:
         self._check_recordable(x)
-        names, tensors, n_params = self._tensors()
+        tensors = self._tensors()
         beta = torch.tensor(1.0, dtype=x.dtype, device=x.device)
-        step = self._step_fn(names, n_params, scale)
+        step = self._step_fn(scale)
         with rng_untouched(x), pyro.validation_enabled(False):
             try:
                 graph = make_fx(step)(tensors, x, beta)
@@ -154,13 +160,12 @@ class RecordedStep:
 
     def _check_agrees(self, graph: nn.Module, x: torch.Tensor, scale: float, tensors: list[torch.Tensor]) -> None:
         """Run the recording and the eager objective on the same batch and noise; they must agree."""
-        params = [p for _, p in self.loss.named_parameters()]
         beta, seed = 0.5, 20240601
         with rng_untouched(x):
             torch.manual_seed(seed)
             with torch.enable_grad(), pyro.validation_enabled(False):
                 eager = self.objective(self.program.model, self.program.guide, x, scale=scale, beta=beta)
-                eager_grads = torch.autograd.grad(eager, params, allow_unused=True)
+                eager_grads = torch.autograd.grad(eager, self._params, allow_unused=True)
             torch.manual_seed(seed)
             loss, grads = graph(tensors, x, torch.tensor(beta, dtype=x.dtype, device=x.device))
         tol = dict(rtol=1e-4, atol=1e-4 * max(1.0, abs(eager.item()) / max(1, x.shape[0])))
@@ -173,6 +178,13 @@ class RecordedStep:
                 f"--compile: the recorded step gives loss {loss.item():.6g} where the program gives {eager.item():.6g}; "
                 "train without --compile"
             )
+
+
+def _holders(module: nn.Module):
+    """``(name, tensor)`` for every module attribute holding a parameter or buffer, each module once."""
+    for prefix, child in module.named_modules():
+        for attr, tensor in [*child.named_parameters(recurse=False), *child.named_buffers(recurse=False)]:
+            yield (f"{prefix}.{attr}" if prefix else attr), tensor
 
 
 def _without_dead_code(graph: nn.Module) -> nn.Module:

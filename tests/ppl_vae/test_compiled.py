@@ -40,6 +40,7 @@ def test_recorded_step_equals_the_eager_objective(digits, model, guide, train, f
     program = build_program(config, 64, (8, 8), init_data=digits.train[:64]).double()
     x, scale = digits.train[:24].double(), 7.5
     objective = Objective(config.train.elbo, config.train.particles)
+    parameters = list(program.parameters())
     recorded = RecordedStep(program, Objective(config.train.elbo, config.train.particles), fuse=fuse)
     for seed in (1, 2):  # the second call replays the recording of the first
         torch.manual_seed(seed)
@@ -52,6 +53,8 @@ def test_recorded_step_equals_the_eager_objective(digits, model, guide, train, f
             if want is not None:
                 assert torch.allclose(p.grad, want, rtol=1e-8, atol=1e-9), name
     assert len(recorded._graphs) == 1
+    # recording hands back the very Parameter objects an optimizer holds (the VampPrior shares the encoder)
+    assert all(a is b for a, b in zip(program.parameters(), parameters))
 
 
 def test_recorded_draws_follow_the_rng_like_eager_draws(digits):
@@ -70,14 +73,15 @@ def test_recorded_draws_follow_the_rng_like_eager_draws(digits):
     assert torch.equal(after_recorded, torch.get_rng_state())
 
 
-def test_compiled_training_follows_eager_training(digits):
-    """Two epochs with β annealing, compiled: the same ELBOs and weights as eager."""
+@pytest.mark.parametrize("prior", ["standard", "vamp"])
+def test_compiled_training_follows_eager_training(digits, prior):
+    """Two epochs with β annealing, compiled: the same ELBOs and weights as eager (also with an encoder shared by two programs)."""
     x = digits.train[:256]
     runs = {}
     for compile_ in (False, True):
-        config = tiny_config(train={"compile": compile_, "epochs": 2, "batch_size": 64, "anneal": "linear", "anneal_epochs": 2})
+        config = tiny_config(model={"prior": prior}, train={"compile": compile_, "epochs": 2, "batch_size": 64, "anneal": "linear", "anneal_epochs": 2})
         pyro.set_rng_seed(0)
-        program = build_program(config, 64, (8, 8))
+        program = build_program(config, 64, (8, 8), init_data=x)
         trainer = Trainer(program, config, x, digits.test[:50], progress=False)
         runs[compile_] = (trainer.fit(), program)
     (eager, p_eager), (compiled, p_compiled) = runs[False], runs[True]
