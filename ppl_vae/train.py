@@ -57,9 +57,10 @@ def epoch_permutation(n: int, seed: int, epoch: int, device="cpu") -> torch.Tens
 
 
 @torch.no_grad()
-def elbo_per_datapoint(program, x: torch.Tensor, batch_size: int = 1024, num_particles: int = 1) -> torch.Tensor:
-    """Monte Carlo ELBO of each row of ``x``: ``(N,)``, from the shared log-weights."""
-    nesting = max_plate_nesting(program.model, program.guide, x[:batch_size])
+def elbo_per_datapoint(program, x: torch.Tensor, batch_size: int = 1024, num_particles: int = 1, nesting: int | None = None) -> torch.Tensor:
+    """Monte Carlo ELBO of each row of ``x``: ``(N,)``, from the shared log-weights (``nesting``: the pair's, when known)."""
+    if nesting is None:
+        nesting = max_plate_nesting(program.model, program.guide, x[:batch_size])
     parts = [
         log_weights(program.model, program.guide, xb, num_particles, nesting).total.mean(0) for xb in x.split(batch_size)
     ]
@@ -123,6 +124,9 @@ class Trainer:
         t = self.config.train
         return self._lr(t.lr, t.lr_final, epoch_fraction / t.epochs)
 
+    def _nesting(self) -> int:
+        return self.objective.nesting(self.program.model, self.program.guide, self.train[:2])
+
     def run_epoch(self) -> dict:
         """Finish the current epoch (from ``batch_index`` on, after a resume) and return its row."""
         t, n = self.config.train, len(self.train)
@@ -133,7 +137,7 @@ class Trainer:
         row = {
             "epoch": self.epoch + 1,
             "train_elbo": -self.cluster.sum(self.epoch_loss) / n,
-            "test_elbo": elbo_per_datapoint(self.program, self.test).mean().item(),
+            "test_elbo": elbo_per_datapoint(self.program, self.test, nesting=self._nesting()).mean().item(),
             "beta": self.beta(self.epoch + 1),
             "seconds": time.perf_counter() - start,
         }
@@ -149,13 +153,14 @@ class Trainer:
                 x = binarize(x)
             # N·W/B: on one process N/B; across W ranks DDP's average restores the union batch's gradient
             scale = n * world / len(batches[i])
-            value = self._loss_and_grads(x, scale, self.beta(self.epoch + i / len(batches)))
+            progress = self.epoch + i / len(batches)  # in epochs
+            value = self._loss_and_grads(x, scale, self.beta(progress))
             if not math.isfinite(value):
                 raise TrainingDiverged(
                     f"the loss became {value} at epoch {self.epoch + 1}, step {i + 1}; training stopped, the last good checkpoint is kept"
                 )
             for group in self.optimizer.param_groups:
-                group["lr"] = self.lr(self.epoch + i / len(batches))
+                group["lr"] = self.lr(progress)
             self.optimizer.step()
             self.step += 1
             self.batch_index = i + 1
