@@ -219,12 +219,10 @@ def _evaluate(args) -> int:
 
 
 def _sigma_sweep(args) -> int:
-    from .sweep import parse_sigmas, sigma_sweep
+    from .sweep import parse_sigmas, sigma_sweep, sweep_table
 
     sigmas = parse_sigmas(args.sigmas)
     rows = sigma_sweep(sigmas, config_from_args(args), args.out, _workflow_config(args), progress=not args.no_progress)
-    from .sweep import sweep_table
-
     print(sweep_table(rows), end="")
     print(f"-> {args.out}/sweep.md, {args.out}/figures/")
     return 0
