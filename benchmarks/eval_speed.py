@@ -24,7 +24,7 @@ from common import mnist, median, peak_rss_mb, run_worker
 def build(data_dim: int, hidden: int, latent: int):
     import pyro
 
-    from ppl_vae.build import build_program
+    from ppl_vae.runs.build import build_program
     from ppl_vae.config import Config
 
     config = Config()
@@ -65,7 +65,7 @@ def worker(args) -> None:
     x = mnist(args.points) if not args.smoke else None
     x = x if x is not None else torch.rand(args.points, args.dim)
     program = build(x.shape[1], args.hidden, args.latent)
-    from ppl_vae.evaluate import ROWS_PER_CHUNK, importance_sample
+    from ppl_vae.diagnostics.estimators import ROWS_PER_CHUNK, importance_sample
 
     start = time.perf_counter()
     if args.worker == "ppl_vae":

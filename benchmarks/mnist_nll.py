@@ -26,11 +26,11 @@ from common import ROOT, mnist
 
 import pyro  # noqa: E402
 
-from ppl_vae.compare import paired_difference  # noqa: E402
+from ppl_vae.studies.compare import paired_difference  # noqa: E402
 from ppl_vae.config import Config  # noqa: E402
-from ppl_vae.data import Dataset  # noqa: E402
-from ppl_vae.evaluate import importance_sample  # noqa: E402
-from ppl_vae.run import fit  # noqa: E402
+from ppl_vae.data.datasets import Dataset  # noqa: E402
+from ppl_vae.diagnostics.estimators import importance_sample  # noqa: E402
+from ppl_vae.runs.run import fit  # noqa: E402
 
 
 def config(guide: str, epochs: int, hidden: int, latent: int) -> Config:

@@ -5,7 +5,7 @@
     python benchmarks/train_speed.py --device cuda   # the same on a GPU
 
 (a) ppl_vae: ``Trainer.run_epoch`` with ``compile = true`` — the step of the Pyro program
-             recorded once and replayed (ppl_vae.compiled), in-memory minibatches.
+             recorded once and replayed (ppl_vae.inference.compiled), in-memory minibatches.
 (e) eager:   the same loop without ``compile``: Pyro's Trace_ELBO traced at every step.
 (b) hand:    the same networks, the same reparameterised single-sample ELBO and log-densities,
              written as a plain PyTorch loss with ``torch.optim.Adam``.
@@ -32,10 +32,10 @@ import pyro  # noqa: E402
 import pyro.optim  # noqa: E402
 from pyro.infer import SVI, Trace_ELBO  # noqa: E402
 
-from ppl_vae.build import build_program  # noqa: E402
+from ppl_vae.runs.build import build_program  # noqa: E402
 from ppl_vae.config import Config  # noqa: E402
-from ppl_vae.data import DataConfig, load_data  # noqa: E402
-from ppl_vae.train import Trainer, epoch_permutation  # noqa: E402
+from ppl_vae.data.datasets import DataConfig, load_data  # noqa: E402
+from ppl_vae.inference.trainer import Trainer, epoch_permutation  # noqa: E402
 
 
 def make_config(likelihood: str, hidden: int, latent: int, batch: int, device: str) -> Config:

@@ -99,7 +99,7 @@ def _add_workflow_options(p: argparse.ArgumentParser) -> None:
 
 
 def _workflow_config(args):
-    from .workflow import WorkflowConfig
+    from .runs.evaluation import WorkflowConfig
 
     return WorkflowConfig(
         k=args.k, points=args.points, gap_points=args.gap_points, sbc_simulations=args.sbc_simulations, seed=args.eval_seed
@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _fit(args) -> int:
-    from .run import fit
+    from .runs.run import fit
 
     if args.resume:
         if args.out and Path(args.out) != Path(args.resume):
@@ -179,8 +179,8 @@ def _fit(args) -> int:
 def _sample(args) -> int:
     import pyro
 
-    from .plots import plot_images
-    from .run import load
+    from .plots.figures import plot_images
+    from .runs.run import load
 
     if args.n < 1:
         raise UserError(f"--n must be >= 1, got {args.n}")
@@ -196,9 +196,9 @@ def _sample(args) -> int:
 def _evaluate(args) -> int:
     from dataclasses import replace
 
-    from .data import load_data
-    from .run import load
-    from .workflow import evaluate_run
+    from .data.datasets import load_data
+    from .runs.run import load
+    from .runs.evaluation import evaluate_run
 
     config = _workflow_config(args)
     run = load(args.run_dir, device=args.device)
@@ -219,7 +219,7 @@ def _evaluate(args) -> int:
 
 
 def _sigma_sweep(args) -> int:
-    from .sweep import parse_sigmas, sigma_sweep, sweep_table
+    from .studies.sweep import parse_sigmas, sigma_sweep, sweep_table
 
     sigmas = parse_sigmas(args.sigmas)
     rows = sigma_sweep(sigmas, config_from_args(args), args.out, _workflow_config(args), progress=not args.no_progress)
@@ -243,7 +243,7 @@ def explicit_overrides(args):
 
 
 def _compare(args) -> int:
-    from .compare import compare, variants_from
+    from .studies.compare import compare, variants_from
 
     base = config_from_args(args)
     variants = variants_from(base, args.variants, args.grid, explicit_overrides(args))
@@ -257,7 +257,7 @@ COMMANDS = {"fit": _fit, "evaluate": _evaluate, "compare": _compare, "sigma-swee
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .train import Interrupted
+    from .inference.trainer import Interrupted
 
     args = build_parser().parse_args(argv)
     try:

@@ -68,7 +68,7 @@ class TrainConfig:
     beta: float = 1.0  # weight of the latent (KL) terms
     anneal: str = "none"  # none | linear | cyclical warm-up of beta
     anneal_epochs: int = 10  # length of a warm-up (or of one cycle)
-    compile: bool = False  # record a step once and replay it (ppl_vae.compiled); reparameterized programs
+    compile: bool = False  # record a step once and replay it (ppl_vae.inference.compiled); reparameterized programs
     checkpoint_every: int = 1  # epochs between checkpoints
     checkpoint_steps: int = 0  # also checkpoint every N optimizer steps (0 = off)
     pyro_validation: bool = False  # Pyro's shape/support checks on every step (always on for the first)

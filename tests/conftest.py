@@ -27,7 +27,7 @@ def shared_data() -> Path:
 @pytest.fixture
 def digits():
     from ppl_vae.config import DataConfig
-    from ppl_vae.data import load_data
+    from ppl_vae.data.datasets import load_data
 
     return load_data(DataConfig())
 

@@ -17,9 +17,9 @@ from hypothesis.extra import numpy as hnp
 import ppl_vae
 from ppl_vae.cli import OPTIONS, main
 from ppl_vae.config import Config, DataConfig, from_dict
-from ppl_vae.data import load_data
+from ppl_vae.data.datasets import load_data
 from ppl_vae.errors import UserError
-from ppl_vae.rowfile import as_tensor
+from ppl_vae.data.rowfile import as_tensor
 from tests.conftest import tiny_config
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

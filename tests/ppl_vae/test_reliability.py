@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 import ppl_vae
-from ppl_vae.checkpoint import read_state
+from ppl_vae.storage.checkpoint import read_state
 
 FIT = [sys.executable, "-m", "ppl_vae", "fit", "--hidden-dim", "32", "--no-progress"]
 

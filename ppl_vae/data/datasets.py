@@ -1,0 +1,203 @@
+"""Data sets as in-memory float tensors ``(N, D)`` in [0, 1] (or the user's own scale).
+
+Every loader returns a :class:`Dataset` with a train and a test split, the image shape
+(for pictures and convolutional networks) and labels where the source has them. Data sets
+without a split get a fixed, seeded one. Everything is validated: NaN/inf, wrong rank,
+empty arrays and non-numeric dtypes are refused with a :class:`UserError`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..config import DataConfig
+from ..errors import UserError
+from .rowfile import RowFile
+
+__all__ = ["Dataset", "load_data", "validate_array", "DATASETS", "shared_data_dir"]
+
+
+@dataclass
+class Dataset:
+    name: str
+    train: torch.Tensor | RowFile  # (N, D) float32, or rows streamed from a .npy file
+    test: torch.Tensor | RowFile  # (M, D)
+    image_shape: tuple[int, ...]  # (H, W) or (C, H, W); prod == D
+    train_labels: np.ndarray | None = None
+    test_labels: np.ndarray | None = None
+
+    @property
+    def data_dim(self) -> int:
+        return self.train.shape[1]
+
+
+def shared_data_dir() -> Path | None:
+    """The read-only folder of real data sets beside a checkout (``../shared/data``), if present."""
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here.parent / "shared" / "data", Path.cwd().parent / "shared" / "data"):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def validate_array(x: np.ndarray, name: str) -> np.ndarray:
+    """Return ``x`` as float32 ``(N, ...)`` with N >= 1 and finite values, or raise UserError."""
+    if not isinstance(x, np.ndarray):
+        raise UserError(f"{name}: expected an array, got {type(x).__name__}")
+    if x.dtype == object or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+        raise UserError(f"{name}: expected a numeric array, got dtype {x.dtype}")
+    if x.ndim < 2:
+        raise UserError(f"{name}: expected an array of shape (N, D) or (N, H, W), got shape {x.shape}")
+    if x.shape[0] == 0 or x[0].size == 0:
+        raise UserError(f"{name}: the array is empty (shape {x.shape})")
+    if np.iscomplexobj(x):
+        raise UserError(f"{name}: complex values are not supported")
+    if x.dtype == np.uint8:
+        return x.astype(np.float32) / 255.0
+    if not np.isfinite(x).all():
+        bad = int((~np.isfinite(x)).sum())
+        raise UserError(f"{name}: {bad} values are NaN or infinite; clean the data first")
+    with np.errstate(over="ignore"):
+        x = x.astype(np.float32, copy=False)
+    if not np.isfinite(x).all():
+        raise UserError(f"{name}: values beyond the float32 range (|x| > 3.4e38); rescale the data first")
+    return x
+
+
+def _split_indices(n: int, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) row indices: a fixed permutation seeded by ``cfg.split_seed``."""
+    perm = np.random.default_rng(cfg.split_seed).permutation(n)
+    n_test = max(1, int(round(cfg.test_fraction * n)))
+    if n - n_test < 1:
+        raise UserError(f"{n} data points are too few to split into train and test")
+    return perm[n_test:], perm[:n_test]
+
+
+def _split(x: np.ndarray, labels: np.ndarray | None, cfg: DataConfig):
+    train, test = _split_indices(len(x), cfg)
+    pick = (lambda a, i: None if a is None else a[i])
+    return x[train], x[test], pick(labels, train), pick(labels, test)
+
+
+def _make(name, x_train, x_test, y_train, y_test, image_shape=None) -> Dataset:
+    x_train = validate_array(x_train, f"{name} (train)")
+    x_test = validate_array(x_test, f"{name} (test)")
+    shape = tuple(image_shape or x_train.shape[1:])
+    if x_test.shape[1:] != x_train.shape[1:]:
+        raise UserError(f"{name}: train and test images differ in shape ({x_train.shape[1:]} vs {x_test.shape[1:]})")
+    flat = lambda a: torch.from_numpy(np.ascontiguousarray(a.reshape(len(a), -1)))
+    return Dataset(name, flat(x_train), flat(x_test), shape, y_train, y_test)
+
+
+def _digits(cfg: DataConfig) -> Dataset:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = (bunch.images / 16.0).astype(np.float32)  # (1797, 8, 8) in [0, 1]
+    return _make("digits", *_split(x, bunch.target, cfg))
+
+
+def _find(cfg: DataConfig, default_subdir: str, filename: str) -> Path | None:
+    if cfg.root:
+        root = Path(cfg.root)
+        return root if root.is_file() else root / filename
+    shared = shared_data_dir()
+    return shared / default_subdir / filename if shared else None
+
+
+def _npz_with_split(path: Path, name: str) -> Dataset:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if "x_train" not in f or "x_test" not in f:
+                raise UserError(f"{path}: an .npz data set needs arrays 'x_train' and 'x_test', found {list(f.keys())}")
+            get = lambda k: f[k] if k in f else None
+            return _make(name, f["x_train"], f["x_test"], get("y_train"), get("y_test"))
+    except (OSError, ValueError) as err:
+        if isinstance(err, UserError):
+            raise
+        raise UserError(f"cannot read {path}: {err}") from None
+
+
+def _mnist_like(name: str, subdir: str, torchvision_cls: str) -> Callable[[DataConfig], Dataset]:
+    def load(cfg: DataConfig) -> Dataset:
+        npz = _find(cfg, subdir, f"{subdir}.npz")
+        if npz is not None and npz.is_file():
+            return _npz_with_split(npz, name)
+        if not cfg.root:
+            raise UserError(f"{name}: no local copy found; pass --data-root DIR (with --download to fetch it)")
+        import torchvision.datasets as tvd
+
+        cls = getattr(tvd, torchvision_cls)
+        try:
+            train = cls(cfg.root, train=True, download=cfg.download)
+            test = cls(cfg.root, train=False, download=cfg.download)
+        except RuntimeError as err:
+            raise UserError(f"{name}: {err}") from None
+        return _make(name, train.data.numpy(), test.data.numpy(), train.targets.numpy(), test.targets.numpy())
+
+    return load
+
+
+def _frey(cfg: DataConfig) -> Dataset:
+    from scipy.io import loadmat
+
+    path = _find(cfg, "frey", "frey_rawface.mat")
+    if path is None or not path.is_file():
+        raise UserError("frey: frey_rawface.mat not found; pass --data-root PATH/TO/frey_rawface.mat")
+    try:
+        ff = loadmat(path)["ff"]  # (560, 1965) uint8, one 28x20 face a column
+    except Exception as err:  # scipy raises several types for corrupt files
+        raise UserError(f"frey: cannot read {path}: {err}") from None
+    x = ff.T.reshape(-1, 28, 20)
+    return _make("frey", *_split(x, None, cfg))
+
+
+def _user_file(path: Path, cfg: DataConfig) -> Dataset:
+    if not path.is_file():
+        raise UserError(f"data file not found: {path}")
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as f:
+            if "x_train" in f:
+                return _npz_with_split(path, path.stem)
+            if "x" not in f:
+                raise UserError(f"{path}: expected arrays 'x_train'/'x_test' or 'x', found {list(f.keys())}")
+            x, y = f["x"], (f["y"] if "y" in f else None)
+        x = validate_array(np.asarray(x), path.name)
+        return _make(path.stem, *_split(x, y, cfg))
+    # a .npy is streamed by rows: it may be larger than memory
+    rows = RowFile(path).validate(path.name)
+    train, test = _split_indices(len(rows), cfg)
+    return Dataset(path.stem, rows.subset(train), rows.subset(test), rows.row_shape)
+
+
+DATASETS: dict[str, Callable[[DataConfig], Dataset]] = {
+    "digits": _digits,
+    "mnist": _mnist_like("mnist", "mnist", "MNIST"),
+    "fashion-mnist": _mnist_like("fashion-mnist", "fashion_mnist", "FashionMNIST"),
+    "frey": _frey,
+}
+"""Data set name -> loader ``(DataConfig) -> Dataset``; any other name is read as a file path."""
+
+
+def load_data(cfg: DataConfig) -> Dataset:
+    """Load, validate and split the data set named in ``cfg``."""
+    if cfg.name in DATASETS:
+        data = DATASETS[cfg.name](cfg)
+    elif cfg.name.endswith((".npy", ".npz")):
+        data = _user_file(Path(cfg.name), cfg)
+    else:
+        raise UserError(
+            f"unknown data set {cfg.name!r}; choose one of {', '.join(DATASETS)} or give a .npy/.npz path"
+        )
+    if cfg.limit:
+        data.train = data.train.subset(slice(0, cfg.limit)) if isinstance(data.train, RowFile) else data.train[: cfg.limit]
+        data.train_labels = None if data.train_labels is None else data.train_labels[: cfg.limit]
+    if math.prod(data.image_shape) != data.data_dim:
+        raise UserError(f"{data.name}: image shape {data.image_shape} does not match {data.data_dim} values a row")
+    return data

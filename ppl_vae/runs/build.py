@@ -1,0 +1,168 @@
+"""Build the model/guide pair a config names: registries for the parts, or the user's own program.
+
+The bench only ever sees a :class:`Program`: a module holding a model module and a guide
+module, with ``model(x)`` and ``guide(x)``. Everything it does with them goes through
+Pyro's effect handlers.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..config import Config
+from ..errors import UserError
+from ..guides import AmortizedGuide, Encoder, GUIDES, posterior_head
+from ..models import LIKELIHOODS, MLP, PRIORS, VAE, ConvDecoder, ConvEncoder
+
+__all__ = ["Program", "build_program", "check_support", "load_factory", "NETWORKS"]
+
+
+class Program(nn.Module):
+    """The pair the bench trains and saves: ``model_module.model`` and ``guide_module.guide``."""
+
+    def __init__(self, model_module: nn.Module, guide_module: nn.Module):
+        super().__init__()
+        self.model_module = model_module
+        self.guide_module = guide_module
+
+    def model(self, x: torch.Tensor) -> None:
+        return self.model_module.model(x)
+
+    def guide(self, x: torch.Tensor) -> None:
+        return self.guide_module.guide(x)
+
+
+def _mlp_encoder(data_dim, image_shape, hidden_dim, layers):
+    return MLP([data_dim] + [hidden_dim] * layers, activate_last=True)
+
+
+def _mlp_decoder(latent_dim, data_dim, image_shape, hidden_dim, layers, params_per_pixel):
+    return MLP([latent_dim] + [hidden_dim] * layers + [data_dim * params_per_pixel])
+
+
+class _Identity(nn.Identity):
+    def __init__(self, features: int):
+        super().__init__()
+        self.out_features = features
+
+
+NETWORKS: dict[str, tuple[Callable, Callable]] = {
+    "mlp": (_mlp_encoder, _mlp_decoder),
+    # a linear VAE: x -> q(z|x) by one affine map, z -> f(z) = Wz + b (probabilistic PCA's model)
+    "linear": (
+        lambda data_dim, image_shape, hidden_dim, layers: _Identity(data_dim),
+        lambda latent_dim, data_dim, image_shape, hidden_dim, layers, ppp: nn.Linear(latent_dim, data_dim * ppp),
+    ),
+    "conv": (
+        lambda data_dim, image_shape, hidden_dim, layers: ConvEncoder(image_shape, hidden_dim),
+        lambda latent_dim, data_dim, image_shape, hidden_dim, layers, ppp: ConvDecoder(latent_dim, image_shape, ppp),
+    ),
+}
+"""Network name -> (encoder constructor, decoder constructor)."""
+
+
+def _pick(registry: dict, name: str, what: str):
+    if name not in registry:
+        raise UserError(f"unknown {what} {name!r}; choose one of {', '.join(registry)}")
+    return registry[name]
+
+
+def load_factory(spec: str, role: str) -> Callable:
+    """Import ``factory`` from ``path/to/file.py:factory`` (the user's own program)."""
+    path, sep, attr = spec.rpartition(":")
+    if not sep or not path.endswith(".py") or not attr:
+        raise UserError(f"--{role} program must look like path/to/file.py:factory, got {spec!r}")
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"--{role} program file not found: {file}")
+    name = f"ppl_vae_user_{role}_{abs(hash(str(file.resolve())))}"
+    module = sys.modules.get(name)
+    if module is None:
+        loader_spec = importlib.util.spec_from_file_location(name, file)
+        module = importlib.util.module_from_spec(loader_spec)
+        sys.modules[name] = module
+        try:
+            loader_spec.loader.exec_module(module)
+        except Exception as err:
+            del sys.modules[name]
+            raise UserError(f"importing {file} failed: {type(err).__name__}: {err}") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise UserError(f"{file} has no callable {attr!r}")
+    return factory
+
+
+def _user_module(spec: str, role: str, method: str, data_dim: int, latent_dim: int) -> nn.Module:
+    module = load_factory(spec, role)(data_dim, latent_dim)
+    if not isinstance(module, nn.Module) or not callable(getattr(module, method, None)):
+        raise UserError(f"{spec} must return a torch.nn.Module with a method {method}(x)")
+    return module
+
+
+def build_program(cfg: Config, data_dim: int, image_shape: tuple[int, ...], init_data: torch.Tensor | None = None) -> Program:
+    """Build the :class:`Program` described by ``cfg`` for data of ``data_dim`` values.
+
+    Args:
+        init_data: training rows used to initialise data-dependent parameters (the VampPrior's
+            pseudo-inputs); ``None`` when the weights will be loaded from a checkpoint anyway.
+    """
+    m, g = cfg.model, cfg.guide
+    model_module = _user_module(m.program, "model", "model", data_dim, m.latent_dim) if m.program else None
+    encoder_net, decoder_net = _pick(NETWORKS, m.network, "network")
+    if g.program and g.program != m.program:
+        guide_module = _user_module(g.program, "guide", "guide", data_dim, m.latent_dim)
+    elif model_module is not None:  # a user's model brings its own guide (its latent sites)
+        if not callable(getattr(model_module, "guide", None)):
+            raise UserError(f"{m.program} has no guide(x); give one with --guide path/to/file.py:factory")
+        guide_module = model_module
+    else:
+        _pick(GUIDES, g.name, "guide")
+        net = encoder_net(data_dim, image_shape, m.hidden_dim, m.hidden_layers)
+        head = posterior_head(g.name, net.out_features, m.latent_dim, flows=g.flows, rank=g.rank)
+        guide_module = AmortizedGuide(Encoder(net, head))
+
+    if model_module is None:
+        make_likelihood = _pick(LIKELIHOODS, m.likelihood, "likelihood")
+        make_prior = _pick(PRIORS, m.prior, "prior")
+        encoder = getattr(guide_module, "encoder", None)
+        if m.prior == "vamp" and not callable(getattr(encoder, "base", None)):
+            raise UserError("the vamp prior needs an amortized guide with an encoder (not a user guide program)")
+        likelihood = make_likelihood(data_dim=data_dim, sigma=m.sigma)
+        prior = make_prior(
+            latent_dim=m.latent_dim,
+            encoder=encoder,
+            pseudo_inputs=_pseudo_inputs(init_data, m.n_components, data_dim),
+            n_components=m.n_components,
+            flows=m.flows,
+        )
+        decoder = decoder_net(m.latent_dim, data_dim, image_shape, m.hidden_dim, m.hidden_layers, likelihood.params_per_pixel)
+        model_module = VAE(prior, decoder, likelihood)
+    return Program(model_module, guide_module)
+
+
+def _pseudo_inputs(init_data: torch.Tensor | None, n: int, data_dim: int) -> torch.Tensor:
+    if init_data is None:
+        return torch.zeros(n, data_dim)
+    idx = torch.randperm(len(init_data))[:n]
+    rows = init_data[idx]
+    if len(rows) < n:  # fewer data points than pseudo-inputs: repeat them
+        rows = rows.repeat((n + len(rows) - 1) // len(rows), 1)[:n]
+    return rows.clone()
+
+
+def check_support(cfg: Config, data) -> None:
+    """Refuse data outside the support of the configured likelihood (user programs check their own)."""
+    if cfg.model.program:
+        return
+    likelihood = _pick(LIKELIHOODS, cfg.model.likelihood, "likelihood")(data_dim=data.data_dim, sigma=cfg.model.sigma)
+    for name, x in (("the training data", data.train), ("the test data", data.test)):
+        try:
+            likelihood.check_data(x, name)
+        except ValueError as err:
+            raise UserError(str(err)) from None

@@ -1,0 +1,90 @@
+"""``report.md`` (and ``report.html``): the run's numbers and pictures on one page.
+
+The report is rebuilt from what the run directory holds, so ``fit`` and ``evaluate``
+both refresh it and neither needs to know what the other wrote.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+from ..storage.atomic import write_text
+
+__all__ = ["write_report"]
+
+TRAIN_FIGURES = [
+    ("elbo.png", "ELBO per datapoint during training"),
+    ("reconstructions.png", "Test images (top) and decodings of several z ~ q(z|x)"),
+    ("samples.png", "Decodings of z ~ p(z)"),
+]
+WORKFLOW_FIGURES = [
+    ("khat.png", "PSIS k̂ per test point (Yao et al. 2018): < 0.5 good, 0.5–0.7 usable, > 0.7 unreliable"),
+    ("khat_worst.png", "Test points with the largest k̂"),
+    ("prior_predictive.png", "Prior predictive draws x ~ p(x|z), z ~ p(z)"),
+    ("posterior_predictive.png", "Posterior predictive draws x' ~ p(x|z), z ~ q(z|x)"),
+    ("ppc.png", "Posterior predictive check on image statistics"),
+    ("sbc.png", "Simulation-based calibration: ECDF difference of ranks with 95% bands"),
+]
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _table(d: dict) -> list[str]:
+    rows = ["| quantity | value |", "| --- | --- |"]
+    rows += [f"| {k} | {_fmt(v)} |" for k, v in d.items() if not isinstance(v, (dict, list))]
+    return rows
+
+
+def _read(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def write_report(run_dir: str | Path) -> Path:
+    run_dir = Path(run_dir)
+    metrics, evaluation = _read(run_dir / "metrics.json"), _read(run_dir / "evaluation.json")
+    lines = [f"# ppl_vae run `{run_dir.name}`", ""]
+    if metrics:
+        lines += ["## Training", "", *_table(metrics), ""]
+    for name, caption in TRAIN_FIGURES:
+        if (run_dir / "figures" / name).is_file():
+            lines += [f"![{caption}](figures/{name})", "", f"*{caption}*", ""]
+    if evaluation:
+        lines += ["## Bayesian workflow", "", *_table(evaluation), ""]
+        for name, caption in WORKFLOW_FIGURES:
+            if (run_dir / "figures" / name).is_file():
+                lines += [f"![{caption}](figures/{name})", "", f"*{caption}*", ""]
+    text = "\n".join(lines)
+    write_text(run_dir / "report.md", text)
+    write_text(run_dir / "report.html", _html(lines))
+    return run_dir / "report.md"
+
+
+def _html(lines: list[str]) -> str:
+    """The same page as HTML: headings, one table per run of table rows, figures with captions."""
+    body, in_table = [], False
+    for line in lines:
+        is_row = line.startswith("|")
+        if in_table and not is_row:
+            body.append("</table>")
+        if is_row and not in_table:
+            body.append("<table>")
+        in_table = is_row
+        if line.startswith("# "):
+            body.append(f"<h1>{html.escape(line[2:])}</h1>")
+        elif line.startswith("## "):
+            body.append(f"<h2>{html.escape(line[3:])}</h2>")
+        elif line.startswith("!["):
+            caption, src = line[2:].split("](", 1)
+            body.append(f'<figure><img src="{html.escape(src[:-1])}" style="max-width:100%"><figcaption>{html.escape(caption)}</figcaption></figure>')
+        elif is_row and not line.startswith("| ---"):
+            cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
+            body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    if in_table:
+        body.append("</table>")
+    return "<!doctype html><meta charset='utf-8'><title>ppl_vae report</title>\n" + "\n".join(body) + "\n"

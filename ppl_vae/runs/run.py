@@ -1,0 +1,240 @@
+"""A run: fit a program to data and leave a directory with everything needed to use it again.
+
+::
+
+    RUN_DIR/
+      config.toml        resolved configuration
+      checkpoint/        weights, buffers, optimizer and RNG states (safetensors + JSON)
+      metrics.json       final numbers (nats per datapoint)
+      history.csv        one row an epoch
+      figures/           elbo.png, reconstructions.png, samples.png
+      report.md/.html    the numbers and pictures
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyro
+import torch
+
+from .build import Program, build_program, check_support
+from ..storage.checkpoint import load_checkpoint, read_state, save_checkpoint
+from ..config import Config, from_dict, to_toml
+from ..data.datasets import Dataset, load_data
+from ..inference.distributed import SINGLE, init_cluster
+from ..errors import CheckpointError, UserError
+from ..storage.atomic import write_csv, write_json, write_text
+from ..plots.figures import plot_history, plot_images, plot_reconstructions
+from ..inference.predictive import prior_decode, reconstruct
+from .report import write_report
+from ..inference.trainer import Trainer
+
+__all__ = ["Run", "fit", "load", "check_out_dir", "resolve_device"]
+
+N_FIGURE = 10  # test images shown in reconstructions.png
+K_FIGURE = 4  # decodings of z ~ q(z|x) shown below each
+
+
+def resolve_device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; use cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA device is available")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"unsupported device {name!r}; use cpu or cuda")
+    return device
+
+
+def check_out_dir(out: str | Path, overwrite: bool, resume: bool = False) -> Path:
+    """Refuse to touch an existing, non-empty directory unless told to."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not (overwrite or resume):
+        raise UserError(f"--out {out} already exists and is not empty; pass --overwrite to replace it")
+    return out
+
+
+@dataclass
+class Run:
+    """A trained program, its configuration and its numbers."""
+
+    path: Path
+    config: Config
+    program: Program
+    data_dim: int
+    image_shape: tuple[int, ...]
+    metrics: dict = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+    data: Dataset | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.program.parameters()).device
+
+    def dataset(self) -> Dataset:
+        if self.data is None:
+            self.data = load_data(self.config.data)
+        return self.data
+
+    def reconstruct(self, x: torch.Tensor, num_particles: int = 1) -> torch.Tensor:
+        """Decodings of ``num_particles`` draws z ~ q(z|x): ``(K, B, D)``."""
+        return reconstruct(self.program.model, self.program.guide, x.to(self.device), num_particles)
+
+    def sample(self, n: int) -> torch.Tensor:
+        """Decodings of n draws z ~ p(z): ``(n, D)``."""
+        return prior_decode(self.program.model, n, self.data_dim, self.device)
+
+
+def _write_outputs(run: Run, seconds: float, first_test_elbo: float) -> None:
+    data, cfg, out = run.dataset(), run.config, run.path
+    last = run.history[-1]
+    run.metrics = {
+        "train_elbo": last["train_elbo"],
+        "test_elbo": last["test_elbo"],
+        "first_epoch_test_elbo": first_test_elbo,
+        "epochs": last["epoch"],
+        "seconds": seconds,
+        "sigma": cfg.model.sigma,
+        "likelihood": cfg.model.likelihood if not cfg.model.program else cfg.model.program,
+        "prior": cfg.model.prior,
+        "guide": cfg.guide.name if not cfg.guide.program else cfg.guide.program,
+        "latent_dim": cfg.model.latent_dim,
+        "data": data.name,
+        "n_train": len(data.train),
+        "n_test": len(data.test),
+        "parameters": sum(p.numel() for p in run.program.parameters()),
+    }
+    write_json(out / "metrics.json", run.metrics)
+    write_csv(out / "history.csv", run.history)
+    figures = out / "figures"
+    plot_history(run.history, figures / "elbo.png")
+    x = data.test[:N_FIGURE].to(run.device)
+    plot_reconstructions(x, run.reconstruct(x, K_FIGURE), data.image_shape, figures / "reconstructions.png")
+    plot_images(run.sample(32), data.image_shape, figures / "samples.png")
+    write_report(out)
+
+
+def fit(
+    config: Config,
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+    data: Dataset | None = None,
+    distributed: bool = False,
+) -> Run:
+    """Train the program ``config`` describes and write a run directory at ``out``.
+
+    Everything is validated (config, data, the output directory) before anything is written.
+    With ``resume=True``, training continues from ``out/checkpoint`` with the same data order
+    and RNG states, so the result equals an uninterrupted run. With ``distributed=True`` (under
+    torchrun) every rank trains its shard of each batch with DDP and rank 0 writes the run.
+    """
+    out = check_out_dir(out, overwrite, resume)
+    if resume:
+        state = read_state(out / "checkpoint")
+        config = from_dict(state["config"])
+    config.validate()
+    for part in (config.model, config.guide):  # a run must find its program again from anywhere
+        if part.program:
+            path, _, attr = part.program.rpartition(":")
+            part.program = f"{Path(path).resolve()}:{attr}" if path else part.program
+    device = resolve_device(config.train.device)
+    if distributed and resume:
+        raise UserError("--resume continues single-process runs; a distributed run restarts from its last checkpoint by hand")
+    data = data if data is not None else load_data(config.data)
+    check_support(config, data)
+
+    cluster = init_cluster(device) if distributed else SINGLE
+    if device.type == "cuda" and cluster.world > 1:
+        device = torch.device("cuda", torch.cuda.current_device())
+    pyro.set_rng_seed(config.train.seed)
+    program = build_program(config, data.data_dim, data.image_shape, init_data=data.train).to(device)
+    if cluster.world > 1:
+        pyro.set_rng_seed(config.train.seed + cluster.rank)  # each rank its own Monte Carlo noise
+    run = Run(out, config, program, data.data_dim, tuple(data.image_shape), data=data)
+    trainer = Trainer(program, config, data.train.to(device), data.test.to(device), cluster=cluster)
+    if resume:
+        state = load_checkpoint(out / "checkpoint", program, trainer.optimizer, restore_rng=True, device=str(device))
+        extra = state["extra"]
+        trainer.epoch, trainer.step = state["epoch"], state["step"]
+        trainer.batch_index, trainer.epoch_loss = extra["batch_index"], extra["epoch_loss"]
+        trainer.history = extra["history"]
+    elif out.exists() and overwrite and cluster.is_main:
+        shutil.rmtree(out)
+    if cluster.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / "config.toml", to_toml(config))
+
+    def checkpoint(t: Trainer) -> None:
+        if not cluster.is_main:
+            return
+        save_checkpoint(
+            out / "checkpoint",
+            program,
+            t.optimizer,
+            epoch=t.epoch,
+            step=t.step,
+            config=config.to_dict(),
+            extra={
+                "batch_index": t.batch_index,
+                "epoch_loss": t.epoch_loss,
+                "history": t.history,
+                "data_dim": data.data_dim,
+                "image_shape": list(data.image_shape),
+            },
+        )
+
+    def on_epoch(t: Trainer) -> None:
+        if not cluster.is_main:
+            return
+        write_csv(out / "history.csv", t.history)
+        if t.epoch % config.train.checkpoint_every == 0 or t.epoch == config.train.epochs:
+            checkpoint(t)
+
+    every = config.train.checkpoint_steps
+    trainer.on_epoch = on_epoch
+    trainer.on_step = (lambda t: checkpoint(t) if t.step % every == 0 else None) if every else None
+    trainer.on_interrupt = checkpoint
+    trainer.progress = progress
+    start = time.perf_counter()
+    trainer.fit()
+    seconds = sum(row["seconds"] for row in trainer.history) if resume else time.perf_counter() - start
+    run.history = trainer.history
+    if cluster.is_main:
+        _write_outputs(run, seconds, trainer.history[0]["test_elbo"])
+    return run
+
+
+def load(run_dir: str | Path, device: str = "cpu") -> Run:
+    """Load a run directory: the program with its weights and buffers, and its numbers.
+
+    The checkpoint's own ``state.json`` holds the config the weights were trained with, so a
+    run directory is self-contained; nothing is unpickled.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"run directory not found: {run_dir}")
+    state = read_state(run_dir / "checkpoint")
+    try:
+        config = from_dict(state["config"]).validate()
+    except UserError as err:
+        raise CheckpointError(f"{run_dir}: the checkpoint's config is invalid: {err}") from None
+    dev = resolve_device(device)
+    data_dim, image_shape = state["extra"].get("data_dim"), state["extra"].get("image_shape")
+    if not isinstance(data_dim, int) or not isinstance(image_shape, list) or not all(isinstance(s, int) for s in image_shape):
+        raise CheckpointError(f"{run_dir}: the checkpoint does not record the data shape")
+    program = build_program(config, data_dim, tuple(image_shape)).to(dev)
+    load_checkpoint(run_dir / "checkpoint", program, device=str(dev))
+    program.eval()
+    metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
+    return Run(run_dir, config, program, data_dim, tuple(image_shape), metrics=metrics, history=state["extra"].get("history", []))

@@ -1,0 +1,95 @@
+import numpy as np
+import pytest
+import torch
+
+from ppl_vae.config import DataConfig
+from ppl_vae.data.datasets import load_data, validate_array
+from ppl_vae.errors import UserError
+
+
+def test_digits_split_is_fixed_and_scaled(digits):
+    assert digits.train.shape == (1438, 64) and digits.test.shape == (359, 64)
+    assert digits.train.dtype == torch.float32
+    assert 0.0 == digits.train.min() and digits.train.max() == 1.0
+    again = load_data(DataConfig())
+    assert torch.equal(again.test, digits.test)
+    other = load_data(DataConfig(split_seed=1))
+    assert not torch.equal(other.test, digits.test)
+    # train and test are disjoint halves of the same 1797 rows
+    assert len(np.unique(np.concatenate([digits.train.numpy(), digits.test.numpy()]), axis=0)) > 1700
+
+
+@pytest.mark.parametrize(
+    "array,message",
+    [
+        (np.zeros(5), "shape"),
+        (np.zeros((0, 4)), "empty"),
+        (np.array([[1.0, np.inf]]), "NaN or infinite"),
+        (np.array([["a", "b"]]), "numeric"),
+        (np.array([[1 + 1j, 0]]), "complex"),
+    ],
+)
+def test_validate_array_refuses(array, message):
+    with pytest.raises(UserError, match=message):
+        validate_array(array, "x")
+
+
+def test_user_npy_and_npz(tmp_path):
+    x = np.random.rand(50, 3, 4).astype(np.float32)
+    np.save(tmp_path / "a.npy", x)
+    data = load_data(DataConfig(name=str(tmp_path / "a.npy")))
+    assert data.image_shape == (3, 4) and len(data.train) + len(data.test) == 50
+    np.savez(tmp_path / "b.npz", x_train=(x * 255).astype(np.uint8), x_test=(x[:5] * 255).astype(np.uint8))
+    data = load_data(DataConfig(name=str(tmp_path / "b.npz")))
+    assert len(data.test) == 5 and float(data.train.max()) <= 1.0
+
+
+def test_mnist_from_shared_folder(shared_data):
+    data = load_data(DataConfig(name="mnist", root=str(shared_data / "mnist")))
+    assert data.train.shape == (60000, 784) and data.test.shape == (10000, 784)
+    assert data.image_shape == (28, 28) and data.test_labels is not None
+
+
+def test_frey_from_shared_folder(shared_data):
+    data = load_data(DataConfig(name="frey", root=str(shared_data / "frey")))
+    assert data.image_shape == (28, 20) and len(data.train) + len(data.test) == 1965
+
+
+def test_npy_is_streamed_by_rows_and_trains_like_the_array_in_memory(tmp_path):
+    """A .npy file is read row by row (never whole) and gives the same training as the array itself."""
+    import copy
+
+    from ppl_vae.runs.build import build_program
+    from ppl_vae.data.datasets import Dataset
+    from ppl_vae.data.rowfile import RowFile, as_tensor
+    from ppl_vae.inference.trainer import Trainer
+    from tests.conftest import tiny_config
+
+    x = (np.random.default_rng(0).random((300, 5, 4)) * 255).astype(np.uint8)
+    np.save(tmp_path / "big.npy", x)
+    streamed = load_data(DataConfig(name=str(tmp_path / "big.npy")))
+    assert isinstance(streamed.train, RowFile) and streamed.image_shape == (5, 4)
+    in_memory = Dataset("mem", as_tensor(streamed.train), as_tensor(streamed.test), (5, 4))
+    torch.testing.assert_close(in_memory.train[7], torch.from_numpy(x[streamed.train.rows[7]].reshape(-1) / np.float32(255)))
+    config = tiny_config(train={"epochs": 2, "batch_size": 32})
+    results = []
+    for data in (streamed, in_memory):
+        torch.manual_seed(0)
+        program = build_program(config, 20, (5, 4))
+        history = Trainer(program, copy.deepcopy(config), data.train, data.test, progress=False).fit()
+        results.append((history, [p.detach().clone() for p in program.parameters()]))
+    numbers = [[(row["train_elbo"], row["test_elbo"]) for row in history] for history, _ in results]
+    assert numbers[0] == numbers[1]
+    for p, q in zip(results[0][1], results[1][1]):
+        assert torch.equal(p, q)
+
+
+def test_npy_with_nan_deep_inside_is_refused(tmp_path):
+    x = np.random.rand(1000, 8).astype(np.float32)
+    x[977, 3] = np.nan
+    np.save(tmp_path / "nan.npy", x)
+    with pytest.raises(UserError, match="NaN"):
+        load_data(DataConfig(name=str(tmp_path / "nan.npy")))
+    np.save(tmp_path / "fortran.npy", np.asfortranarray(np.random.rand(10, 3)))
+    with pytest.raises(UserError, match="Fortran"):
+        load_data(DataConfig(name=str(tmp_path / "fortran.npy")))

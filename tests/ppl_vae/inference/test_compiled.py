@@ -1,0 +1,182 @@
+"""The recorded training step: the same loss, gradients and draws as the eager program, or a refusal."""
+
+from pathlib import Path
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from torch import nn
+
+from ppl_vae.runs.build import build_program
+from ppl_vae.inference.compiled import RecordedStep
+from ppl_vae.inference.distributed import Cluster
+from ppl_vae.errors import UserError
+from ppl_vae.inference.objectives import Objective
+from ppl_vae.inference.trainer import Trainer
+from tests.conftest import tiny_config
+
+
+def eager_step(program, objective, x, scale, beta):
+    loss = objective(program.model, program.guide, x, scale=scale, beta=beta)
+    grads = torch.autograd.grad(loss, list(program.parameters()), allow_unused=True)
+    return loss.detach(), grads
+
+
+@pytest.mark.parametrize(
+    "model,guide,train,fuse",
+    [
+        ({}, {}, {}, True),
+        ({}, {}, {}, False),
+        ({"likelihood": "bernoulli", "prior": "vamp"}, {"name": "iaf"}, {}, False),
+        ({"likelihood": "normal-learned", "prior": "mog"}, {"name": "lowrank"}, {"particles": 3}, False),
+        ({"prior": "flow"}, {"name": "spline"}, {"elbo": "iwae", "particles": 4}, False),
+    ],
+)
+@pytest.mark.parametrize("beta", [1.0, 0.3])
+def test_recorded_step_equals_the_eager_objective(digits, model, guide, train, fuse, beta):
+    """Same noise → the recorded (and compiled) step's loss and every gradient equal Pyro's (float64, to 1e-9)."""
+    config = tiny_config(model={"latent_dim": 4, **model}, guide=guide, train=train)
+    program = build_program(config, 64, (8, 8), init_data=digits.train[:64]).double()
+    x, scale = digits.train[:24].double(), 7.5
+    objective = Objective(config.train.elbo, config.train.particles)
+    parameters = list(program.parameters())
+    recorded = RecordedStep(program, Objective(config.train.elbo, config.train.particles), fuse=fuse)
+    for seed in (1, 2):  # the second call replays the recording of the first
+        torch.manual_seed(seed)
+        want_loss, want_grads = eager_step(program, objective, x, scale, beta)
+        torch.manual_seed(seed)
+        loss = recorded(x, scale, beta)
+        assert torch.allclose(loss, want_loss, rtol=1e-9, atol=1e-9), (loss, want_loss)
+        for (name, p), want in zip(program.named_parameters(), want_grads):
+            assert (p.grad is None) == (want is None), name
+            if want is not None:
+                assert torch.allclose(p.grad, want, rtol=1e-8, atol=1e-9), name
+    assert len(recorded._graphs) == 1
+    # recording hands back the very Parameter objects an optimizer holds (the VampPrior shares the encoder)
+    assert all(a is b for a, b in zip(program.parameters(), parameters))
+
+
+def test_recorded_draws_follow_the_rng_like_eager_draws(digits):
+    """Recording and compiling draw nothing; a compiled step advances the RNG exactly as an eager step."""
+    config = tiny_config()
+    program = build_program(config, 64, (8, 8))
+    x = digits.train[:16]
+    recorded = RecordedStep(program, Objective("trace"))
+    torch.manual_seed(5)
+    recorded._graphs[(tuple(x.shape), x.dtype, x.device, 2.0)] = recorded._record(x, 2.0)
+    assert torch.equal(torch.get_rng_state(), torch.manual_seed(5).get_state())
+    recorded(x, 2.0, 1.0)
+    after_recorded = torch.get_rng_state()
+    torch.manual_seed(5)
+    eager_step(program, Objective("trace"), x, 2.0, 1.0)
+    assert torch.equal(after_recorded, torch.get_rng_state())
+
+
+@pytest.mark.parametrize("prior", ["standard", "vamp"])
+def test_compiled_training_follows_eager_training(digits, prior):
+    """Two epochs with β annealing, compiled: the same ELBOs and weights as eager (also with an encoder shared by two programs)."""
+    x = digits.train[:256]
+    runs = {}
+    for compile_ in (False, True):
+        config = tiny_config(model={"prior": prior}, train={"compile": compile_, "epochs": 2, "batch_size": 64, "anneal": "linear", "anneal_epochs": 2})
+        pyro.set_rng_seed(0)
+        program = build_program(config, 64, (8, 8), init_data=x)
+        trainer = Trainer(program, config, x, digits.test[:50], progress=False)
+        runs[compile_] = (trainer.fit(), program)
+    (eager, p_eager), (compiled, p_compiled) = runs[False], runs[True]
+    for a, b in zip(eager, compiled):
+        assert a["train_elbo"] == pytest.approx(b["train_elbo"], rel=1e-5)
+        assert a["test_elbo"] == pytest.approx(b["test_elbo"], rel=1e-5)
+    for (name, a), b in zip(p_eager.named_parameters(), p_compiled.parameters()):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), name
+
+
+class _Toy(nn.Module):
+    """A one-latent program whose guide is chosen per test."""
+
+    def __init__(self, guide_kind: str, dim: int = 3):
+        super().__init__()
+        self.net = nn.Linear(dim, dim)
+        self.kind, self.dim = guide_kind, dim
+
+    def model(self, x):
+        with pyro.plate("data", x.shape[0]):
+            if self.kind == "discrete":
+                z = pyro.sample("z", dist.Bernoulli(0.5 * torch.ones(self.dim)).to_event(1))
+            else:
+                z = pyro.sample("z", dist.Normal(torch.zeros(self.dim), 1.0).to_event(1))
+            if self.kind == "branch" and x.sum() > 0:
+                z = z * 2
+            pyro.sample("x", dist.Normal(self.net(z), 1.0).to_event(1), obs=x)
+
+    def guide(self, x):
+        with pyro.plate("data", x.shape[0]):
+            if self.kind == "discrete":
+                pyro.sample("z", dist.Bernoulli(torch.sigmoid(self.net(x))).to_event(1))
+            elif self.kind == "param":
+                loc = pyro.param("loc", torch.zeros(self.dim))
+                pyro.sample("z", dist.Normal(loc + self.net(x), 1.0).to_event(1))
+            else:
+                pyro.sample("z", dist.Normal(self.net(x), 1.0).to_event(1))
+
+
+@pytest.mark.parametrize(
+    "kind,elbo,message",
+    [
+        ("discrete", "trace", "score-function"),
+        ("param", "trace", r"pyro.param site\(s\) loc"),
+        ("branch", "trace", "branches on tensor values"),
+        ("plain", "meanfield", "records the trace and iwae ELBOs"),
+    ],
+)
+def test_unrecordable_programs_are_refused(kind, elbo, message):
+    program = _Toy(kind)
+    with pytest.raises(UserError, match=message):
+        RecordedStep(program, Objective(elbo), fuse=False)(torch.randn(4, 3), 1.0, 1.0)
+
+
+def test_the_plain_toy_records():
+    """The control for the refusals above: the same program without the defect records and agrees."""
+    program = _Toy("plain")
+    x = torch.randn(4, 3)
+    torch.manual_seed(0)
+    want, _ = eager_step(program, Objective("trace"), x, 1.0, 1.0)
+    torch.manual_seed(0)
+    assert torch.allclose(RecordedStep(program, Objective("trace"), fuse=False)(x, 1.0, 1.0), want)
+
+
+def test_compile_with_several_processes_is_refused(digits):
+    config = tiny_config(train={"compile": True})
+    program = build_program(config, 64, (8, 8))
+    with pytest.raises(UserError, match="--compile trains one process"):
+        Trainer(program, config, digits.train[:32], digits.test[:8], cluster=Cluster(rank=0, world=2))
+
+
+def test_fit_with_compile_from_the_command_line(tmp_path, capsys):
+    from ppl_vae.cli import main
+
+    out = tmp_path / "run"
+    assert main(["fit", "--out", str(out), "--epochs", "2", "--limit", "256", "--batch-size", "128", "--compile", "--no-progress"]) == 0
+    assert "compile = true" in (out / "config.toml").read_text()
+    assert main(["fit", "--out", str(tmp_path / "mf"), "--epochs", "1", "--compile", "--elbo", "meanfield"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err[-1]) < 300 and "records the trace and iwae ELBOs" in err[-1]
+    assert not (tmp_path / "mf").exists()
+
+
+def test_an_unrecordable_program_is_refused_before_the_run_directory_exists(tmp_path, capsys):
+    from ppl_vae.cli import main
+
+    program = tmp_path / "toy.py"
+    program.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parents[3])!r})\n"
+        "from tests.ppl_vae.inference.test_compiled import _Toy\n"
+        "def make(data_dim, latent_dim):\n"
+        "    return _Toy('branch', data_dim)\n"
+    )
+    out = tmp_path / "run"
+    assert main(["fit", "--out", str(out), "--model", f"{program}:make", "--compile", "--no-progress"]) == 2
+    assert "branches on tensor values" in capsys.readouterr().err
+    assert not out.exists()

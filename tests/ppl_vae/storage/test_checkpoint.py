@@ -1,0 +1,172 @@
+"""Checkpoints: bit-identical round trips, no pickle, refusal of anything tampered with."""
+
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import pyro
+import pytest
+import torch
+
+import ppl_vae
+from ppl_vae.storage.checkpoint import load_checkpoint, read_state
+from ppl_vae.errors import CheckpointError
+from tests.conftest import tiny_config
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    pyro.set_rng_seed(0)
+    return ppl_vae.fit(tiny_config(train={"epochs": 1}), tmp_path_factory.mktemp("ckpt") / "run", progress=False)
+
+
+def test_round_trip_is_bit_identical(run):
+    loaded = ppl_vae.load(run.path)
+    x = run.dataset().test[:16]
+    z = torch.randn(5, run.config.model.latent_dim)
+    for a, b in [
+        (run.program.model_module.decoder(z), loaded.program.model_module.decoder(z)),
+        (run.program.guide_module.encoder(x).base_dist.loc, loaded.program.guide_module.encoder(x).base_dist.loc),
+        (run.program.guide_module.encoder(x).base_dist.scale, loaded.program.guide_module.encoder(x).base_dist.scale),
+    ]:
+        assert torch.equal(a, b)
+    for (name, p), (name2, q) in zip(run.program.state_dict().items(), loaded.program.state_dict().items()):
+        assert name == name2 and torch.equal(p, q)
+
+
+def test_checkpoint_contains_no_pickle(run):
+    files = list((run.path / "checkpoint").iterdir())
+    assert {f.suffix for f in files} == {".json", ".safetensors"}
+    for f in files:
+        head = f.read_bytes()[:2]
+        assert head[:1] != b"\x80" and head != b"PK", f"{f} looks like a pickle or zip"
+
+
+def _copy(run, tmp_path) -> Path:
+    dst = tmp_path / "copy"
+    shutil.copytree(run.path, dst)
+    return dst
+
+
+def test_sha_mismatch_is_refused(run, tmp_path):
+    dst = _copy(run, tmp_path)
+    weights = dst / "checkpoint" / read_state(dst / "checkpoint")["files"]["weights"]["name"]
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # flip the bits of one byte of tensor data
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="sha256"):
+        ppl_vae.load(dst)
+
+
+def test_pickle_in_place_of_weights_is_refused_and_never_run(run, tmp_path):
+    dst = _copy(run, tmp_path)
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    state = read_state(dst / "checkpoint")
+    weights = dst / "checkpoint" / state["files"]["weights"]["name"]
+    weights.write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(CheckpointError, match="pickle"):
+        ppl_vae.load(dst)
+    # a state.json pointing at a .pt file is refused by name
+    (dst / "checkpoint" / "model.pt").write_bytes(pickle.dumps(Payload()))
+    state["files"]["weights"]["name"] = "model.pt"
+    (dst / "checkpoint" / "state.json").write_text(json.dumps(state))
+    with pytest.raises(CheckpointError, match="safetensors"):
+        ppl_vae.load(dst)
+    assert not marker.exists()
+
+
+def test_foreign_state_json_is_refused(run, tmp_path):
+    dst = _copy(run, tmp_path)
+    (dst / "checkpoint" / "state.json").write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(CheckpointError, match="not a ppl_vae checkpoint"):
+        ppl_vae.load(dst)
+    (dst / "checkpoint" / "state.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="JSON"):
+        ppl_vae.load(dst)
+
+
+def test_weights_of_another_shape_are_refused(run, tmp_path):
+    from ppl_vae.runs.build import build_program
+
+    other = tiny_config(model={"latent_dim": 3})
+    program = build_program(other, 64, (8, 8))
+    with pytest.raises(CheckpointError, match="do not fit"):
+        load_checkpoint(run.path / "checkpoint", program)
+
+
+def test_optimizer_and_rng_round_trip(run, tmp_path):
+    """The optimizer state and RNG states come back exactly."""
+    from ppl_vae.runs.build import build_program
+    from ppl_vae.storage.checkpoint import save_checkpoint
+
+    program = build_program(run.config, 64, (8, 8))
+    opt = torch.optim.Adam(program.parameters(), lr=1e-3)
+    program.model_module.decoder[0].weight.sum().backward()
+    opt.step()
+    torch.manual_seed(123)
+    save_checkpoint(tmp_path / "c", program, opt, epoch=1, step=1, config=run.config.to_dict())
+    expected = torch.rand(3)
+    program2 = build_program(run.config, 64, (8, 8))
+    opt2 = torch.optim.Adam(program2.parameters(), lr=1e-3)
+    load_checkpoint(tmp_path / "c", program2, opt2, restore_rng=True)
+    assert torch.equal(torch.rand(3), expected)
+    s1, s2 = opt.state_dict(), opt2.state_dict()
+    assert json.loads(json.dumps(s1["param_groups"])) == s2["param_groups"]
+    for k in s1["state"]:
+        for key, v in s1["state"][k].items():
+            assert torch.equal(torch.as_tensor(v), torch.as_tensor(s2["state"][k][key]))
+
+
+def _variants():
+    from ppl_vae.guides import GUIDES
+    from ppl_vae.models import PRIORS
+
+    return [("guide", g) for g in GUIDES] + [("prior", p) for p in PRIORS]
+
+
+@pytest.mark.parametrize("room,name", _variants(), ids=lambda v: str(v))
+def test_every_guide_and_prior_round_trips_bit_identically(room, name, tmp_path):
+    """Flows included: autoregressive permutations and masks are buffers and come back (pyro issue 1839)."""
+    from ppl_vae.runs.build import build_program
+    from ppl_vae.storage.checkpoint import save_checkpoint
+
+    config = tiny_config(guide={"name": name}) if room == "guide" else tiny_config(model={"prior": name})
+    init = torch.rand(50, 64)
+    pyro.set_rng_seed(0)
+    program = build_program(config, 64, (8, 8), init_data=init)
+    save_checkpoint(tmp_path / "c", program, None, epoch=0, step=0, config=config.to_dict())
+    pyro.set_rng_seed(1)  # a different initialisation: different weights, permutations, pseudo-inputs
+    loaded = build_program(config, 64, (8, 8), init_data=init)
+    load_checkpoint(tmp_path / "c", loaded)
+    x = torch.rand(6, 64)
+    draws = []
+    for prog in (program, loaded):
+        pyro.set_rng_seed(7)
+        guide_trace = pyro.poutine.trace(prog.guide).get_trace(x)
+        model_trace = pyro.poutine.trace(pyro.poutine.replay(prog.model, trace=guide_trace)).get_trace(x)
+        prior_trace = pyro.poutine.trace(prog.model).get_trace(x)
+        draws.append((guide_trace.nodes["z"]["value"], model_trace.log_prob_sum(), prior_trace.nodes["z"]["value"]))
+    for a, b in zip(*draws):
+        assert torch.equal(a, b)
+
+
+def test_weights_of_another_dtype_are_refused(run, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from ppl_vae.storage.atomic import sha256_file
+
+    dst = _copy(run, tmp_path)
+    state = read_state(dst / "checkpoint")
+    weights = dst / "checkpoint" / state["files"]["weights"]["name"]
+    tensors = {k: v.double() if v.is_floating_point() and v.dtype == torch.float32 else v for k, v in load_file(str(weights)).items()}
+    save_file(tensors, str(weights))
+    state["files"]["weights"]["sha256"] = sha256_file(weights)  # a consistent but foreign checkpoint
+    (dst / "checkpoint" / "state.json").write_text(json.dumps(state))
+    with pytest.raises(CheckpointError, match="float64"):
+        ppl_vae.load(dst)

@@ -1,0 +1,113 @@
+"""Comparisons on equal terms: paired standard errors, held-out ranking, resumability."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ppl_vae
+from ppl_vae.studies.compare import compare, paired_difference, parse_grid, variants_from
+from ppl_vae.errors import UserError
+from ppl_vae.runs.evaluation import WorkflowConfig
+from tests.conftest import tiny_config
+
+ROOT = Path(__file__).resolve().parents[3]
+SMALL = WorkflowConfig(k=20, points=40, gap_points=5, gap_steps=20, sbc_simulations=50, idata_points=10, idata_draws=3)
+BUDGET = ["--epochs", "2", "--hidden-dim", "32", "--k", "20", "--points", "40", "--gap-points", "5", "--sbc-simulations", "50", "--no-progress"]
+
+
+def test_paired_se_by_hand():
+    a = np.array([1.0, 2.0, 3.0, 4.0])
+    b = np.array([0.5, 2.5, 2.0, 3.0])
+    d = a - b  # 0.5, -0.5, 1.0, 1.0
+    mean, se = paired_difference(a, b)
+    assert mean == pytest.approx(0.5)
+    sd = math.sqrt(sum((v - 0.5) ** 2 for v in d) / 3)
+    assert se == pytest.approx(sd / 2)
+    # pairing removes what the variants share: shared per-point difficulty cancels
+    hard = np.array([0.0, -50.0, 10.0, -20.0])
+    assert paired_difference(a + hard, b + hard) == pytest.approx((mean, se))
+
+
+def test_grid_expands_every_combination():
+    cells = parse_grid("guide=diagonal,iaf;prior=standard,vamp")
+    assert cells == [
+        {"guide": "diagonal", "prior": "standard"},
+        {"guide": "diagonal", "prior": "vamp"},
+        {"guide": "iaf", "prior": "standard"},
+        {"guide": "iaf", "prior": "vamp"},
+    ]
+    variants = variants_from(tiny_config(), grid="guide=diagonal,iaf;model.sigma=0.1,0.2")
+    assert variants["guide-iaf_model.sigma-0.2"].guide.name == "iaf"
+    assert variants["guide-iaf_model.sigma-0.2"].model.sigma == 0.2
+    for bad in ("guide", "nokey=1", "model.nope=1"):
+        with pytest.raises(UserError):
+            variants_from(tiny_config(), grid=bad)
+
+
+def test_identical_variants_differ_by_exactly_zero(tmp_path, digits):
+    variants = {"a": tiny_config(), "b": tiny_config()}
+    comparison = compare(variants, tmp_path, SMALL, data=digits, progress=False)
+    rows = {r["variant"]: r for r in comparison.rows}
+    assert rows["a"]["log_px"] == rows["b"]["log_px"]
+    for r in rows.values():
+        assert r["diff_to_best"] == 0.0 and r["diff_se"] == 0.0
+
+
+def test_ranking_uses_held_out_points(tmp_path, digits):
+    variants = {"small": tiny_config(model={"latent_dim": 2}), "large": tiny_config(model={"latent_dim": 8})}
+    comparison = compare(variants, tmp_path, SMALL, data=digits, progress=False)
+    assert [r["rank"] for r in comparison.rows] == [1, 2]
+    assert comparison.rows[0]["log_px"] >= comparison.rows[1]["log_px"]
+    for row in comparison.rows:
+        run = ppl_vae.load(tmp_path / "runs" / row["variant"])
+        # the ranked numbers are the test split's: recompute log p(x) on those points
+        from ppl_vae.diagnostics.estimators import importance_sample
+
+        assert row["n_points"] == SMALL.points
+        pointwise = np.load(tmp_path / "runs" / row["variant"] / "pointwise.npz")["log_px"]
+        assert row["log_px"] == pytest.approx(pointwise.mean())
+        est = importance_sample(run.program.model, run.program.guide, digits.test[: SMALL.points], k=200)
+        assert abs(est.log_px.mean().item() - row["log_px"]) < 3 * row["log_px_se"] + 1.0
+        train_est = importance_sample(run.program.model, run.program.guide, digits.train[: SMALL.points], k=20)
+        assert not np.allclose(train_est.log_px.numpy(), pointwise)
+    for name in ("comparison.csv", "comparison.json", "comparison.md", "figures/log_px.png", "figures/rate_distortion.png", "figures/khat.png", "figures/reconstructions.png"):
+        assert (tmp_path / name).is_file(), name
+    assert "Δ to best" in comparison.to_markdown()
+    assert json.loads((tmp_path / "comparison.json").read_text())["rows"][0]["variant"] == comparison.rows[0]["variant"]
+
+
+def _table(path: Path) -> list[dict]:
+    rows = json.loads((path / "comparison.json").read_text())["rows"]
+    for r in rows:
+        r.pop("train_seconds")  # wall-clock time is the one number that may differ
+    return rows
+
+
+def test_interrupted_comparison_retrains_only_unfinished(tmp_path):
+    args = [sys.executable, "-m", "ppl_vae", "compare", "--grid", "latent_dim=2,3,4", *BUDGET]
+    reference = tmp_path / "reference"
+    subprocess.run([*args, "--out", str(reference)], check=True, capture_output=True)
+
+    out = tmp_path / "interrupted"
+    proc = subprocess.Popen([*args, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    first = out / "runs" / "latent_dim-2" / "evaluation_settings.json"
+    deadline = time.time() + 120
+    while not first.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert first.exists(), "the first variant finished before the kill"
+    assert not (out / "comparison.json").exists()
+    finished = (out / "runs" / "latent_dim-2" / "checkpoint" / "state.json").read_bytes()
+
+    subprocess.run([*args, "--out", str(out)], check=True, capture_output=True)
+    assert (out / "runs" / "latent_dim-2" / "checkpoint" / "state.json").read_bytes() == finished  # not retrained
+    assert _table(out) == _table(reference)
