@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 RUN    ?= runs/digits
 PIP_QUIET := -q --disable-pip-version-check
 
-.PHONY: install run test test-slow sigma-sweep compare benchmarks benchmarks-gpu mnist-nll clean
+.PHONY: install run test test-slow lint sigma-sweep compare benchmarks benchmarks-gpu mnist-nll clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow
+
+## make lint: ruff's linter and formatter check (also a test in tests/ppl_vae/test_packaging.py)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
 ## make sigma-sweep: the "Why MSE?" numbers and figures, embedded into README.md
 SWEEP ?= runs/sigma-sweep

@@ -17,15 +17,14 @@ import sys
 import time
 
 import torch
-
-from common import mnist, median, peak_rss_mb, run_worker
+from common import median, mnist, peak_rss_mb, run_worker
 
 
 def build(data_dim: int, hidden: int, latent: int):
     import pyro
 
-    from ppl_vae.runs.build import build_program
     from ppl_vae.config import Config
+    from ppl_vae.runs.build import build_program
 
     config = Config()
     config.model.hidden_dim, config.model.latent_dim = hidden, latent
@@ -92,7 +91,13 @@ def main(argv=None) -> int:
     if args.worker:
         worker(args)
         return 0
-    shared = [f"--k={args.k}", f"--points={args.points}", f"--hidden={args.hidden}", f"--latent={args.latent}", f"--dim={args.dim}"]
+    shared = [
+        f"--k={args.k}",
+        f"--points={args.points}",
+        f"--hidden={args.hidden}",
+        f"--latent={args.latent}",
+        f"--dim={args.dim}",
+    ]
     shared += ["--smoke"] if args.smoke else []
     results = {"ppl_vae": [], "hand": []}
     for _ in range(args.repeats):

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 # the child reports its own peak RSS (ru_maxrss of RUSAGE_CHILDREN would be the max over all children)
 REPORT_PEAK = (
     "import resource, runpy, sys\n"

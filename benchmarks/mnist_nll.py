@@ -20,17 +20,15 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
+import pyro  # noqa: E402
 import torch
-
 from common import ROOT, mnist
 
-import pyro  # noqa: E402
-
-from ppl_vae.studies.compare import paired_difference  # noqa: E402
 from ppl_vae.config import Config  # noqa: E402
 from ppl_vae.data.datasets import Dataset  # noqa: E402
 from ppl_vae.diagnostics.estimators import importance_sample  # noqa: E402
 from ppl_vae.runs.run import fit  # noqa: E402
+from ppl_vae.studies.compare import paired_difference  # noqa: E402
 
 
 def config(guide: str, epochs: int, hidden: int, latent: int) -> Config:
@@ -51,7 +49,13 @@ def measure(guide: str, args: argparse.Namespace) -> dict:
     x_test = torch.bernoulli(x_test[: args.test_points], generator=torch.Generator().manual_seed(123))
     data = Dataset("binarized-mnist", x_train, x_test, (28, 28))
     start = time.perf_counter()
-    run = fit(config(guide, args.epochs, hidden, latent), f"{args.out}/{guide}", overwrite=True, progress=args.progress, data=data)
+    run = fit(
+        config(guide, args.epochs, hidden, latent),
+        f"{args.out}/{guide}",
+        overwrite=True,
+        progress=args.progress,
+        data=data,
+    )
     train_seconds = time.perf_counter() - start
     pyro.set_rng_seed(0)
     start = time.perf_counter()
@@ -90,13 +94,19 @@ def main(argv=None) -> int:
     with ProcessPoolExecutor(args.parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
         results = dict(zip(args.guides, pool.map(measure, args.guides, [args] * len(args.guides))))
     for guide, r in results.items():
-        print(f"{guide:9s} test NLL (IWAE-{args.k}) {r['nll']:.2f} ± {r['nll_se']:.2f} nats, -ELBO {-r['elbo']:.2f}, "
-              f"{r['epochs']} epochs in {r['train_seconds'] / 60:.1f} min ({r['threads']} thread(s)), "
-              f"evaluation {r['eval_seconds'] / 60:.1f} min", flush=True)
+        print(
+            f"{guide:9s} test NLL (IWAE-{args.k}) {r['nll']:.2f} ± {r['nll_se']:.2f} nats, -ELBO {-r['elbo']:.2f}, "
+            f"{r['epochs']} epochs in {r['train_seconds'] / 60:.1f} min ({r['threads']} thread(s)), "
+            f"evaluation {r['eval_seconds'] / 60:.1f} min",
+            flush=True,
+        )
     if len(results) == 2:
         (a, b) = results
         diff, se = paired_difference(*(np.load(f"{args.out}/{g}/nll_pointwise.npy") for g in (a, b)))
-        print(f"NLL({a}) - NLL({b}) = {diff:.3f} ± {se:.3f} (paired over {args.test_points} test points; {diff / se if se else float('nan'):.1f} SE)")
+        print(
+            f"NLL({a}) - NLL({b}) = {diff:.3f} ± {se:.3f} (paired over {args.test_points} test points; "
+            f"{diff / se if se else float('nan'):.1f} SE)"
+        )
         results["paired_difference"] = {f"{a}_minus_{b}": diff, "se": se}
     with open(f"{args.out}/results.json", "w") as f:
         json.dump(results, f, indent=2)

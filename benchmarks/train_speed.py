@@ -24,18 +24,16 @@ import math
 import sys
 import time
 
-import torch
-
-from common import median, mnist
-
 import pyro  # noqa: E402
 import pyro.optim  # noqa: E402
+import torch
+from common import median, mnist
 from pyro.infer import SVI, Trace_ELBO  # noqa: E402
 
-from ppl_vae.runs.build import build_program  # noqa: E402
 from ppl_vae.config import Config  # noqa: E402
 from ppl_vae.data.datasets import DataConfig, load_data  # noqa: E402
 from ppl_vae.inference.trainer import Trainer, epoch_permutation  # noqa: E402
+from ppl_vae.runs.build import build_program  # noqa: E402
 
 
 def make_config(likelihood: str, hidden: int, latent: int, batch: int, device: str) -> Config:
@@ -100,7 +98,9 @@ def bench(name, x, config, epochs, device):
 
     pyro.clear_param_store()
     svi = SVI(model, guide, pyro.optim.Adam({"lr": config.train.lr}), Trace_ELBO())
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x.cpu()), batch_size=config.train.batch_size, shuffle=True)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x.cpu()), batch_size=config.train.batch_size, shuffle=True
+    )
     loader = [(b.to(device),) for (b,) in loader] if device != "cpu" else loader
 
     def sync():
@@ -149,7 +149,10 @@ def main(argv=None) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print(f"train_speed.py: --device {args.device} asked for, but torch sees no CUDA device", file=sys.stderr)
         return 2
-    print(f"median seconds per epoch over {args.epochs} epochs (torch {torch.__version__}, {torch.get_num_threads()} threads, {args.device})")
+    print(
+        f"median seconds per epoch over {args.epochs} epochs "
+        f"(torch {torch.__version__}, {torch.get_num_threads()} threads, {args.device})"
+    )
     digits = load_data(DataConfig()).train.to(args.device)
     cases = []
     if args.smoke:
@@ -164,7 +167,13 @@ def main(argv=None) -> int:
             cases.append(("digits 64-256-8 b128", digits, 256, 8, 128))
     for name, x, hidden, latent, batch in cases:
         for likelihood in ("normal", "bernoulli"):
-            bench(f"{name} {likelihood}", x, make_config(likelihood, hidden, latent, batch, args.device), args.epochs, args.device)
+            bench(
+                f"{name} {likelihood}",
+                x,
+                make_config(likelihood, hidden, latent, batch, args.device),
+                args.epochs,
+                args.device,
+            )
     return 0
 
 

@@ -13,7 +13,7 @@ any head by name.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pyro.distributions as dist
 import pyro.distributions.transforms as T

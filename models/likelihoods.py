@@ -19,8 +19,8 @@ The registry :data:`LIKELIHOODS` maps a command-line name to a constructor takin
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import partial
-from typing import Callable
 
 import pyro.distributions as dist
 import torch

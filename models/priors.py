@@ -1,7 +1,8 @@
 r"""Priors p(z): modules whose ``forward()`` returns a distribution with event shape ``(L,)``.
 
 - :class:`StandardNormal`: :math:`p(z) = \mathcal N(0, I)`.
-- :class:`MixtureOfGaussians`: :math:`p(z) = \sum_c \pi_c \mathcal N(z; \mu_c, \operatorname{diag}\sigma_c^2)`, all learned.
+- :class:`MixtureOfGaussians`: :math:`p(z) = \sum_c \pi_c \mathcal N(z; \mu_c, \operatorname{diag}\sigma_c^2)`,
+  all learned.
 - :class:`VampPrior`: :math:`p(z) = \frac1C \sum_c q(z \mid u_c)` at learned pseudo-inputs
   (Tomczak & Welling 2018, arXiv:1705.07120).
 - :class:`FlowPrior`: a masked autoregressive flow over :math:`\mathcal N(0, I)`
@@ -14,7 +15,7 @@ arguments it needs.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pyro.distributions as dist
 import pyro.distributions.transforms as T

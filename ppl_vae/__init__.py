@@ -8,10 +8,10 @@ torch.Size([16, 64])
 
 from .config import Config, DataConfig, GuideConfig, ModelConfig, TrainConfig, load_config
 from .errors import CheckpointError, UserError
-from .studies.compare import Comparison, compare
-from .runs.run import Run, fit, load
-from .studies.sweep import sigma_sweep
 from .runs.evaluation import WorkflowConfig, evaluate_run
+from .runs.run import Run, fit, load
+from .studies.compare import Comparison, compare
+from .studies.sweep import sigma_sweep
 
 __all__ = [
     "Config",

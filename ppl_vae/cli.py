@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .config import Config, load_config
 from .errors import UserError
@@ -34,7 +34,12 @@ OPTIONS: dict[str, tuple[str, str, type, str]] = {
     "--components": ("model", "n_components", int, "mixture components / VampPrior pseudo-inputs"),
     "--prior-flows": ("model", "flows", int, "transforms in the flow prior"),
     "--model": ("model", "program", str, "a user's model program, path/to/file.py:factory"),
-    "--guide": ("guide", "name", str, "diagonal | lowrank | iaf | naf | spline | planar | radial | householder | file.py:factory"),
+    "--guide": (
+        "guide",
+        "name",
+        str,
+        "diagonal | lowrank | iaf | naf | spline | planar | radial | householder | file.py:factory",
+    ),
     "--flows": ("guide", "flows", int, "transforms in a flow guide"),
     "--rank": ("guide", "rank", int, "rank of the low-rank guide"),
     "--epochs": ("train", "epochs", int, "training epochs"),
@@ -49,7 +54,12 @@ OPTIONS: dict[str, tuple[str, str, type, str]] = {
     "--beta": ("train", "beta", float, "weight β of the KL terms"),
     "--anneal": ("train", "anneal", str, "none | linear | cyclical"),
     "--anneal-epochs": ("train", "anneal_epochs", int, "warm-up (or cycle) length in epochs"),
-    "--compile": ("train", "compile", bool, "record one training step as a tensor graph and replay it (faster small networks)"),
+    "--compile": (
+        "train",
+        "compile",
+        bool,
+        "record one training step as a tensor graph and replay it (faster small networks)",
+    ),
     "--checkpoint-every": ("train", "checkpoint_every", int, "epochs between checkpoints"),
     "--checkpoint-steps": ("train", "checkpoint_steps", int, "also checkpoint every N steps"),
 }
@@ -102,7 +112,11 @@ def _workflow_config(args):
     from .runs.evaluation import WorkflowConfig
 
     return WorkflowConfig(
-        k=args.k, points=args.points, gap_points=args.gap_points, sbc_simulations=args.sbc_simulations, seed=args.eval_seed
+        k=args.k,
+        points=args.points,
+        gap_points=args.gap_points,
+        sbc_simulations=args.sbc_simulations,
+        seed=args.eval_seed,
     ).validate()
 
 
@@ -114,7 +128,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="ppl-vae", description="Variational autoencoders as Pyro programs, with a Bayesian-workflow bench.")
+    parser = _Parser(
+        prog="ppl-vae", description="Variational autoencoders as Pyro programs, with a Bayesian-workflow bench."
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("fit", help="train a model/guide pair and write a run directory")
@@ -133,7 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true")
 
-    p = sub.add_parser("sigma-sweep", help="train the fixed-σ model at several σ and compare rate, distortion, identity")
+    p = sub.add_parser(
+        "sigma-sweep", help="train the fixed-σ model at several σ and compare rate, distortion, identity"
+    )
     _add_config_options(p)
     p.add_argument("--sigmas", default="0.03,0.05,0.1,0.2,0.4", help="comma-separated σ values")
     _add_workflow_options(p)
@@ -142,7 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="train and evaluate variants on equal terms, ranked by held-out log p(x)")
     _add_config_options(p)
-    p.add_argument("--variants", nargs="*", default=[], metavar="FILE.toml", help="one TOML file a variant (name = file stem)")
+    p.add_argument(
+        "--variants", nargs="*", default=[], metavar="FILE.toml", help="one TOML file a variant (name = file stem)"
+    )
     p.add_argument("--grid", default="", help="e.g. 'guide=diagonal,iaf;prior=standard,vamp'")
     p.add_argument("--seeds", type=int, default=1, help="train every variant with this many seeds")
     _add_workflow_options(p)
@@ -168,11 +188,20 @@ def _fit(args) -> int:
     else:
         if not args.out:
             raise UserError("fit needs --out RUN_DIR")
-        run = fit(config_from_args(args), args.out, overwrite=args.overwrite, progress=not args.no_progress, distributed=args.distributed)
+        run = fit(
+            config_from_args(args),
+            args.out,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+            distributed=args.distributed,
+        )
         if not run.metrics:  # a rank other than 0: rank 0 reports
             return 0
     m = run.metrics
-    print(f"trained {m['epochs']} epochs in {m['seconds']:.1f}s: train ELBO {m['train_elbo']:.2f}, test ELBO {m['test_elbo']:.2f} nats/datapoint -> {run.path}")
+    print(
+        f"trained {m['epochs']} epochs in {m['seconds']:.1f}s: train ELBO {m['train_elbo']:.2f}, "
+        f"test ELBO {m['test_elbo']:.2f} nats/datapoint -> {run.path}"
+    )
     return 0
 
 
@@ -197,8 +226,8 @@ def _evaluate(args) -> int:
     from dataclasses import replace
 
     from .data.datasets import load_data
-    from .runs.run import load
     from .runs.evaluation import evaluate_run
+    from .runs.run import load
 
     config = _workflow_config(args)
     run = load(args.run_dir, device=args.device)
@@ -206,7 +235,9 @@ def _evaluate(args) -> int:
     if args.data:
         other = load_data(replace(run.config.data, name=args.data, root=args.data_root, limit=0))
         if other.data_dim != run.dataset().data_dim:
-            raise UserError(f"{args.data} has {other.data_dim} values a row; the run was trained on {run.dataset().data_dim}")
+            raise UserError(
+                f"{args.data} has {other.data_dim} values a row; the run was trained on {run.dataset().data_dim}"
+            )
         x = other.test
     r = evaluate_run(run, config, x=x, progress=not args.no_progress)
     print(
@@ -230,7 +261,9 @@ def _sigma_sweep(args) -> int:
 
 def explicit_overrides(args):
     """A function applying the options given on the command line (the shared budget) to a config."""
-    given = [(flag, spec) for flag, spec in OPTIONS.items() if getattr(args, f"opt_{spec[0]}_{spec[1]}", None) is not None]
+    given = [
+        (flag, spec) for flag, spec in OPTIONS.items() if getattr(args, f"opt_{spec[0]}_{spec[1]}", None) is not None
+    ]
 
     def apply(config):
         for flag, (section, key, _, _) in given:

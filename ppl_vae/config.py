@@ -81,7 +81,7 @@ class Config:
     guide: GuideConfig = field(default_factory=GuideConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         """Check the numbers (names are checked by the registries). Returns self."""
         positive_ints = {
             "model.latent_dim": self.model.latent_dim,
@@ -98,7 +98,12 @@ class Config:
         for key, value in positive_ints.items():
             if value < 1:
                 raise UserError(f"{key} must be >= 1, got {value}")
-        for key, value in {"model.flows": self.model.flows, "train.checkpoint_steps": self.train.checkpoint_steps, "guide.flows": self.guide.flows, "data.limit": self.data.limit}.items():
+        for key, value in {
+            "model.flows": self.model.flows,
+            "train.checkpoint_steps": self.train.checkpoint_steps,
+            "guide.flows": self.guide.flows,
+            "data.limit": self.data.limit,
+        }.items():
             if value < 0:
                 raise UserError(f"{key} must be >= 0, got {value}")
         if not (math.isfinite(self.model.sigma) and self.model.sigma > 0):

@@ -9,9 +9,9 @@ empty arrays and non-numeric dtypes are refused with a :class:`UserError`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -81,7 +81,7 @@ def _split_indices(n: int, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
 
 def _split(x: np.ndarray, labels: np.ndarray | None, cfg: DataConfig):
     train, test = _split_indices(len(x), cfg)
-    pick = (lambda a, i: None if a is None else a[i])
+    pick = lambda a, i: None if a is None else a[i]
     return x[train], x[test], pick(labels, train), pick(labels, test)
 
 
@@ -152,7 +152,7 @@ def _frey(cfg: DataConfig) -> Dataset:
         raise UserError("frey: frey_rawface.mat not found; pass --data-root PATH/TO/frey_rawface.mat")
     try:
         ff = loadmat(path)["ff"]  # (560, 1965) uint8, one 28x20 face a column
-    except Exception as err:  # scipy raises several types for corrupt files
+    except Exception as err:  # noqa: BLE001 - scipy raises several types for corrupt files
         raise UserError(f"frey: cannot read {path}: {err}") from None
     x = ff.T.reshape(-1, 28, 20)
     return _make("frey", *_split(x, None, cfg))
@@ -192,11 +192,11 @@ def load_data(cfg: DataConfig) -> Dataset:
     elif cfg.name.endswith((".npy", ".npz")):
         data = _user_file(Path(cfg.name), cfg)
     else:
-        raise UserError(
-            f"unknown data set {cfg.name!r}; choose one of {', '.join(DATASETS)} or give a .npy/.npz path"
-        )
+        raise UserError(f"unknown data set {cfg.name!r}; choose one of {', '.join(DATASETS)} or give a .npy/.npz path")
     if cfg.limit:
-        data.train = data.train.subset(slice(0, cfg.limit)) if isinstance(data.train, RowFile) else data.train[: cfg.limit]
+        data.train = (
+            data.train.subset(slice(0, cfg.limit)) if isinstance(data.train, RowFile) else data.train[: cfg.limit]
+        )
         data.train_labels = None if data.train_labels is None else data.train_labels[: cfg.limit]
     if math.prod(data.image_shape) != data.data_dim:
         raise UserError(f"{data.name}: image shape {data.image_shape} does not match {data.data_dim} values a row")

@@ -30,14 +30,20 @@ class RowFile:
         with open(self.path, "rb") as f:
             try:
                 version = np.lib.format.read_magic(f)
-                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                read_header = (
+                    np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                )
                 shape, fortran, dtype = read_header(f, max_header_size=1 << 16)
             except (ValueError, OSError) as err:
                 raise UserError(f"{self.path}: not a .npy array: {err}") from None
             self.offset = f.tell()
         if fortran:
             raise UserError(f"{self.path}: a Fortran-ordered array cannot be streamed by rows; save it C-ordered")
-        if dtype.hasobject or not (np.issubdtype(dtype, np.number) or dtype == bool) or np.issubdtype(dtype, np.complexfloating):
+        if (
+            dtype.hasobject
+            or not (np.issubdtype(dtype, np.number) or dtype.kind == "b")
+            or np.issubdtype(dtype, np.complexfloating)
+        ):
             raise UserError(f"{self.path}: expected a real numeric array, got dtype {dtype}")
         if len(shape) < 2:
             raise UserError(f"{self.path}: expected an array of shape (N, D) or (N, H, W), got shape {shape}")
@@ -60,14 +66,14 @@ class RowFile:
     def shape(self) -> tuple[int, int]:
         return (len(self.rows), self.data_dim)
 
-    def subset(self, positions) -> "RowFile":
+    def subset(self, positions) -> RowFile:
         """The rows at ``positions`` of this view (no data is read)."""
         new = object.__new__(RowFile)
         new.__dict__.update({k: v for k, v in self.__dict__.items() if k != "_range"})
         new.rows = np.atleast_1d(self.rows[positions])
         return new
 
-    def to(self, device) -> "RowFile":
+    def to(self, device) -> RowFile:
         """The same rows, delivered on ``device`` batch by batch."""
         new = self.subset(slice(None))
         new.device = torch.device(device)
@@ -117,13 +123,15 @@ class RowFile:
             self._range = (lo, hi)
         return self._range
 
-    def validate(self, name: str) -> "RowFile":
+    def validate(self, name: str) -> RowFile:
         """Refuse NaN, inf and values beyond float32, reading the file once in pieces."""
         step = max(1, SCAN_ROWS_BYTES // self.row_bytes)
         for start in range(0, len(self.rows), step):
             raw = self._raw(self.rows[start : start + step])
             if raw.dtype.kind == "f" and not np.isfinite(raw).all():
-                raise UserError(f"{name}: values are NaN or infinite (rows {start}..{start + step}); clean the data first")
+                raise UserError(
+                    f"{name}: values are NaN or infinite (rows {start}..{start + step}); clean the data first"
+                )
             with np.errstate(over="ignore"):
                 if not np.isfinite(_to_float(raw)).all():
                     raise UserError(f"{name}: values beyond the float32 range; rescale the data first")

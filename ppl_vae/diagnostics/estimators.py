@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyro
-from pyro.infer.util import is_validation_enabled
 import torch
+from pyro.infer.util import is_validation_enabled
 from tqdm.auto import tqdm
 
 from ..inference.importance import latent_sites, log_mean_exp, log_weights, max_plate_nesting
@@ -64,7 +64,13 @@ def _chunk_sizes(n: int, k: int, rows: int) -> tuple[int, int]:
 
 @torch.inference_mode()
 def importance_sample(
-    model, guide, x: torch.Tensor, k: int = 1000, rows: int = ROWS_PER_CHUNK, progress: bool = False, split_points: bool = True
+    model,
+    guide,
+    x: torch.Tensor,
+    k: int = 1000,
+    rows: int = ROWS_PER_CHUNK,
+    progress: bool = False,
+    split_points: bool = True,
 ) -> PointEstimates:
     """Run K importance draws for every row of ``x``, in chunks of about ``rows`` particle-rows.
 
@@ -80,7 +86,14 @@ def importance_sample(
     sse_sum = torch.zeros(n, dtype=torch.float64)
     z_sum: torch.Tensor | None = None
     z2_sum: torch.Tensor | None = None
-    bar = tqdm(total=n * k, desc=f"importance sampling (K={k})", unit="draw", unit_scale=True, disable=not progress, leave=False)
+    bar = tqdm(
+        total=n * k,
+        desc=f"importance sampling (K={k})",
+        unit="draw",
+        unit_scale=True,
+        disable=not progress,
+        leave=False,
+    )
     for start in range(0, n, n_chunk):
         xb = x[start : start + n_chunk]
         b = xb.shape[0]

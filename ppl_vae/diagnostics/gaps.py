@@ -39,7 +39,9 @@ class LocalGuide(nn.Module):
         self.names = list(moments)
         self.event_dims = {name: loc.dim() - 1 for name, (loc, _) in moments.items()}
         self.loc = nn.ParameterDict({n: nn.Parameter(loc.clone()) for n, (loc, _) in moments.items()})
-        self.raw_scale = nn.ParameterDict({n: nn.Parameter(_inverse_softplus(scale.clamp(min=1e-4))) for n, (_, scale) in moments.items()})
+        self.raw_scale = nn.ParameterDict(
+            {n: nn.Parameter(_inverse_softplus(scale.clamp(min=1e-4))) for n, (_, scale) in moments.items()}
+        )
 
     def guide(self, x: torch.Tensor) -> None:
         with pyro.plate(DATA_PLATE, x.shape[0]):
@@ -59,7 +61,9 @@ def _moments(model, guide, x: torch.Tensor, particles: int = 64) -> dict[str, tu
     return out
 
 
-def refine_local_guide(model, guide, x: torch.Tensor, steps: int = 300, lr: float = 0.02, particles: int = 8, progress: bool = False) -> LocalGuide:
+def refine_local_guide(
+    model, guide, x: torch.Tensor, steps: int = 300, lr: float = 0.02, particles: int = 8, progress: bool = False
+) -> LocalGuide:
     """Fit a :class:`LocalGuide` to ``x`` by maximising the ELBO with the model's parameters frozen."""
     local = LocalGuide(_moments(model, guide, x)).to(x.device)
     optimizer = torch.optim.Adam(local.parameters(), lr=lr)

@@ -43,7 +43,9 @@ def _predict(classifier, images: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def identity_preservation(model, guide, x: torch.Tensor, labels: np.ndarray, classifier, draws: int = 10, mean_draws: int = 32) -> dict:
+def identity_preservation(
+    model, guide, x: torch.Tensor, labels: np.ndarray, classifier, draws: int = 10, mean_draws: int = 32
+) -> dict:
     """Identity preservation of posterior draws, the posterior mean and prior draws, with 95% intervals.
 
     One replay of ``mean_draws`` guide draws gives both the decodings of the first ``draws``
@@ -56,7 +58,9 @@ def identity_preservation(model, guide, x: torch.Tensor, labels: np.ndarray, cla
     posterior = _predict(classifier, decodings) == labels[None, :]  # (S, N)
     means = {s["name"]: s["value"].mean(0) for s in latent_sites(guide_trace)}  # E_q[z] per site
     at_mean = _predict(classifier, _decode_at(model, x, means)) == labels
-    prior = _predict(classifier, prior_decode(model, draws * len(x), x.shape[1], x.device, x.dtype).reshape(draws, len(x), -1))
+    prior = _predict(
+        classifier, prior_decode(model, draws * len(x), x.shape[1], x.device, x.dtype).reshape(draws, len(x), -1)
+    )
     return {
         "posterior_sample": _rate(posterior.mean(0)),
         "posterior_mean": _rate(at_mean.astype(float)),

@@ -1,4 +1,4 @@
-r"""An SVI step recorded once as a graph of tensor operations, then replayed.
+r"""The compiled SVI step (``--compile``): one step recorded as a graph of tensor operations, compiled, replayed.
 
 A VAE's programs do the same thing at every step: the guide draws
 :math:`z = \mu(x) + \sigma(x)\,\varepsilon`, the model is replayed against it and the
@@ -32,7 +32,7 @@ The recording is faithful only where:
 - the programs do not branch on tensor values (recording refuses ``if tensor:`` and ``.item()``);
 - one process trains (DDP hooks gradients as autograd produces them).
 
-:class:`RecordedStep` checks these and raises :class:`~ppl_vae.errors.UserError` otherwise.
+:class:`CompiledStep` checks these and raises :class:`~ppl_vae.errors.UserError` otherwise.
 """
 
 from __future__ import annotations
@@ -43,15 +43,15 @@ import warnings
 import pyro
 import torch
 from torch import nn
-from torch.fx.experimental.proxy_tensor import make_fx
 from torch.func import functional_call
+from torch.fx.experimental.proxy_tensor import make_fx
 
-from .distributed import ProgramLoss
 from ..errors import UserError
-from .importance import sample_sites, latent_sites, replayed_traces, rng_untouched, trace_pair
+from .distributed import ProgramLoss
+from .importance import latent_sites, replayed_traces, rng_untouched, sample_sites, trace_pair
 from .objectives import Objective, with_handlers
 
-__all__ = ["RecordedStep", "recordable_elbo"]
+__all__ = ["CompiledStep", "recordable_elbo"]
 
 RECORDABLE = ("trace", "iwae")
 
@@ -63,7 +63,13 @@ def recordable_elbo(objective: Objective):
 
     def trace_elbo(model, guide, x, scale, beta):
         K = objective.particles
-        guide_trace, model_trace = replayed_traces(with_handlers(model, scale, beta), with_handlers(guide, scale, beta), x, K, objective.nesting(model, guide, x))
+        guide_trace, model_trace = replayed_traces(
+            with_handlers(model, scale, beta),
+            with_handlers(guide, scale, beta),
+            x,
+            K,
+            objective.nesting(model, guide, x),
+        )
         guide_trace.compute_log_prob()
         model_trace.compute_log_prob()
         log_p = sum(site["log_prob_sum"] for site in sample_sites(model_trace))
@@ -73,7 +79,7 @@ def recordable_elbo(objective: Objective):
     return trace_elbo
 
 
-class RecordedStep:
+class CompiledStep:
     """``step(x, scale, beta) -> loss``, which also sets ``.grad`` of every parameter of ``program``.
 
     One recording per (batch shape, dtype, device, scale); β is an input of the recording,
@@ -83,7 +89,10 @@ class RecordedStep:
 
     def __init__(self, program: nn.Module, objective: Objective, fuse: bool = True):
         if objective.name not in RECORDABLE:
-            raise UserError(f"--compile records the {' and '.join(RECORDABLE)} ELBOs, not {objective.name!r}; train without --compile")
+            raise UserError(
+                f"--compile records the {' and '.join(RECORDABLE)} ELBOs, not {objective.name!r}; "
+                "train without --compile"
+            )
         self.program, self.objective, self.fuse = program, objective, fuse
         self.loss = ProgramLoss(program, recordable_elbo(objective))
         self._graphs: dict[tuple, nn.Module] = {}
@@ -101,7 +110,9 @@ class RecordedStep:
         if key not in self._graphs:
             self._graphs[key] = self._record(x, float(scale))
         with torch.no_grad():
-            loss, grads = self._graphs[key](self._tensors(), x, torch.tensor(float(beta), dtype=x.dtype, device=x.device))
+            loss, grads = self._graphs[key](
+                self._tensors(), x, torch.tensor(float(beta), dtype=x.dtype, device=x.device)
+            )
         for p, g in zip(self._params, grads):
             p.grad = g
         return loss
@@ -153,10 +164,16 @@ class RecordedStep:
             guide_trace, model_trace = trace_pair(model, guide, x[:2])
         params = [s["name"] for tr in (guide_trace, model_trace) for s in tr.nodes.values() if s["type"] == "param"]
         if params:
-            raise UserError(f"--compile needs every parameter inside the program's modules; pyro.param site(s) {', '.join(sorted(set(params)))} are not")
+            raise UserError(
+                "--compile needs every parameter inside the program's modules; "
+                f"pyro.param site(s) {', '.join(sorted(set(params)))} are not"
+            )
         score = [s["name"] for s in latent_sites(guide_trace) if not s["fn"].has_rsample]
         if score:
-            raise UserError(f"--compile records reparameterized guides only; site(s) {', '.join(score)} need score-function gradients")
+            raise UserError(
+                "--compile records reparameterized guides only; "
+                f"site(s) {', '.join(score)} need score-function gradients"
+            )
 
     def _check_agrees(self, graph: nn.Module, x: torch.Tensor, scale: float, tensors: list[torch.Tensor]) -> None:
         """Run the recording and the eager objective on the same batch and noise; they must agree."""
@@ -170,12 +187,18 @@ class RecordedStep:
             loss, grads = graph(tensors, x, torch.tensor(beta, dtype=x.dtype, device=x.device))
         tol = dict(rtol=1e-4, atol=1e-4 * max(1.0, abs(eager.item()) / max(1, x.shape[0])))
         agree = torch.allclose(loss, eager.detach(), **tol) and all(
-            (a is None and b is None) or (a is not None and b is not None and torch.allclose(a, b, rtol=1e-3, atol=1e-3 * max(1.0, b.abs().max().item())))
+            (a is None and b is None)
+            or (
+                a is not None
+                and b is not None
+                and torch.allclose(a, b, rtol=1e-3, atol=1e-3 * max(1.0, b.abs().max().item()))
+            )
             for a, b in zip(grads, eager_grads)
         )
         if not agree:
             raise UserError(
-                f"--compile: the recorded step gives loss {loss.item():.6g} where the program gives {eager.item():.6g}; "
+                f"--compile: the compiled step gives loss {loss.item():.6g} "
+                f"where the program gives {eager.item():.6g}; "
                 "train without --compile"
             )
 
@@ -208,7 +231,12 @@ def _fused(graph: nn.Module, tensors: list[torch.Tensor], x: torch.Tensor, beta:
         with rng_untouched(x):
             compiled(tensors, x, beta)  # compiles now, not inside a training step
     except Exception as err:  # noqa: BLE001 - no compiler, unsupported device: the plain replay still works
-        warnings.warn(f"--compile: TorchInductor could not compile the recorded step ({type(err).__name__}); replaying it uncompiled", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"--compile: TorchInductor could not compile the recorded step ({type(err).__name__}); "
+            "replaying it uncompiled",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         return graph
     finally:
         quiet.setLevel(level)

@@ -17,14 +17,27 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.poutine.util import site_is_subsample
 
-__all__ = ["LogWeights", "log_weights", "max_plate_nesting", "log_mean_exp", "replayed_traces", "trace_pair", "rng_untouched", "vectorize", "latent_sites", "sample_sites", "DATA_PLATE"]
+__all__ = [
+    "LogWeights",
+    "log_weights",
+    "max_plate_nesting",
+    "log_mean_exp",
+    "replayed_traces",
+    "trace_pair",
+    "rng_untouched",
+    "vectorize",
+    "latent_sites",
+    "sample_sites",
+    "DATA_PLATE",
+]
 
 DATA_PLATE = "data"
 
@@ -76,7 +89,13 @@ def max_plate_nesting(model: Callable, guide: Callable, x: torch.Tensor) -> int:
     """How many plate dimensions the pair uses (traces guide and model once, RNG state untouched)."""
     with rng_untouched(x):
         guide_trace, model_trace = trace_pair(model, guide, x)
-    dims = [-f.dim for tr in (guide_trace, model_trace) for s in sample_sites(tr) for f in s["cond_indep_stack"] if f.vectorized]
+    dims = [
+        -f.dim
+        for tr in (guide_trace, model_trace)
+        for s in sample_sites(tr)
+        for f in s["cond_indep_stack"]
+        if f.vectorized
+    ]
     return max(dims, default=0)
 
 

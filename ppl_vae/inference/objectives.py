@@ -18,7 +18,7 @@ Pyro handler (:class:`ScaleLatent`); annealing makes β a function of training p
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import pyro.poutine as poutine
 import torch
@@ -62,17 +62,24 @@ class Objective:
         self._nesting: int | None = None
 
     def nesting(self, model, guide, x: torch.Tensor) -> int:
-        """The pair's plate nesting, found once, without drawing from the RNG (so a resumed run draws what the original drew)."""
+        """The pair's plate nesting, found once, without drawing from the RNG.
+
+        A resumed run must draw what the original drew, so finding the nesting cannot draw.
+        """
         if self._nesting is None:
             self._nesting = max_plate_nesting(model, guide, x)
             elbo = ELBOS[self.name]
-            self._elbo = elbo and elbo(num_particles=self.particles, vectorize_particles=self.particles > 1, max_plate_nesting=self._nesting)
+            self._elbo = elbo and elbo(
+                num_particles=self.particles, vectorize_particles=self.particles > 1, max_plate_nesting=self._nesting
+            )
         return self._nesting
 
     def __call__(self, model, guide, x: torch.Tensor, scale: float = 1.0, beta: float = 1.0) -> torch.Tensor:
         self.nesting(model, guide, x)
         if self._elbo is None:  # iwae, on the shared log-weights
-            lw = log_weights(with_handlers(model, 1.0, beta), with_handlers(guide, 1.0, beta), x, self.particles, self._nesting)
+            lw = log_weights(
+                with_handlers(model, 1.0, beta), with_handlers(guide, 1.0, beta), x, self.particles, self._nesting
+            )
             return -scale * log_mean_exp(lw.total, dim=0).sum()
         return self._elbo.differentiable_loss(with_handlers(model, scale, beta), with_handlers(guide, scale, beta), x)
 

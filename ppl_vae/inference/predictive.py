@@ -16,7 +16,9 @@ __all__ = ["observed_site", "reconstruct", "prior_decode", "prior_predictive", "
 
 def observed_site(trace, conditioned: frozenset | set = frozenset()) -> dict:
     """The (single) observed sample site of a model trace, not counting ``conditioned`` latents."""
-    sites = [s for s in trace.nodes.values() if s["type"] == "sample" and s["is_observed"] and s["name"] not in conditioned]
+    sites = [
+        s for s in trace.nodes.values() if s["type"] == "sample" and s["is_observed"] and s["name"] not in conditioned
+    ]
     if len(sites) != 1:
         raise ValueError(f"expected one observed site, found {[s['name'] for s in sites]}")
     return sites[0]

@@ -12,17 +12,17 @@ from __future__ import annotations
 import math
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import pyro
 import torch
 from tqdm.auto import tqdm
 
 from ..config import Config
-from .compiled import RecordedStep
-from .distributed import SINGLE, Cluster, ProgramLoss
 from ..errors import UserError
+from .compiled import CompiledStep
+from .distributed import SINGLE, Cluster, ProgramLoss
 from .importance import log_weights, max_plate_nesting
 from .objectives import ANNEALING, Objective
 
@@ -31,7 +31,9 @@ __all__ = ["Trainer", "TrainingDiverged", "Interrupted", "epoch_permutation", "e
 LR_SCHEDULES: dict[str, Callable[[float, float, float], float]] = {
     "constant": lambda lr, lr_final, progress: lr,
     # Loshchilov & Hutter 2017 (arXiv:1608.03983), one cycle without restarts
-    "cosine": lambda lr, lr_final, progress: lr_final + 0.5 * (lr - lr_final) * (1.0 + math.cos(math.pi * min(progress, 1.0))),
+    "cosine": lambda lr, lr_final, progress: (
+        lr_final + 0.5 * (lr - lr_final) * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    ),
 }
 """Schedule name -> ``(lr, lr_final, fraction of training done) -> learning rate there``.
 
@@ -57,12 +59,18 @@ def epoch_permutation(n: int, seed: int, epoch: int, device="cpu") -> torch.Tens
 
 
 @torch.no_grad()
-def elbo_per_datapoint(program, x: torch.Tensor, batch_size: int = 1024, num_particles: int = 1, nesting: int | None = None) -> torch.Tensor:
-    """Monte Carlo ELBO of each row of ``x``: ``(N,)``, from the shared log-weights (``nesting``: the pair's, when known)."""
+def elbo_per_datapoint(
+    program, x: torch.Tensor, batch_size: int = 1024, num_particles: int = 1, nesting: int | None = None
+) -> torch.Tensor:
+    """Monte Carlo ELBO of each row of ``x``: ``(N,)``, from the shared log-weights.
+
+    ``nesting`` is the pair's plate nesting, when known.
+    """
     if nesting is None:
         nesting = max_plate_nesting(program.model, program.guide, x[:batch_size])
     parts = [
-        log_weights(program.model, program.guide, xb, num_particles, nesting).total.mean(0) for xb in x.split(batch_size)
+        log_weights(program.model, program.guide, xb, num_particles, nesting).total.mean(0)
+        for xb in x.split(batch_size)
     ]
     return torch.cat(parts)
 
@@ -85,9 +93,9 @@ class Trainer:
     config: Config
     train: torch.Tensor
     test: torch.Tensor
-    on_epoch: Callable[["Trainer"], None] | None = None
-    on_step: Callable[["Trainer"], None] | None = None
-    on_interrupt: Callable[["Trainer"], None] | None = None
+    on_epoch: Callable[[Trainer], None] | None = None
+    on_step: Callable[[Trainer], None] | None = None
+    on_interrupt: Callable[[Trainer], None] | None = None
     progress: bool = True
     epoch: int = 0  # completed epochs
     step: int = 0  # optimizer steps taken
@@ -102,9 +110,9 @@ class Trainer:
         if t.compile and self.cluster.world > 1:
             raise UserError("--compile trains one process; DDP needs the eager step (drop --compile or --distributed)")
         self.loss = self.cluster.wrap(ProgramLoss(self.program, self.objective), self.train.device)
-        self.recorded = RecordedStep(self.program, self.objective) if t.compile else None
-        if self.recorded is not None:
-            self.recorded.check(self.train)  # a program that cannot be recorded is refused before anything is written
+        self.compiled = CompiledStep(self.program, self.objective) if t.compile else None
+        if self.compiled is not None:
+            self.compiled.check(self.train)  # a program that cannot be recorded is refused before anything is written
         # one fused kernel for all parameters instead of a dozen small ops per tensor
         fused = self.train.device.type in ("cpu", "cuda")
         self.optimizer = torch.optim.Adam(self.program.parameters(), lr=t.lr, fused=fused)
@@ -112,7 +120,9 @@ class Trainer:
             raise UserError(f"unknown annealing {t.anneal!r}; choose one of {', '.join(ANNEALING)}")
         self._schedule = ANNEALING[t.anneal]
         if t.lr_schedule not in LR_SCHEDULES:
-            raise UserError(f"unknown learning-rate schedule {t.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
+            raise UserError(
+                f"unknown learning-rate schedule {t.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}"
+            )
         self._lr = LR_SCHEDULES[t.lr_schedule]
         self._signal: int | None = None
 
@@ -146,7 +156,13 @@ class Trainer:
 
     def _steps(self, batches) -> None:
         t, n, world = self.config.train, len(self.train), self.cluster.world
-        bar = tqdm(total=len(batches), initial=self.batch_index, desc=f"epoch {self.epoch + 1}/{t.epochs}", leave=False, disable=not self.progress)
+        bar = tqdm(
+            total=len(batches),
+            initial=self.batch_index,
+            desc=f"epoch {self.epoch + 1}/{t.epochs}",
+            leave=False,
+            disable=not self.progress,
+        )
         for i in range(self.batch_index, len(batches)):
             x = self.train[self.cluster.shard(batches[i])]
             if self.config.data.binarize:
@@ -157,7 +173,8 @@ class Trainer:
             value = self._loss_and_grads(x, scale, self.beta(progress))
             if not math.isfinite(value):
                 raise TrainingDiverged(
-                    f"the loss became {value} at epoch {self.epoch + 1}, step {i + 1}; training stopped, the last good checkpoint is kept"
+                    f"the loss became {value} at epoch {self.epoch + 1}, step {i + 1}; "
+                    "training stopped, the last good checkpoint is kept"
                 )
             for group in self.optimizer.param_groups:
                 group["lr"] = self.lr(progress)
@@ -176,8 +193,8 @@ class Trainer:
 
     def _loss_and_grads(self, x: torch.Tensor, scale: float, beta: float) -> float:
         """The objective's value on ``x``, with its gradient left in the parameters' ``.grad``."""
-        if self.recorded is not None:
-            return self.recorded(x, scale, beta).item()
+        if self.compiled is not None:
+            return self.compiled(x, scale, beta).item()
         loss = self.loss(x, scale, beta)
         value = loss.item()
         if math.isfinite(value):
@@ -190,7 +207,9 @@ class Trainer:
         check = self.train[: min(2, len(self.train))]
         with pyro.validation_enabled(True):  # shape and support errors surface here, once
             self.objective.check(self.program.model, self.program.guide, check)
-        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if _main_thread() else {}
+        previous = (
+            {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if _main_thread() else {}
+        )
         try:
             bar = tqdm(range(self.epoch, t.epochs), desc="training", disable=not self.progress)
             for _ in bar:

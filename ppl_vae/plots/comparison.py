@@ -17,8 +17,24 @@ def log_px(rows: list[dict], path: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 0.5 * len(rows) + 1.5))
     y = np.arange(len(rows))[::-1]
     best = rows[0]["log_px"]
-    ax.errorbar([best - r["diff_to_best"] for r in rows], y, xerr=[2 * r["diff_se"] for r in rows], fmt="o", capsize=4, label="paired ±2 SE vs best")
-    ax.errorbar([r["log_px"] for r in rows], y + 0.15, xerr=[2 * r["log_px_se"] for r in rows], fmt=".", color="gray", alpha=0.6, capsize=2, label="unpaired ±2 SE")
+    ax.errorbar(
+        [best - r["diff_to_best"] for r in rows],
+        y,
+        xerr=[2 * r["diff_se"] for r in rows],
+        fmt="o",
+        capsize=4,
+        label="paired ±2 SE vs best",
+    )
+    ax.errorbar(
+        [r["log_px"] for r in rows],
+        y + 0.15,
+        xerr=[2 * r["log_px_se"] for r in rows],
+        fmt=".",
+        color="gray",
+        alpha=0.6,
+        capsize=2,
+        label="unpaired ±2 SE",
+    )
     ax.set_yticks(y, [r["variant"] for r in rows])
     ax.set_xlabel("held-out log p(x) [nats per datapoint]")
     ax.legend(fontsize=8)

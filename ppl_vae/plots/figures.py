@@ -6,8 +6,8 @@ Every function writes one PNG atomically and returns its path. Matplotlib runs h
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 
@@ -48,12 +48,16 @@ def _as_images(x: torch.Tensor, image_shape: Sequence[int]) -> np.ndarray:
     return x
 
 
-def image_grid(rows: list[torch.Tensor], image_shape: Sequence[int], row_labels: list[str] | None = None, title: str | None = None):
+def image_grid(
+    rows: list[torch.Tensor], image_shape: Sequence[int], row_labels: list[str] | None = None, title: str | None = None
+):
     """A figure with one row of images per tensor in ``rows`` (each ``(n, D)``)."""
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
     h, w = display_shape(image_shape)[-2:]
     scale = 0.9 * min(1.0, 14.0 / max(n_cols, 1))
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(n_cols * scale * w / h + 0.8, n_rows * scale + (0.4 if title else 0)), squeeze=False)
+    fig, axes = plt.subplots(
+        n_rows, n_cols, figsize=(n_cols * scale * w / h + 0.8, n_rows * scale + (0.4 if title else 0)), squeeze=False
+    )
     for r, row in enumerate(rows):
         images = _as_images(row, image_shape)
         for c in range(n_cols):
@@ -72,13 +76,17 @@ def image_grid(rows: list[torch.Tensor], image_shape: Sequence[int], row_labels:
     return fig
 
 
-def plot_images(x: torch.Tensor, image_shape: Sequence[int], path: str | Path, ncol: int = 8, title: str | None = None) -> Path:
+def plot_images(
+    x: torch.Tensor, image_shape: Sequence[int], path: str | Path, ncol: int = 8, title: str | None = None
+) -> Path:
     """A grid of ``(N, D)`` images, ``ncol`` a row."""
     rows = list(x.split(ncol))
     return save_figure(image_grid(rows, image_shape, title=title), path)
 
 
-def plot_reconstructions(x: torch.Tensor, decodings: torch.Tensor, image_shape: Sequence[int], path: str | Path, title: str | None = None) -> Path:
+def plot_reconstructions(
+    x: torch.Tensor, decodings: torch.Tensor, image_shape: Sequence[int], path: str | Path, title: str | None = None
+) -> Path:
     """Each column one datapoint: x on top, below it the decodings of K draws z ~ q(z|x).
 
     Args:

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 
 from ..config import Config
 from ..errors import UserError
-from ..guides import AmortizedGuide, Encoder, GUIDES, posterior_head
+from ..guides import GUIDES, AmortizedGuide, Encoder, posterior_head
 from ..models import LIKELIHOODS, MLP, PRIORS, VAE, ConvDecoder, ConvEncoder
 
 __all__ = ["Program", "build_program", "check_support", "load_factory", "NETWORKS"]
@@ -89,7 +89,7 @@ def load_factory(spec: str, role: str) -> Callable:
         sys.modules[name] = module
         try:
             loader_spec.loader.exec_module(module)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - whatever the user's module raises at import
             del sys.modules[name]
             raise UserError(f"importing {file} failed: {type(err).__name__}: {err}") from None
     factory = getattr(module, attr, None)
@@ -105,7 +105,9 @@ def _user_module(spec: str, role: str, method: str, data_dim: int, latent_dim: i
     return module
 
 
-def build_program(cfg: Config, data_dim: int, image_shape: tuple[int, ...], init_data: torch.Tensor | None = None) -> Program:
+def build_program(
+    cfg: Config, data_dim: int, image_shape: tuple[int, ...], init_data: torch.Tensor | None = None
+) -> Program:
     """Build the :class:`Program` described by ``cfg`` for data of ``data_dim`` values.
 
     Args:
@@ -141,7 +143,9 @@ def build_program(cfg: Config, data_dim: int, image_shape: tuple[int, ...], init
             n_components=m.n_components,
             flows=m.flows,
         )
-        decoder = decoder_net(m.latent_dim, data_dim, image_shape, m.hidden_dim, m.hidden_layers, likelihood.params_per_pixel)
+        decoder = decoder_net(
+            m.latent_dim, data_dim, image_shape, m.hidden_dim, m.hidden_layers, likelihood.params_per_pixel
+        )
         model_module = VAE(prior, decoder, likelihood)
     return Program(model_module, guide_module)
 

@@ -16,17 +16,17 @@ import numpy as np
 import pyro
 import torch
 
-from ..errors import UserError
+from ..data.rowfile import as_tensor
 from ..diagnostics.estimators import importance_sample, psis_khat, summarize
 from ..diagnostics.gaps import refine_local_guide
 from ..diagnostics.inference_data import to_inference_data
-from ..storage.atomic import atomic_path, write_json
-from ..plots.figures import plot_images, plot_reconstructions
-from ..inference.predictive import prior_predictive
-from .report import write_report
-from ..data.rowfile import as_tensor
 from ..diagnostics.sbc import simulation_based_calibration
+from ..errors import UserError
+from ..inference.predictive import prior_predictive
 from ..plots import diagnostics as wp
+from ..plots.figures import plot_images, plot_reconstructions
+from ..storage.atomic import atomic_path, write_json
+from .report import write_report
 
 __all__ = ["WorkflowConfig", "evaluate_run", "inference_gaps"]
 
@@ -43,7 +43,7 @@ class WorkflowConfig:
     idata_draws: int = 20  # draws per point stored there
     seed: int = 0
 
-    def validate(self) -> "WorkflowConfig":
+    def validate(self) -> WorkflowConfig:
         for name in ("k", "gap_points", "gap_steps", "sbc_simulations", "sbc_draws", "idata_points", "idata_draws"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -68,7 +68,9 @@ def inference_gaps(model, guide, x: torch.Tensor, amortized, k: int, steps: int,
     }
 
 
-def evaluate_run(run, config: WorkflowConfig | None = None, x: torch.Tensor | None = None, progress: bool = True) -> dict:
+def evaluate_run(
+    run, config: WorkflowConfig | None = None, x: torch.Tensor | None = None, progress: bool = True
+) -> dict:
     """Run the whole analysis on the run's test split (or ``x``) and write it into the run directory."""
     config = (config or WorkflowConfig()).validate()
     x = as_tensor(run.dataset().test if x is None else x).to(run.device)
@@ -86,7 +88,9 @@ def evaluate_run(run, config: WorkflowConfig | None = None, x: torch.Tensor | No
     n_gap = min(config.gap_points, len(x))
     result.update(inference_gaps(model, guide, x[:n_gap], _subset(est, n_gap), config.k, config.gap_steps, progress))
 
-    sbc = simulation_based_calibration(model, guide, run.data_dim, config.sbc_simulations, config.sbc_draws, device=run.device)
+    sbc = simulation_based_calibration(
+        model, guide, run.data_dim, config.sbc_simulations, config.sbc_draws, device=run.device
+    )
     result["sbc_pvalue"] = sbc.pvalue
     result["sbc_pvalues"] = [float(p) for p in sbc.pvalues]
     result["seconds"] = time.perf_counter() - start
@@ -99,11 +103,22 @@ def evaluate_run(run, config: WorkflowConfig | None = None, x: torch.Tensor | No
     shape = run.image_shape
     wp.plot_khat(khat, figures / "khat.png")
     worst = np.argsort(-khat)[:8]
-    plot_images(x[torch.as_tensor(worst.copy())].cpu(), shape, figures / "khat_worst.png", title="largest k̂: " + ", ".join(f"{khat[i]:.2f}" for i in worst))
+    plot_images(
+        x[torch.as_tensor(worst.copy())].cpu(),
+        shape,
+        figures / "khat_worst.png",
+        title="largest k̂: " + ", ".join(f"{khat[i]:.2f}" for i in worst),
+    )
     _, prior_x = prior_predictive(model, 16, run.data_dim, run.device)
     plot_images(prior_x.cpu(), shape, figures / "prior_predictive.png", title="x ~ p(x|z), z ~ p(z)")
     x_rep = idata.posterior_predictive["x"].values[0, :4, :8]  # (4 draws, 8 points, D)
-    plot_reconstructions(x[:8].cpu(), torch.from_numpy(x_rep), shape, figures / "posterior_predictive.png", title="x' ~ p(x|z), z ~ q(z|x)")
+    plot_reconstructions(
+        x[:8].cpu(),
+        torch.from_numpy(x_rep),
+        shape,
+        figures / "posterior_predictive.png",
+        title="x' ~ p(x|z), z ~ q(z|x)",
+    )
     wp.plot_ppc(idata, figures / "ppc.png")
     wp.plot_sbc(sbc, figures / "sbc.png")
 
@@ -116,8 +131,6 @@ def evaluate_run(run, config: WorkflowConfig | None = None, x: torch.Tensor | No
 
 
 def _subset(est, n: int):
-    from dataclasses import replace
-
-    from dataclasses import fields
+    from dataclasses import fields, replace
 
     return replace(est, **{f.name: getattr(est, f.name)[:n] for f in fields(est)})

@@ -81,7 +81,10 @@ def _html(lines: list[str]) -> str:
             body.append(f"<h2>{html.escape(line[3:])}</h2>")
         elif line.startswith("!["):
             caption, src = line[2:].split("](", 1)
-            body.append(f'<figure><img src="{html.escape(src[:-1])}" style="max-width:100%"><figcaption>{html.escape(caption)}</figcaption></figure>')
+            body.append(
+                f'<figure><img src="{html.escape(src[:-1])}" style="max-width:100%">'
+                f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+            )
         elif is_row and not line.startswith("| ---"):
             cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
             body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")

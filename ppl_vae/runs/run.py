@@ -22,17 +22,17 @@ from pathlib import Path
 import pyro
 import torch
 
-from .build import Program, build_program, check_support
-from ..storage.checkpoint import load_checkpoint, read_state, save_checkpoint
 from ..config import Config, from_dict, to_toml
 from ..data.datasets import Dataset, load_data
-from ..inference.distributed import SINGLE, init_cluster
 from ..errors import CheckpointError, UserError
-from ..storage.atomic import write_csv, write_json, write_text
-from ..plots.figures import plot_history, plot_images, plot_reconstructions
+from ..inference.distributed import SINGLE, init_cluster
 from ..inference.predictive import prior_decode, reconstruct
-from .report import write_report
 from ..inference.trainer import Trainer
+from ..plots.figures import plot_history, plot_images, plot_reconstructions
+from ..storage.atomic import write_csv, write_json, write_text
+from ..storage.checkpoint import load_checkpoint, read_state, save_checkpoint
+from .build import Program, build_program, check_support
+from .report import write_report
 
 __all__ = ["Run", "fit", "load", "check_out_dir", "resolve_device"]
 
@@ -150,7 +150,9 @@ def fit(
             part.program = f"{Path(path).resolve()}:{attr}" if path else part.program
     device = resolve_device(config.train.device)
     if distributed and resume:
-        raise UserError("--resume continues single-process runs; a distributed run restarts from its last checkpoint by hand")
+        raise UserError(
+            "--resume continues single-process runs; a distributed run restarts from its last checkpoint by hand"
+        )
     data = data if data is not None else load_data(config.data)
     check_support(config, data)
 
@@ -231,10 +233,22 @@ def load(run_dir: str | Path, device: str = "cpu") -> Run:
         raise CheckpointError(f"{run_dir}: the checkpoint's config is invalid: {err}") from None
     dev = resolve_device(device)
     data_dim, image_shape = state["extra"].get("data_dim"), state["extra"].get("image_shape")
-    if not isinstance(data_dim, int) or not isinstance(image_shape, list) or not all(isinstance(s, int) for s in image_shape):
+    if (
+        not isinstance(data_dim, int)
+        or not isinstance(image_shape, list)
+        or not all(isinstance(s, int) for s in image_shape)
+    ):
         raise CheckpointError(f"{run_dir}: the checkpoint does not record the data shape")
     program = build_program(config, data_dim, tuple(image_shape)).to(dev)
     load_checkpoint(run_dir / "checkpoint", program, device=str(dev))
     program.eval()
     metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
-    return Run(run_dir, config, program, data_dim, tuple(image_shape), metrics=metrics, history=state["extra"].get("history", []))
+    return Run(
+        run_dir,
+        config,
+        program,
+        data_dim,
+        tuple(image_shape),
+        metrics=metrics,
+        history=state["extra"].get("history", []),
+    )

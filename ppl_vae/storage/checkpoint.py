@@ -153,13 +153,17 @@ def read_state(directory: str | Path) -> dict[str, Any]:
     for role, entry in files.items():
         name = entry.get("name") if isinstance(entry, dict) else None
         if not isinstance(name, str) or Path(name).name != name or not name.endswith(".safetensors"):
-            raise CheckpointError(f"{path}: the {role} file must be a .safetensors file in the checkpoint, got {name!r}")
+            raise CheckpointError(
+                f"{path}: the {role} file must be a .safetensors file in the checkpoint, got {name!r}"
+            )
         file = directory / name
         if not file.is_file():
             raise CheckpointError(f"checkpoint file missing: {file}")
         _check_safetensors_header(file)
         if sha256_file(file) != entry.get("sha256"):
-            raise CheckpointError(f"{file} does not match the sha256 in state.json (corrupt or replaced); refusing to load")
+            raise CheckpointError(
+                f"{file} does not match the sha256 in state.json (corrupt or replaced); refusing to load"
+            )
     return state
 
 
@@ -182,23 +186,36 @@ def _check_tensors_fit(file: Path, program: nn.Module) -> None:
         with safe_open(str(file), framework="pt") as f:
             for key in f.keys():
                 if key not in expected:
-                    raise CheckpointError(f"{file}: weights do not fit the program the config describes: unexpected tensor {key!r}")
+                    raise CheckpointError(
+                        f"{file}: weights do not fit the program the config describes: unexpected tensor {key!r}"
+                    )
                 info = f.get_slice(key)
                 shape, dtype = tuple(info.get_shape()), _DTYPES.get(info.get_dtype())
                 want = expected[key]
                 if shape != tuple(want.shape) or dtype != want.dtype:
                     raise CheckpointError(
                         f"{file}: weights do not fit the program the config describes: {key!r} is "
-                        f"{str(dtype).replace('torch.', '')} {list(shape)}, expected {str(want.dtype).replace('torch.', '')} {list(want.shape)}"
+                        f"{str(dtype).replace('torch.', '')} {list(shape)}, "
+                        f"expected {str(want.dtype).replace('torch.', '')} {list(want.shape)}"
                     )
     except CheckpointError:
         raise
-    except Exception as err:  # safetensors' own error types for malformed headers
+    except Exception as err:  # noqa: BLE001 - safetensors' own error types for malformed headers
         raise CheckpointError(f"{file}: unreadable safetensors file: {err}") from None
 
 
-_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64,
-           "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
 
 
 def load_checkpoint(
@@ -213,23 +230,27 @@ def load_checkpoint(
     state = read_state(directory)
     _check_tensors_fit(directory / state["files"]["weights"]["name"], program)
     try:
-        missing, unexpected = load_model(program, str(directory / state["files"]["weights"]["name"]), strict=False, device=device)
+        missing, unexpected = load_model(
+            program, str(directory / state["files"]["weights"]["name"]), strict=False, device=device
+        )
     except (RuntimeError, ValueError) as err:
         raise CheckpointError(f"{directory}: weights do not fit the program described by the config: {err}") from None
     if missing or unexpected:
         raise CheckpointError(
-            f"{directory}: weights do not fit the program (missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
+            f"{directory}: weights do not fit the program "
+            f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
         )
     try:
         tensors = load_file(str(directory / state["files"]["state"]["name"]))
-    except Exception as err:  # safetensors raises its own error type
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error type
         raise CheckpointError(f"{directory}: cannot read the state file: {err}") from None
     if optimizer is not None and state.get("optimizer"):
         meta = state["optimizer"]
         restored = {}
         for pid, layout in meta["state"].items():
             restored[int(pid)] = {
-                key: (tensors[f"optim.{pid}.{key}"].to(device) if value == "tensor" else value) for key, value in layout.items()
+                key: (tensors[f"optim.{pid}.{key}"].to(device) if value == "tensor" else value)
+                for key, value in layout.items()
             }
         try:
             optimizer.load_state_dict({"state": restored, "param_groups": meta["param_groups"]})

@@ -19,17 +19,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from ..config import Config, load_config
 from ..data.datasets import Dataset, load_data
 from ..errors import UserError
+from ..plots import comparison as compare_plots
+from ..runs.evaluation import WorkflowConfig
 from ..storage.atomic import write_csv, write_json, write_text
 from .runner import run_variants, safe_name
-from ..runs.evaluation import WorkflowConfig
-from ..plots import comparison as compare_plots
 
 __all__ = ["Comparison", "compare", "paired_difference", "parse_grid", "variants_from"]
 
-GRID_KEYS = {"guide": ("guide", "name"), "prior": ("model", "prior"), "likelihood": ("model", "likelihood"), "elbo": ("train", "elbo")}
+GRID_KEYS = {
+    "guide": ("guide", "name"),
+    "prior": ("model", "prior"),
+    "likelihood": ("model", "likelihood"),
+    "elbo": ("train", "elbo"),
+}
 
 
 def paired_difference(reference: np.ndarray, other: np.ndarray) -> tuple[float, float]:
@@ -117,7 +123,21 @@ class Comparison:
 
     def to_markdown(self) -> str:
         multi = any("log_px_seed_sd" in r for r in self.rows)
-        head = ["rank", "variant", "log p(x) ± SE", "Δ to best ± paired SE", "ELBO", "KL", "MSE", "active", "k̂ mean", "k̂>0.7", "amort. gap", "params", "train s"]
+        head = [
+            "rank",
+            "variant",
+            "log p(x) ± SE",
+            "Δ to best ± paired SE",
+            "ELBO",
+            "KL",
+            "MSE",
+            "active",
+            "k̂ mean",
+            "k̂>0.7",
+            "amort. gap",
+            "params",
+            "train s",
+        ]
         if multi:
             head.insert(3, "sd over seeds")
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -143,7 +163,17 @@ class Comparison:
         return "\n".join(lines) + "\n"
 
 
-MEANS = ("elbo", "kl", "mse", "distortion", "active_units", "khat_mean", "khat_frac_gt_0_7", "amortization_gap", "approximation_gap")
+MEANS = (
+    "elbo",
+    "kl",
+    "mse",
+    "distortion",
+    "active_units",
+    "khat_mean",
+    "khat_frac_gt_0_7",
+    "amortization_gap",
+    "approximation_gap",
+)
 
 
 def compare(
@@ -164,7 +194,11 @@ def compare(
         if config.data != first.data:
             raise UserError(f"variant {name!r} uses other data settings than the rest; a comparison needs one data set")
     data = data or load_data(first.data)
-    runs = {(name, s): f"{safe_name(name)}/seed-{s}" if seeds > 1 else safe_name(name) for name in variants for s in range(seeds)}
+    runs = {
+        (name, s): f"{safe_name(name)}/seed-{s}" if seeds > 1 else safe_name(name)
+        for name in variants
+        for s in range(seeds)
+    }
     jobs = {runs[(name, s)]: _seeded(variants[name], s) for name, s in runs}
     results = run_variants(jobs, out, workflow, data, progress)
 
@@ -201,7 +235,10 @@ def compare(
     figures = out / "figures"
     compare_plots.log_px(rows, figures / "log_px.png")
     compare_plots.rate_distortion(rows, figures / "rate_distortion.png")
-    khats = {name: np.load(Path(results[runs[(name, 0)]][0].path) / "pointwise.npz", allow_pickle=False)["khat"] for name in variants}
+    khats = {
+        name: np.load(Path(results[runs[(name, 0)]][0].path) / "pointwise.npz", allow_pickle=False)["khat"]
+        for name in variants
+    }
     compare_plots.khat(khats, figures / "khat.png")
     x = data.test[:8]
     recon = {name: results[runs[(name, 0)]][0].reconstruct(x)[0] for name in variants}

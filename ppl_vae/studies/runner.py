@@ -17,8 +17,8 @@ from tqdm.auto import tqdm
 from ..config import Config, to_toml
 from ..data.datasets import Dataset
 from ..errors import UserError
-from ..runs.run import Run, fit, load
 from ..runs.evaluation import WorkflowConfig, evaluate_run
+from ..runs.run import Run, fit, load
 
 __all__ = ["run_variants", "safe_name"]
 
@@ -37,7 +37,9 @@ def _finished(run_dir: Path, config: Config, workflow: WorkflowConfig) -> bool:
         settings = json.loads((run_dir / "evaluation_settings.json").read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return False
-    return same_config and (run_dir / "metrics.json").is_file() and settings == asdict(workflow) and "log_px" in evaluation
+    return (
+        same_config and (run_dir / "metrics.json").is_file() and settings == asdict(workflow) and "log_px" in evaluation
+    )
 
 
 def run_variants(

@@ -18,15 +18,15 @@ import torch
 
 from ..config import Config
 from ..data.datasets import Dataset, load_data
-from ..errors import UserError
-from ..diagnostics.identity import identity_preservation, train_classifier
-from ..storage.atomic import write_csv, write_json, write_text
-from ..plots.figures import image_grid, save_figure
-from ..inference.predictive import prior_predictive, reconstruct
 from ..data.rowfile import as_tensor
-from .runner import run_variants
-from ..runs.evaluation import WorkflowConfig
+from ..diagnostics.identity import identity_preservation, train_classifier
+from ..errors import UserError
+from ..inference.predictive import prior_predictive, reconstruct
 from ..plots import sweep as sweep_plots
+from ..plots.figures import image_grid, save_figure
+from ..runs.evaluation import WorkflowConfig
+from ..storage.atomic import write_csv, write_json, write_text
+from .runner import run_variants
 
 __all__ = ["sigma_sweep", "parse_sigmas", "ppca_active_units"]
 
@@ -53,7 +53,12 @@ def _prior_variance(model, data_dim: int, n: int = 4000) -> torch.Tensor:
 
 
 def sigma_sweep(
-    sigmas: list[float], base: Config, out: str | Path, workflow: WorkflowConfig, data: Dataset | None = None, progress: bool = True
+    sigmas: list[float],
+    base: Config,
+    out: str | Path,
+    workflow: WorkflowConfig,
+    data: Dataset | None = None,
+    progress: bool = True,
 ) -> list[dict]:
     """Train the canonical model at every σ (all else equal), evaluate, and write the sweep."""
     if base.model.likelihood != "normal" or base.model.program:
@@ -68,7 +73,9 @@ def sigma_sweep(
     results = run_variants(variants, out, workflow, data, progress)
 
     labels = data.test_labels[: workflow.points or None] if data.test_labels is not None else None
-    classifier = train_classifier(as_tensor(data.train), data.train_labels, base.train.seed) if labels is not None else None
+    classifier = (
+        train_classifier(as_tensor(data.train), data.train_labels, base.train.seed) if labels is not None else None
+    )
     x = as_tensor(data.test)[: workflow.points or None]
     rows, decodings = [], []
     examples = x[_example_rows(labels, 4)]
@@ -151,7 +158,8 @@ def sweep_table(rows: list[dict]) -> str:
         ]
         if has_identity:
             cells += [
-                f"{r['identity_posterior_sample']:.3f} [{r['identity_posterior_sample_low']:.3f}, {r['identity_posterior_sample_high']:.3f}]",
+                f"{r['identity_posterior_sample']:.3f} "
+                f"[{r['identity_posterior_sample_low']:.3f}, {r['identity_posterior_sample_high']:.3f}]",
                 f"{r['identity_posterior_mean']:.3f}",
                 f"{r['identity_prior_sample']:.3f}",
             ]

@@ -25,7 +25,9 @@ def test_diagonal_density_is_the_normal_formula():
     loc, raw = head.linear(h).chunk(2, -1)
     scale = torch.nn.functional.softplus(raw) + 1e-4
     z = torch.randn(3, 2, dtype=torch.float64)
-    expected = (-0.5 * ((z - loc) / scale) ** 2 - scale.log() - 0.5 * torch.log(torch.tensor(2 * torch.pi, dtype=torch.float64))).sum(-1)
+    expected = (
+        -0.5 * ((z - loc) / scale) ** 2 - scale.log() - 0.5 * torch.log(torch.tensor(2 * torch.pi, dtype=torch.float64))
+    ).sum(-1)
     torch.testing.assert_close(q.log_prob(z), expected)
 
 

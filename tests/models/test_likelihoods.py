@@ -14,7 +14,11 @@ from ppl_vae.models import LIKELIHOODS, MLP, VAE, StandardNormal, check_scale
 
 
 def canonical(data_dim, latent_dim, sigma, dtype=torch.float64):
-    vae = VAE(StandardNormal(latent_dim), MLP([latent_dim, 16, data_dim]), LIKELIHOODS["normal"](data_dim=data_dim, sigma=sigma))
+    vae = VAE(
+        StandardNormal(latent_dim),
+        MLP([latent_dim, 16, data_dim]),
+        LIKELIHOODS["normal"](data_dim=data_dim, sigma=sigma),
+    )
     guide = AmortizedGuide(Encoder(MLP([data_dim, 16], activate_last=True), DiagonalNormal(16, latent_dim)))
     return vae.to(dtype), guide.to(dtype)
 

@@ -34,8 +34,16 @@ def test_gpu_check_runs_or_says_why_not():
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present: run `make benchmarks-gpu` instead (minutes, not a test)")
     env = {"PY": sys.executable, "PATH": "/usr/bin:/bin"}
-    result = subprocess.run(["bash", str(BENCHMARKS / "gpu_check.sh")], capture_output=True, text=True, timeout=120, env=env)
+    result = subprocess.run(
+        ["bash", str(BENCHMARKS / "gpu_check.sh")], capture_output=True, text=True, timeout=120, env=env
+    )
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1] == "no CUDA device: the GPU check needs one"
-    direct = subprocess.run([sys.executable, str(BENCHMARKS / "train_speed.py"), "--device", "cuda"], cwd=BENCHMARKS, capture_output=True, text=True, timeout=120)
+    direct = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "train_speed.py"), "--device", "cuda"],
+        cwd=BENCHMARKS,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert direct.returncode == 2 and "sees no CUDA device" in direct.stderr

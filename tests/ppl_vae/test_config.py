@@ -33,7 +33,13 @@ def test_bad_config_files(tmp_path, text, message):
 
 @pytest.mark.parametrize(
     "section,key,value",
-    [("model", "sigma", 0.0), ("model", "sigma", float("nan")), ("train", "epochs", 0), ("train", "lr", -1.0), ("data", "test_fraction", 1.0)],
+    [
+        ("model", "sigma", 0.0),
+        ("model", "sigma", float("nan")),
+        ("train", "epochs", 0),
+        ("train", "lr", -1.0),
+        ("data", "test_fraction", 1.0),
+    ],
 )
 def test_validate_numbers(section, key, value):
     config = Config()

@@ -18,8 +18,8 @@ import ppl_vae
 from ppl_vae.cli import OPTIONS, main
 from ppl_vae.config import Config, DataConfig, from_dict
 from ppl_vae.data.datasets import load_data
-from ppl_vae.errors import UserError
 from ppl_vae.data.rowfile import as_tensor
+from ppl_vae.errors import UserError
 from tests.conftest import tiny_config
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -59,7 +59,9 @@ def _snapshot(root: Path) -> dict:
 tokens = st.one_of(
     # --overwrite is left out: with it, a valid argument list rightly replaces the run
     st.sampled_from(list(OPTIONS) + ["--resume", "--config", "--out", "-x", "--", "--ove", "--over"]),
-    st.sampled_from(["0", "-1", "1e9", "nan", "inf", "digits", "mnist", "normal", "iaf", "vamp", "", "x.npy", "a.toml"]),
+    st.sampled_from(
+        ["0", "-1", "1e9", "nan", "inf", "digits", "mnist", "normal", "iaf", "vamp", "", "x.npy", "a.toml"]
+    ),
     st.text(max_size=8),
 )
 
@@ -116,7 +118,9 @@ def test_any_data_array_loads_or_is_refused(array):
     assert len(train) >= 1 and len(test) >= 1 and len(train) + len(test) == len(array)
     assert torch.isfinite(train).all() and torch.isfinite(test).all()
     expected = array.astype(np.float32) / (255.0 if array.dtype == np.uint8 else 1.0)
-    assert sorted(map(tuple, np.concatenate([train.numpy(), test.numpy()]))) == sorted(map(tuple, expected.reshape(len(array), -1)))
+    assert sorted(map(tuple, np.concatenate([train.numpy(), test.numpy()]))) == sorted(
+        map(tuple, expected.reshape(len(array), -1))
+    )
 
 
 @FUZZ

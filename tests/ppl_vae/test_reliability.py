@@ -1,8 +1,8 @@
 """Crashes, signals and divergence: nothing is lost, and a resumed run is the run that was interrupted."""
 
 import csv
-import re
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -26,7 +26,7 @@ def _wait_for_step(run_dir: Path, step: int, proc, timeout=120.0) -> None:
         try:
             if read_state(run_dir / "checkpoint")["step"] >= step:
                 return
-        except Exception:  # not written yet
+        except Exception:  # noqa: BLE001 - not written yet
             pass
         time.sleep(0.02)
     raise AssertionError(f"no checkpoint at step {step} (process exit code {proc.poll()})")
@@ -69,7 +69,12 @@ def test_kill_9_then_resume_equals_uninterrupted_run(tmp_path, compiled):
 
 def test_sigint_saves_a_checkpoint_and_exits_130(tmp_path):
     run = tmp_path / "run"
-    proc = subprocess.Popen([*FIT, "--epochs", "500", "--checkpoint-every", "1000", "--out", str(run)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*FIT, "--epochs", "500", "--checkpoint-every", "1000", "--out", str(run)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 60
     while not (run / "config.toml").exists() and time.time() < deadline:
         time.sleep(0.02)

@@ -59,10 +59,10 @@ def test_npy_is_streamed_by_rows_and_trains_like_the_array_in_memory(tmp_path):
     """A .npy file is read row by row (never whole) and gives the same training as the array itself."""
     import copy
 
-    from ppl_vae.runs.build import build_program
     from ppl_vae.data.datasets import Dataset
     from ppl_vae.data.rowfile import RowFile, as_tensor
     from ppl_vae.inference.trainer import Trainer
+    from ppl_vae.runs.build import build_program
     from tests.conftest import tiny_config
 
     x = (np.random.default_rng(0).random((300, 5, 4)) * 255).astype(np.uint8)
@@ -70,7 +70,9 @@ def test_npy_is_streamed_by_rows_and_trains_like_the_array_in_memory(tmp_path):
     streamed = load_data(DataConfig(name=str(tmp_path / "big.npy")))
     assert isinstance(streamed.train, RowFile) and streamed.image_shape == (5, 4)
     in_memory = Dataset("mem", as_tensor(streamed.train), as_tensor(streamed.test), (5, 4))
-    torch.testing.assert_close(in_memory.train[7], torch.from_numpy(x[streamed.train.rows[7]].reshape(-1) / np.float32(255)))
+    torch.testing.assert_close(
+        in_memory.train[7], torch.from_numpy(x[streamed.train.rows[7]].reshape(-1) / np.float32(255))
+    )
     config = tiny_config(train={"epochs": 2, "batch_size": 32})
     results = []
     for data in (streamed, in_memory):

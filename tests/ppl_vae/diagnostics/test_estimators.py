@@ -9,9 +9,9 @@ import torch
 
 import ppl_vae
 from ppl_vae.diagnostics.estimators import active_units, importance_sample, psis_khat
-from ppl_vae.inference.importance import log_weights
 from ppl_vae.diagnostics.inference_data import to_inference_data
 from ppl_vae.diagnostics.sbc import simulation_based_calibration
+from ppl_vae.inference.importance import log_weights
 from tests.conftest import tiny_config
 from tests.ppl_vae.linear_gaussian import PosteriorGuide, make
 
@@ -58,9 +58,13 @@ def test_khat_flags_a_far_too_narrow_guide(ppca, x):
 
 
 def test_sbc_uniform_for_exact_guide_and_not_for_overconfident(ppca):
-    exact = simulation_based_calibration(ppca.model, PosteriorGuide(ppca).guide, 5, simulations=1000, num_draws=49, dtype=torch.float64)
+    exact = simulation_based_calibration(
+        ppca.model, PosteriorGuide(ppca).guide, 5, simulations=1000, num_draws=49, dtype=torch.float64
+    )
     assert exact.pvalue > 0.01, exact.pvalues
-    narrow = simulation_based_calibration(ppca.model, PosteriorGuide(ppca, width=0.5).guide, 5, simulations=1000, num_draws=49, dtype=torch.float64)
+    narrow = simulation_based_calibration(
+        ppca.model, PosteriorGuide(ppca, width=0.5).guide, 5, simulations=1000, num_draws=49, dtype=torch.float64
+    )
     assert narrow.pvalue < 1e-6, narrow.pvalues
     # over-confidence piles ranks at both ends
     ends = np.mean((narrow.ranks <= 4) | (narrow.ranks >= 45))
@@ -80,7 +84,14 @@ def test_inference_data_round_trips_through_netcdf(tmp_path, ppca, x):
     path = tmp_path / "id.nc"
     idata.to_netcdf(str(path))
     back = az.from_netcdf(str(path))
-    assert set(back.groups()) >= {"posterior", "posterior_predictive", "log_likelihood", "observed_data", "prior", "prior_predictive"}
+    assert set(back.groups()) >= {
+        "posterior",
+        "posterior_predictive",
+        "log_likelihood",
+        "observed_data",
+        "prior",
+        "prior_predictive",
+    }
     assert back.posterior["z"].dims == ("chain", "draw", "obs", "z_dim")
     assert back.posterior["z"].shape == (1, 5, 7, 2)
     assert back.posterior_predictive["x"].dims == ("chain", "draw", "obs", "pixel")
@@ -109,18 +120,52 @@ def test_evaluate_writes_every_key(tmp_path):
 
     out = tmp_path / "run"
     assert main(["fit", "--out", str(out), "--epochs", "2", "--hidden-dim", "32", "--no-progress"]) == 0
-    code = main(["evaluate", str(out), "--k", "50", "--points", "60", "--gap-points", "10", "--sbc-simulations", "100", "--no-progress"])
+    code = main(
+        [
+            "evaluate",
+            str(out),
+            "--k",
+            "50",
+            "--points",
+            "60",
+            "--gap-points",
+            "10",
+            "--sbc-simulations",
+            "100",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     import json
 
     result = json.loads((out / "evaluation.json").read_text())
-    keys = {"log_px", "log_px_se", "elbo", "kl", "distortion", "mse", "active_units", "khat_mean", "khat_frac_gt_0_7",
-            "approximation_gap", "amortization_gap", "sbc_pvalue", "k"}
+    keys = {
+        "log_px",
+        "log_px_se",
+        "elbo",
+        "kl",
+        "distortion",
+        "mse",
+        "active_units",
+        "khat_mean",
+        "khat_frac_gt_0_7",
+        "approximation_gap",
+        "amortization_gap",
+        "sbc_pvalue",
+        "k",
+    }
     assert keys <= set(result)
     assert result["k"] == 50 and result["n_points"] == 60
     assert result["log_px"] >= result["elbo"]
     assert math.isclose(result["elbo"], -result["distortion"] - result["kl"], rel_tol=1e-5)
-    for name in ["khat.png", "khat_worst.png", "prior_predictive.png", "posterior_predictive.png", "ppc.png", "sbc.png"]:
+    for name in [
+        "khat.png",
+        "khat_worst.png",
+        "prior_predictive.png",
+        "posterior_predictive.png",
+        "ppc.png",
+        "sbc.png",
+    ]:
         assert (out / "figures" / name).is_file(), name
     assert (out / "inference_data.nc").is_file()
     assert "Bayesian workflow" in (out / "report.md").read_text()

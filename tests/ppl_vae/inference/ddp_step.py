@@ -6,11 +6,11 @@ import pyro
 import torch
 from safetensors.torch import save_file
 
-from ppl_vae.runs.build import build_program
 from ppl_vae.config import Config, DataConfig
 from ppl_vae.data.datasets import load_data
 from ppl_vae.inference.distributed import init_cluster
 from ppl_vae.inference.trainer import Trainer
+from ppl_vae.runs.build import build_program
 
 
 def config() -> Config:

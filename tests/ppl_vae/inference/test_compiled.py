@@ -8,12 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from ppl_vae.runs.build import build_program
-from ppl_vae.inference.compiled import RecordedStep
-from ppl_vae.inference.distributed import Cluster
 from ppl_vae.errors import UserError
+from ppl_vae.inference.compiled import CompiledStep
+from ppl_vae.inference.distributed import Cluster
 from ppl_vae.inference.objectives import Objective
 from ppl_vae.inference.trainer import Trainer
+from ppl_vae.runs.build import build_program
 from tests.conftest import tiny_config
 
 
@@ -41,7 +41,7 @@ def test_recorded_step_equals_the_eager_objective(digits, model, guide, train, f
     x, scale = digits.train[:24].double(), 7.5
     objective = Objective(config.train.elbo, config.train.particles)
     parameters = list(program.parameters())
-    recorded = RecordedStep(program, Objective(config.train.elbo, config.train.particles), fuse=fuse)
+    recorded = CompiledStep(program, Objective(config.train.elbo, config.train.particles), fuse=fuse)
     for seed in (1, 2):  # the second call replays the recording of the first
         torch.manual_seed(seed)
         want_loss, want_grads = eager_step(program, objective, x, scale, beta)
@@ -62,7 +62,7 @@ def test_recorded_draws_follow_the_rng_like_eager_draws(digits):
     config = tiny_config()
     program = build_program(config, 64, (8, 8))
     x = digits.train[:16]
-    recorded = RecordedStep(program, Objective("trace"))
+    recorded = CompiledStep(program, Objective("trace"))
     torch.manual_seed(5)
     recorded._graphs[(tuple(x.shape), x.dtype, x.device, 2.0)] = recorded._record(x, 2.0)
     assert torch.equal(torch.get_rng_state(), torch.manual_seed(5).get_state())
@@ -75,11 +75,17 @@ def test_recorded_draws_follow_the_rng_like_eager_draws(digits):
 
 @pytest.mark.parametrize("prior", ["standard", "vamp"])
 def test_compiled_training_follows_eager_training(digits, prior):
-    """Two epochs with β annealing, compiled: the same ELBOs and weights as eager (also with an encoder shared by two programs)."""
+    """Two epochs with β annealing, compiled: the same ELBOs and weights as eager.
+
+    Also with an encoder shared by two programs (the VampPrior's).
+    """
     x = digits.train[:256]
     runs = {}
     for compile_ in (False, True):
-        config = tiny_config(model={"prior": prior}, train={"compile": compile_, "epochs": 2, "batch_size": 64, "anneal": "linear", "anneal_epochs": 2})
+        config = tiny_config(
+            model={"prior": prior},
+            train={"compile": compile_, "epochs": 2, "batch_size": 64, "anneal": "linear", "anneal_epochs": 2},
+        )
         pyro.set_rng_seed(0)
         program = build_program(config, 64, (8, 8), init_data=x)
         trainer = Trainer(program, config, x, digits.test[:50], progress=False)
@@ -133,7 +139,7 @@ class _Toy(nn.Module):
 def test_unrecordable_programs_are_refused(kind, elbo, message):
     program = _Toy(kind)
     with pytest.raises(UserError, match=message):
-        RecordedStep(program, Objective(elbo), fuse=False)(torch.randn(4, 3), 1.0, 1.0)
+        CompiledStep(program, Objective(elbo), fuse=False)(torch.randn(4, 3), 1.0, 1.0)
 
 
 def test_the_plain_toy_records():
@@ -143,7 +149,7 @@ def test_the_plain_toy_records():
     torch.manual_seed(0)
     want, _ = eager_step(program, Objective("trace"), x, 1.0, 1.0)
     torch.manual_seed(0)
-    assert torch.allclose(RecordedStep(program, Objective("trace"), fuse=False)(x, 1.0, 1.0), want)
+    assert torch.allclose(CompiledStep(program, Objective("trace"), fuse=False)(x, 1.0, 1.0), want)
 
 
 def test_compile_with_several_processes_is_refused(digits):
@@ -157,7 +163,24 @@ def test_fit_with_compile_from_the_command_line(tmp_path, capsys):
     from ppl_vae.cli import main
 
     out = tmp_path / "run"
-    assert main(["fit", "--out", str(out), "--epochs", "2", "--limit", "256", "--batch-size", "128", "--compile", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--out",
+                str(out),
+                "--epochs",
+                "2",
+                "--limit",
+                "256",
+                "--batch-size",
+                "128",
+                "--compile",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "compile = true" in (out / "config.toml").read_text()
     assert main(["fit", "--out", str(tmp_path / "mf"), "--epochs", "1", "--compile", "--elbo", "meanfield"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

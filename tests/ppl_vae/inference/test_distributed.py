@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ppl_vae.runs.build import build_program
 from ppl_vae.inference.objectives import Objective
 from ppl_vae.inference.trainer import epoch_permutation
+from ppl_vae.runs.build import build_program
 from tests.ppl_vae.inference.ddp_step import config, data
 
 TORCHRUN = Path(sys.executable).parent / "torchrun"
@@ -48,13 +48,17 @@ def test_one_ddp_step_equals_the_union_batch_step(tmp_path):
         torch.testing.assert_close(ddp[name], value, rtol=0, atol=1e-6, msg=name)
     pyro.set_rng_seed(0)
     initial = build_program(config(), 64, (8, 8)).state_dict()
-    assert any(not torch.equal(ddp[n], v) for n, v in initial.items() if v.is_floating_point()), "the step moved the weights"
+    assert any(not torch.equal(ddp[n], v) for n, v in initial.items() if v.is_floating_point()), (
+        "the step moved the weights"
+    )
 
 
 def test_two_process_training_has_the_single_process_elbo_scale(tmp_path):
     args = ["-m", "ppl_vae", "fit", "--epochs", "3", "--hidden-dim", "32", "--no-progress"]
     torchrun(*args, "--distributed", "--out", str(tmp_path / "ddp"), cwd=tmp_path)
-    subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], cwd=tmp_path, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, *args, "--out", str(tmp_path / "one")], cwd=tmp_path, check=True, capture_output=True
+    )
     ddp = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     one = json.loads((tmp_path / "one" / "metrics.json").read_text())
     assert ddp["n_train"] == one["n_train"]

@@ -7,10 +7,10 @@ import pytest
 import torch
 from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 
-from ppl_vae.runs.build import build_program
 from ppl_vae.errors import UserError
 from ppl_vae.inference.importance import log_mean_exp, log_weights
 from ppl_vae.inference.objectives import Objective
+from ppl_vae.runs.build import build_program
 from tests.conftest import tiny_config
 
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import ppl_vae
-from ppl_vae.runs.build import build_program
 from ppl_vae.inference.objectives import Objective
+from ppl_vae.runs.build import build_program
 from tests.conftest import tiny_config
 
 
@@ -49,7 +49,9 @@ def test_minibatch_loss_is_scaled_to_the_data_set(elbo):
     torch.testing.assert_close(scaled, plain * 1797 / 20)
 
 
-@pytest.mark.parametrize("anneal,expected", [("none", [1.0, 1.0, 1.0]), ("linear", [0.0, 0.5, 1.0]), ("cyclical", [0.0, 1.0, 0.0])])
+@pytest.mark.parametrize(
+    "anneal,expected", [("none", [1.0, 1.0, 1.0]), ("linear", [0.0, 0.5, 1.0]), ("cyclical", [0.0, 1.0, 0.0])]
+)
 def test_beta_schedules(anneal, expected):
     from ppl_vae.inference.objectives import ANNEALING
 
@@ -71,7 +73,10 @@ def test_cosine_learning_rate_reaches_lr_final_and_resumes_from_the_counters(dig
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(cosine(1e-3, 1e-5, 1.75 / 2))
 
 
-@pytest.mark.parametrize("train,message", [({"lr_final": 0.1}, "lr_final must lie in"), ({"lr_schedule": "step"}, "unknown learning-rate schedule")])
+@pytest.mark.parametrize(
+    "train,message",
+    [({"lr_final": 0.1}, "lr_final must lie in"), ({"lr_schedule": "step"}, "unknown learning-rate schedule")],
+)
 def test_bad_learning_rate_schedules_are_refused(digits, train, message):
     from ppl_vae.errors import UserError
     from ppl_vae.inference.trainer import Trainer

@@ -6,10 +6,10 @@ import pyro
 import pytest
 
 import ppl_vae
-from ppl_vae.runs.build import build_program
 from ppl_vae.guides import GUIDES
-from ppl_vae.models import LIKELIHOODS, PRIORS
 from ppl_vae.inference.trainer import Trainer, elbo_per_datapoint
+from ppl_vae.models import LIKELIHOODS, PRIORS
+from ppl_vae.runs.build import build_program
 from tests.conftest import tiny_config
 
 CASES = (
@@ -37,8 +37,9 @@ def test_variant_trains_with_improving_elbo(room, name, overrides, digits):
 
 def test_user_program_trains_saves_reloads_and_samples(tmp_path):
     """The hierarchical example goes through the CLI like any built-in program."""
-    from ppl_vae.cli import main
     from pathlib import Path
+
+    from ppl_vae.cli import main
 
     spec = str(Path(__file__).resolve().parents[3] / "examples" / "hierarchical_vae.py") + ":hierarchical"
     out = tmp_path / "hvae"

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import ppl_vae
-from ppl_vae.storage.checkpoint import load_checkpoint, read_state
 from ppl_vae.errors import CheckpointError
+from ppl_vae.storage.checkpoint import load_checkpoint, read_state
 from tests.conftest import tiny_config
 
 
@@ -164,7 +164,10 @@ def test_weights_of_another_dtype_are_refused(run, tmp_path):
     dst = _copy(run, tmp_path)
     state = read_state(dst / "checkpoint")
     weights = dst / "checkpoint" / state["files"]["weights"]["name"]
-    tensors = {k: v.double() if v.is_floating_point() and v.dtype == torch.float32 else v for k, v in load_file(str(weights)).items()}
+    tensors = {
+        k: v.double() if v.is_floating_point() and v.dtype == torch.float32 else v
+        for k, v in load_file(str(weights)).items()
+    }
     save_file(tensors, str(weights))
     state["files"]["weights"]["sha256"] = sha256_file(weights)  # a consistent but foreign checkpoint
     (dst / "checkpoint" / "state.json").write_text(json.dumps(state))

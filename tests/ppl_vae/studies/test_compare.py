@@ -13,14 +13,28 @@ import numpy as np
 import pytest
 
 import ppl_vae
-from ppl_vae.studies.compare import compare, paired_difference, parse_grid, variants_from
 from ppl_vae.errors import UserError
 from ppl_vae.runs.evaluation import WorkflowConfig
+from ppl_vae.studies.compare import compare, paired_difference, parse_grid, variants_from
 from tests.conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parents[3]
 SMALL = WorkflowConfig(k=20, points=40, gap_points=5, gap_steps=20, sbc_simulations=50, idata_points=10, idata_draws=3)
-BUDGET = ["--epochs", "2", "--hidden-dim", "32", "--k", "20", "--points", "40", "--gap-points", "5", "--sbc-simulations", "50", "--no-progress"]
+BUDGET = [
+    "--epochs",
+    "2",
+    "--hidden-dim",
+    "32",
+    "--k",
+    "20",
+    "--points",
+    "40",
+    "--gap-points",
+    "5",
+    "--sbc-simulations",
+    "50",
+    "--no-progress",
+]
 
 
 def test_paired_se_by_hand():
@@ -78,7 +92,15 @@ def test_ranking_uses_held_out_points(tmp_path, digits):
         assert abs(est.log_px.mean().item() - row["log_px"]) < 3 * row["log_px_se"] + 1.0
         train_est = importance_sample(run.program.model, run.program.guide, digits.train[: SMALL.points], k=20)
         assert not np.allclose(train_est.log_px.numpy(), pointwise)
-    for name in ("comparison.csv", "comparison.json", "comparison.md", "figures/log_px.png", "figures/rate_distortion.png", "figures/khat.png", "figures/reconstructions.png"):
+    for name in (
+        "comparison.csv",
+        "comparison.json",
+        "comparison.md",
+        "figures/log_px.png",
+        "figures/rate_distortion.png",
+        "figures/khat.png",
+        "figures/reconstructions.png",
+    ):
         assert (tmp_path / name).is_file(), name
     assert "Δ to best" in comparison.to_markdown()
     assert json.loads((tmp_path / "comparison.json").read_text())["rows"][0]["variant"] == comparison.rows[0]["variant"]
@@ -97,7 +119,9 @@ def test_interrupted_comparison_retrains_only_unfinished(tmp_path):
     subprocess.run([*args, "--out", str(reference)], check=True, capture_output=True)
 
     out = tmp_path / "interrupted"
-    proc = subprocess.Popen([*args, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [*args, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     first = out / "runs" / "latent_dim-2" / "evaluation_settings.json"
     deadline = time.time() + 120
     while not first.exists() and time.time() < deadline and proc.poll() is None:

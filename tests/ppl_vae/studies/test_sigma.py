@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from ppl_vae.runs.build import build_program
 from ppl_vae.data.datasets import Dataset
 from ppl_vae.diagnostics.estimators import active_units, importance_sample
 from ppl_vae.inference.trainer import Trainer
+from ppl_vae.runs.build import build_program
 from tests.conftest import tiny_config
 
 EIGENVALUES = np.array([3.0, 1.0, 0.4, 0.1, 0.01, 0.005])

@@ -13,14 +13,34 @@ from ppl_vae.studies.sweep import parse_sigmas, ppca_active_units
 
 def test_sigma_sweep_writes_table_and_figures(tmp_path, capsys):
     out = tmp_path / "sweep"
-    args = ["sigma-sweep", "--sigmas", "0.1,0.4", "--epochs", "3", "--hidden-dim", "32", "--k", "20", "--points", "60",
-            "--gap-points", "5", "--sbc-simulations", "50", "--out", str(out), "--no-progress"]
+    args = [
+        "sigma-sweep",
+        "--sigmas",
+        "0.1,0.4",
+        "--epochs",
+        "3",
+        "--hidden-dim",
+        "32",
+        "--k",
+        "20",
+        "--points",
+        "60",
+        "--gap-points",
+        "5",
+        "--sbc-simulations",
+        "50",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert main(args) == 0
     rows = json.loads((out / "sweep.json").read_text())["rows"]
     assert [r["sigma"] for r in rows] == [0.1, 0.4]
     for r in rows:
         assert r["beta_equivalent"] == pytest.approx(2 * r["sigma"] ** 2)
-        assert r["identity_posterior_sample_low"] <= r["identity_posterior_sample"] <= r["identity_posterior_sample_high"]
+        assert (
+            r["identity_posterior_sample_low"] <= r["identity_posterior_sample"] <= r["identity_posterior_sample_high"]
+        )
         assert r["identity_real_images"] > 0.85  # the classifier itself works on real digits
     # a wider likelihood pays less for distortion: the rate falls and the MSE rises with σ
     assert rows[1]["rate"] < rows[0]["rate"] and rows[1]["mse"] > rows[0]["mse"]
