@@ -1,7 +1,7 @@
 """Generative programs p(z) p(x | z) and their parts (installed as ``ppl_vae.models``)."""
 
 from .likelihoods import LIKELIHOODS, IsotropicNormal, Likelihood, LocScale, Logits, check_scale
-from .networks import MLP, ConvDecoder, ConvEncoder
+from .networks import MLP, NETWORKS, ConvDecoder, ConvEncoder
 from .priors import PRIORS, FlowPrior, MixtureOfGaussians, StandardNormal, VampPrior
 from .vae import VAE
 
@@ -10,6 +10,7 @@ __all__ = [
     "MLP",
     "ConvDecoder",
     "ConvEncoder",
+    "NETWORKS",
     "Likelihood",
     "IsotropicNormal",
     "LocScale",

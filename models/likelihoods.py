@@ -124,10 +124,12 @@ class LocScale(Likelihood):
         self.params_per_pixel = 2 if scale == "hetero" else 1
         log_sigma = torch.tensor(math.log(sigma))
         if scale == "fixed":
-            # float64 so σ is exact whatever precision the network runs in; the float copy
-            # spares a device sync per step
+            # the buffer is σ (saved with the weights, float64 so it is exact whatever precision the
+            # network runs in); _sigma is its value as a float, which spares a device sync a step and
+            # is read from the buffer again whenever a state dict is loaded
             self.register_buffer("sigma", torch.tensor(sigma, dtype=torch.float64))
-            self.sigma_value = sigma
+            self._sigma = sigma
+            self.register_load_state_dict_post_hook(LocScale._read_sigma)
         elif scale == "learned":
             self.log_sigma = nn.Parameter(log_sigma)
         elif scale == "pixel":
@@ -137,14 +139,18 @@ class LocScale(Likelihood):
     def name(self) -> str:
         return f"{self.family.__name__}({self.scale_mode} scale)"
 
+    @staticmethod
+    def _read_sigma(module: LocScale, incompatible_keys) -> None:
+        module._sigma = float(module.sigma)
+
     def forward(self, out: torch.Tensor) -> dist.Distribution:
         if self.scale_mode == "fixed" and self.family is dist.Normal:
-            return IsotropicNormal(out, self.sigma_value).to_event(1)
+            return IsotropicNormal(out, self._sigma).to_event(1)
         if self.scale_mode == "hetero":
             loc, raw = out.chunk(2, dim=-1)  # (..., D) each
             scale = F.softplus(raw) + MIN_SCALE
         elif self.scale_mode == "fixed":
-            loc, scale = out, self.sigma.to(out.dtype)
+            loc, scale = out, out.new_full((), self._sigma)
         else:
             loc, scale = out, self.log_sigma.exp().clamp(min=MIN_SCALE)
         return self.family(loc=loc, scale=scale.expand_as(loc), **self.family_kwargs).to_event(1)

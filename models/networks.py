@@ -8,12 +8,12 @@ particle plates (``(K, B, ...)``) without reshaping by hand.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["MLP", "ConvDecoder", "ConvEncoder"]
+__all__ = ["MLP", "ConvDecoder", "ConvEncoder", "NETWORKS"]
 
 
 class MLP(nn.Sequential):
@@ -106,3 +106,34 @@ class ConvDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return _flat_batch(self._decode, z, 1)
+
+
+def _mlp_encoder(data_dim, image_shape, hidden_dim, layers):
+    return MLP([data_dim] + [hidden_dim] * layers, activate_last=True)
+
+
+def _mlp_decoder(latent_dim, data_dim, image_shape, hidden_dim, layers, params_per_pixel):
+    return MLP([latent_dim] + [hidden_dim] * layers + [data_dim * params_per_pixel])
+
+
+class _Identity(nn.Identity):
+    """The identity with the ``out_features`` a posterior head reads."""
+
+    def __init__(self, features: int):
+        super().__init__()
+        self.out_features = features
+
+
+NETWORKS: dict[str, tuple[Callable, Callable]] = {
+    "mlp": (_mlp_encoder, _mlp_decoder),
+    # a linear VAE: x -> q(z|x) by one affine map, z -> f(z) = Wz + b (probabilistic PCA's model)
+    "linear": (
+        lambda data_dim, image_shape, hidden_dim, layers: _Identity(data_dim),
+        lambda latent_dim, data_dim, image_shape, hidden_dim, layers, ppp: nn.Linear(latent_dim, data_dim * ppp),
+    ),
+    "conv": (
+        lambda data_dim, image_shape, hidden_dim, layers: ConvEncoder(image_shape, hidden_dim),
+        lambda latent_dim, data_dim, image_shape, hidden_dim, layers, ppp: ConvDecoder(latent_dim, image_shape, ppp),
+    ),
+}
+"""Network name -> (encoder constructor, decoder constructor)."""

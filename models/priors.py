@@ -10,7 +10,7 @@ r"""Priors p(z): modules whose ``forward()`` returns a distribution with event s
 
 The registry :data:`PRIORS` maps a command-line name to a constructor taking
 ``(latent_dim, encoder, pseudo_inputs, n_components, flows)``; each constructor uses the
-arguments it needs.
+arguments it needs (``pseudo_inputs`` is a function, called only by the VampPrior).
 """
 
 from __future__ import annotations
@@ -97,7 +97,10 @@ class FlowPrior(nn.Module):
 PRIORS: dict[str, Callable[..., nn.Module]] = {
     "standard": lambda latent_dim, **_: StandardNormal(latent_dim),
     "mog": lambda latent_dim, n_components, **_: MixtureOfGaussians(latent_dim, n_components),
-    "vamp": lambda latent_dim, encoder, pseudo_inputs, **_: VampPrior(encoder, pseudo_inputs),
+    "vamp": lambda latent_dim, encoder, pseudo_inputs, **_: VampPrior(encoder, pseudo_inputs()),
     "flow": lambda latent_dim, flows, **_: FlowPrior(latent_dim, max(flows, 1)),
 }
-"""Name on the command line -> constructor ``(latent_dim, encoder, pseudo_inputs, n_components, flows)``."""
+"""Name on the command line -> constructor ``(latent_dim, encoder, pseudo_inputs, n_components, flows)``.
+
+``pseudo_inputs`` is a function returning initial pseudo-inputs ``(C, D)``; only priors that need
+them call it (it draws from the RNG)."""

@@ -18,9 +18,9 @@ from torch import nn
 from ..config import Config
 from ..errors import UserError
 from ..guides import GUIDES, AmortizedGuide, Encoder, posterior_head
-from ..models import LIKELIHOODS, MLP, PRIORS, VAE, ConvDecoder, ConvEncoder
+from ..models import LIKELIHOODS, NETWORKS, PRIORS, VAE
 
-__all__ = ["Program", "build_program", "check_support", "load_factory", "NETWORKS"]
+__all__ = ["Program", "build_program", "check_support", "load_factory"]
 
 
 class Program(nn.Module):
@@ -36,35 +36,6 @@ class Program(nn.Module):
 
     def guide(self, x: torch.Tensor) -> None:
         return self.guide_module.guide(x)
-
-
-def _mlp_encoder(data_dim, image_shape, hidden_dim, layers):
-    return MLP([data_dim] + [hidden_dim] * layers, activate_last=True)
-
-
-def _mlp_decoder(latent_dim, data_dim, image_shape, hidden_dim, layers, params_per_pixel):
-    return MLP([latent_dim] + [hidden_dim] * layers + [data_dim * params_per_pixel])
-
-
-class _Identity(nn.Identity):
-    def __init__(self, features: int):
-        super().__init__()
-        self.out_features = features
-
-
-NETWORKS: dict[str, tuple[Callable, Callable]] = {
-    "mlp": (_mlp_encoder, _mlp_decoder),
-    # a linear VAE: x -> q(z|x) by one affine map, z -> f(z) = Wz + b (probabilistic PCA's model)
-    "linear": (
-        lambda data_dim, image_shape, hidden_dim, layers: _Identity(data_dim),
-        lambda latent_dim, data_dim, image_shape, hidden_dim, layers, ppp: nn.Linear(latent_dim, data_dim * ppp),
-    ),
-    "conv": (
-        lambda data_dim, image_shape, hidden_dim, layers: ConvEncoder(image_shape, hidden_dim),
-        lambda latent_dim, data_dim, image_shape, hidden_dim, layers, ppp: ConvDecoder(latent_dim, image_shape, ppp),
-    ),
-}
-"""Network name -> (encoder constructor, decoder constructor)."""
 
 
 def _pick(registry: dict, name: str, what: str):
@@ -139,7 +110,7 @@ def build_program(
         prior = make_prior(
             latent_dim=m.latent_dim,
             encoder=encoder,
-            pseudo_inputs=_pseudo_inputs(init_data, m.n_components, data_dim),
+            pseudo_inputs=lambda: _pseudo_inputs(init_data, m.n_components, data_dim),
             n_components=m.n_components,
             flows=m.flows,
         )
@@ -151,6 +122,7 @@ def build_program(
 
 
 def _pseudo_inputs(init_data: torch.Tensor | None, n: int, data_dim: int) -> torch.Tensor:
+    """``n`` training rows drawn at random (zeros without data): called only by priors that need them."""
     if init_data is None:
         return torch.zeros(n, data_dim)
     idx = torch.randperm(len(init_data))[:n]

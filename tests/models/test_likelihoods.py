@@ -131,3 +131,15 @@ def test_isotropic_normal_is_the_normal():
     expanded = fast.expand((5, 4, 3))
     assert isinstance(expanded, IsotropicNormal) and expanded.sigma == 0.3
     torch.testing.assert_close(expanded.log_prob(x[0]), slow.expand((5, 4, 3)).log_prob(x[0]))
+
+
+@pytest.mark.parametrize(
+    "name,family", [("normal", torch.distributions.Normal), ("laplace", torch.distributions.Laplace)]
+)
+def test_a_loaded_sigma_is_the_sigma_every_family_computes_with(name, family):
+    """σ has one source, the saved buffer: loading σ = 0.5 into a program built with 0.1 uses 0.5."""
+    built = LIKELIHOODS[name](data_dim=3, sigma=0.1)
+    built.load_state_dict(LIKELIHOODS[name](data_dim=3, sigma=0.5).state_dict())
+    loc, x = torch.zeros(2, 3), torch.tensor([[0.3, -0.2, 1.0], [0.0, 0.1, -0.4]])
+    want = family(loc, 0.5).log_prob(x).sum(-1)
+    torch.testing.assert_close(built(loc).log_prob(x), want)
