@@ -30,8 +30,11 @@ import torch
 from common import median, mnist
 from pyro.infer import SVI, Trace_ELBO  # noqa: E402
 
-from ppl_vae.config import Config  # noqa: E402
-from ppl_vae.data.datasets import DataConfig, load_data  # noqa: E402
+from ppl_vae.config import (
+    Config,  # noqa: E402
+    DataConfig,
+)
+from ppl_vae.data.datasets import load_data  # noqa: E402
 from ppl_vae.inference.trainer import Trainer, epoch_permutation  # noqa: E402
 from ppl_vae.runs.build import build_program  # noqa: E402
 

@@ -3,7 +3,7 @@
     p(z2) = N(0, I),  p(z1 | z2) = N(μ(z2), diag s(z2)²),  p(x | z1) = N(f(z1), σ² I)
     q(z1 | x) = N(μ(x), diag s(x)²),  q(z2 | z1) = N(μ(z1), diag s(z1)²)
 
-It follows the contract in DESIGN.md and nothing else: ``factory(data_dim, latent_dim)``
+It follows the contract in ``ppl_vae/contracts.py`` and nothing else: ``factory(data_dim, latent_dim)``
 returns a module with ``model(x)`` and ``guide(x)``, one ``pyro.plate("data")``, the same
 latent site names in both. The bench trains, checkpoints, samples and evaluates it without
 a line written for it::

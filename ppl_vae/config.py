@@ -1,8 +1,23 @@
-"""Typed configuration: one small dataclass per concern, read from TOML, overridden by the CLI.
+"""Typed configuration: every option is defined once, as a dataclass field made by :func:`option`.
 
-A TOML file has the sections ``[data]``, ``[model]``, ``[guide]`` and ``[train]``, each
-key a field below. Names are validated against the registries where a run is built,
-not here: configs have no side effects.
+The field holds the option's default and its :class:`Option`: help, command-line flag, range
+and the registry its names come from. Everything else is generated from it: the flags of the
+command line (:mod:`ppl_vae.cli`), the keys of a TOML file, the keys of ``compare --grid``,
+the one coercion of a value (:func:`coerce`) and the checks of :meth:`Config.validate`, which
+run before any work starts. A run's config has the sections ``[data]``, ``[model]``,
+``[guide]`` and ``[train]``; :class:`EvalConfig` holds the options of the workflow analysis
+(``evaluate``, ``compare``, ``sigma-sweep``).
+
+Layer 2 — may import: the registries of ``ppl_vae.models``, ``ppl_vae.guides``,
+``ppl_vae.inference`` and ``ppl_vae.data`` (to check names), ``ppl_vae.errors``.
+
+Example:
+    >>> config = Config()
+    >>> config.model.sigma = 0.2
+    >>> config.validate().model.sigma
+    0.2
+    >>> resolve_key("latent-dim")
+    ('model', 'latent_dim')
 """
 
 from __future__ import annotations
@@ -12,66 +27,180 @@ import dataclasses
 import math
 import tomllib
 import typing
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .data.datasets import DATASETS
 from .errors import UserError
+from .guides import GUIDES
+from .inference.objectives import ELBOS
+from .inference.schedules import ANNEALING, LR_SCHEDULES
+from .models import LIKELIHOODS, NETWORKS, PRIORS
 
-__all__ = ["DataConfig", "ModelConfig", "GuideConfig", "TrainConfig", "Config", "load_config", "to_toml"]
+__all__ = [
+    "Option",
+    "option",
+    "DataConfig",
+    "ModelConfig",
+    "GuideConfig",
+    "TrainConfig",
+    "EvalConfig",
+    "Config",
+    "SECTIONS",
+    "coerce",
+    "parse_text",
+    "options_of",
+    "flag_of",
+    "resolve_key",
+    "from_dict",
+    "load_config",
+    "to_toml",
+    "is_program_spec",
+]
+
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding (pyro.set_rng_seed) takes 32 bits
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class Option:
+    """What a config field means and which values it takes.
+
+    Attributes:
+        help: one line for ``--help``.
+        flag: the command-line flag (default ``--field-name``).
+        names: the registry a name must come from (a function returning its names).
+        also: another accepted form of a name: ``"data-file"`` (a ``.npy``/``.npz`` path),
+            ``"program"`` (``path/to/file.py:factory``) or ``"device"`` (``cuda:N``).
+        low, high: the range of a number (inclusive unless ``open_low``/``open_high``).
+        noun: what a name is called in messages (default: the field's name).
+    """
+
+    help: str
+    flag: str = ""
+    names: Callable[[], Iterable[str]] | None = None
+    also: str = ""
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+    noun: str = ""
+
+
+def option(default: Any, help: str, **kwargs: Any) -> Any:
+    """A dataclass field with a default and an :class:`Option` (``kwargs`` are its attributes)."""
+    return field(default=default, metadata={"option": Option(help, **kwargs)})
+
+
+def is_program_spec(text: str) -> bool:
+    """Whether ``text`` names a user's program, ``path/to/file.py:factory``."""
+    path, sep, attr = text.rpartition(":")
+    return bool(sep and path.endswith(".py") and attr.isidentifier())
+
+
+_ALSO: dict[str, tuple[Callable[[str], bool], str]] = {
+    "data-file": (lambda s: s.endswith((".npy", ".npz")), "a path to a .npy/.npz file"),
+    "program": (is_program_spec, "path/to/file.py:factory"),
+    "device": (lambda s: s.startswith("cuda:") and s[5:].isdigit(), "cuda:N"),
+}
 
 
 @dataclass
 class DataConfig:
-    name: str = "digits"  # digits | mnist | fashion-mnist | frey | path to .npy/.npz
-    root: str = ""  # folder or file for mnist/fashion-mnist/frey ("" = look in the usual places)
-    download: bool = False  # let torchvision download MNIST-like sets into root
-    test_fraction: float = 0.2  # held-out share for data sets without a split
-    split_seed: int = 0  # seed of that split (fixed, independent of the training seed)
-    limit: int = 0  # keep only the first N training points (0 = all)
-    binarize: bool = False  # dynamic binarization: x ~ Bernoulli(pixel) at every draw
+    name: str = option(
+        "digits",
+        "data set: a registered name or a path to a .npy/.npz file",
+        flag="--data",
+        names=DATASETS.keys,
+        also="data-file",
+        noun="data set",
+    )
+    root: str = option("", "folder or file holding the data set ('' = look in the usual places)", flag="--data-root")
+    download: bool = option(False, "let torchvision download MNIST-like data into --data-root")
+    test_fraction: float = option(
+        0.2, "held-out share for data sets without a split", low=0.0, high=1.0, open_low=True, open_high=True
+    )
+    split_seed: int = option(0, "seed of that split (fixed, independent of the training seed)", low=0, high=MAX_SEED)
+    limit: int = option(0, "keep only the first N training points (0 = all)", low=0, high=2**40)
+    binarize: bool = option(False, "dynamic binarization: x ~ Bernoulli(pixel) at every draw")
 
 
 @dataclass
 class ModelConfig:
-    likelihood: str = "normal"  # see ppl_vae.models.LIKELIHOODS
-    sigma: float = 0.1  # σ of the Normal likelihood (fixed) or its initial value (learned)
-    prior: str = "standard"  # see ppl_vae.models.PRIORS
-    latent_dim: int = 8
-    hidden_dim: int = 256  # width of encoder and decoder hidden layers
-    hidden_layers: int = 1  # hidden layers in each MLP
-    network: str = "mlp"  # mlp | conv
-    n_components: int = 16  # mixture components (mog) / pseudo-inputs (vamp)
-    flows: int = 2  # transforms in a flow prior
-    program: str = ""  # path/to/file.py:factory, a user's own model program
+    likelihood: str = option("normal", "observation model p(x|z)", names=LIKELIHOODS.keys)
+    sigma: float = option(0.1, "σ of the Normal likelihood (fixed), or its initial value (learned)", low=1e-6, high=1e6)
+    prior: str = option("standard", "prior p(z)", names=PRIORS.keys)
+    latent_dim: int = option(8, "dimension L of z", low=1, high=65536)
+    hidden_dim: int = option(256, "width of encoder and decoder hidden layers", low=1, high=65536)
+    hidden_layers: int = option(1, "hidden layers in each MLP", low=1, high=64)
+    network: str = option(
+        "mlp", "encoder/decoder networks (linear: an affine decoder, probabilistic PCA's model)", names=NETWORKS.keys
+    )
+    n_components: int = option(
+        16, "mixture components (mog) / pseudo-inputs (vamp)", flag="--components", low=1, high=100_000
+    )
+    flows: int = option(2, "transforms in the flow prior", flag="--prior-flows", low=0, high=64)
+    program: str = option("", "a user's own model program, path/to/file.py:factory", flag="--model", also="program")
 
 
 @dataclass
 class GuideConfig:
-    name: str = "diagonal"  # see ppl_vae.guides.GUIDES
-    flows: int = 2  # transforms in a flow guide
-    rank: int = 2  # rank of the low-rank guide
-    program: str = ""  # path/to/file.py:factory, a user's own guide program
+    name: str = option(
+        "diagonal",
+        "posterior family q(z|x), or a user's guide program path/to/file.py:factory",
+        flag="--guide",
+        names=GUIDES.keys,
+        also="program",
+        noun="guide",
+    )
+    flows: int = option(2, "transforms in a flow guide", low=0, high=64)
+    rank: int = option(2, "rank of the low-rank guide", low=1, high=4096)
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 100
-    batch_size: int = 128
-    lr: float = 1e-3
-    lr_schedule: str = "constant"  # constant | cosine (from lr down to lr_final over the epochs)
-    lr_final: float = 0.0  # learning rate at the end of a decaying schedule
-    seed: int = 0
-    device: str = "cpu"
-    elbo: str = "trace"  # trace | meanfield | iwae
-    particles: int = 1  # K Monte Carlo samples (vectorized)
-    beta: float = 1.0  # weight of the latent (KL) terms
-    anneal: str = "none"  # none | linear | cyclical warm-up of beta
-    anneal_epochs: int = 10  # length of a warm-up (or of one cycle)
-    compile: bool = False  # record a step once and replay it (ppl_vae.inference.compiled); reparameterized programs
-    checkpoint_every: int = 1  # epochs between checkpoints
-    checkpoint_steps: int = 0  # also checkpoint every N optimizer steps (0 = off)
-    pyro_validation: bool = False  # Pyro's shape/support checks on every step (always on for the first)
+    epochs: int = option(100, "training epochs", low=1, high=1_000_000)
+    batch_size: int = option(128, "minibatch size", low=1, high=2**24)
+    lr: float = option(1e-3, "Adam learning rate", low=0.0, high=10.0, open_low=True)
+    lr_schedule: str = option(
+        "constant", "learning-rate schedule", names=LR_SCHEDULES.keys, noun="learning-rate schedule"
+    )
+    lr_final: float = option(0.0, "learning rate at the end of a decaying schedule", low=0.0, high=10.0)
+    seed: int = option(0, "random seed", low=0, high=MAX_SEED)
+    device: str = option(
+        "cpu", "auto (CUDA when present, else CPU) | cpu | cuda | cuda:N", names=lambda: DEVICES, also="device"
+    )
+    elbo: str = option("trace", "training objective", names=ELBOS.keys, noun="ELBO")
+    particles: int = option(1, "K Monte Carlo samples of the ELBO (vectorized)", low=1, high=2**20)
+    beta: float = option(1.0, "weight β of the latent (KL) terms", low=0.0, high=1e6)
+    anneal: str = option("none", "warm-up of β", names=ANNEALING.keys, noun="annealing")
+    anneal_epochs: int = option(10, "length of a warm-up (or of one cycle) in epochs", low=1, high=1_000_000)
+    compile: bool = option(False, "record one training step as a tensor graph, compile it and replay it")
+    checkpoint_every: int = option(1, "epochs between checkpoints", low=1, high=1_000_000)
+    checkpoint_steps: int = option(0, "also checkpoint every N optimizer steps (0 = off)", low=0, high=2**40)
+    pyro_validation: bool = option(False, "Pyro's shape and support checks on every step (always on for the first)")
+
+
+@dataclass
+class EvalConfig:
+    """Options of the workflow analysis of a trained run (not part of a run's config)."""
+
+    k: int = option(1000, "importance samples per test point", low=2, high=10_000_000)
+    points: int = option(0, "evaluate only the first N test points (0 = all)", low=0, high=2**40)
+    gap_points: int = option(100, "test points whose guides are refined for the gaps", low=1, high=1_000_000)
+    gap_steps: int = option(300, "optimisation steps of the refined local guides", low=1, high=1_000_000)
+    sbc_simulations: int = option(500, "simulated (z, x) pairs for calibration", low=1, high=1_000_000)
+    sbc_draws: int = option(99, "guide draws ranked against each simulated z", low=1, high=100_000)
+    idata_points: int = option(200, "test points stored in inference_data.nc", low=1, high=1_000_000)
+    idata_draws: int = option(20, "draws per point stored in inference_data.nc", low=1, high=100_000)
+    seed: int = option(0, "seed of the evaluation draws", flag="--eval-seed", low=0, high=MAX_SEED)
+
+    def validate(self) -> EvalConfig:
+        """Check every field against its :class:`Option`. Returns self."""
+        _check_fields("evaluate", self)
+        return self
 
 
 @dataclass
@@ -82,68 +211,126 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> Config:
-        """Check the numbers (names are checked by the registries). Returns self."""
-        positive_ints = {
-            "model.latent_dim": self.model.latent_dim,
-            "model.hidden_dim": self.model.hidden_dim,
-            "model.hidden_layers": self.model.hidden_layers,
-            "model.n_components": self.model.n_components,
-            "train.epochs": self.train.epochs,
-            "train.batch_size": self.train.batch_size,
-            "train.particles": self.train.particles,
-            "train.checkpoint_every": self.train.checkpoint_every,
-            "guide.rank": self.guide.rank,
-            "train.anneal_epochs": self.train.anneal_epochs,
-        }
-        for key, value in positive_ints.items():
-            if value < 1:
-                raise UserError(f"{key} must be >= 1, got {value}")
-        for key, value in {
-            "model.flows": self.model.flows,
-            "train.checkpoint_steps": self.train.checkpoint_steps,
-            "guide.flows": self.guide.flows,
-            "data.limit": self.data.limit,
-        }.items():
-            if value < 0:
-                raise UserError(f"{key} must be >= 0, got {value}")
-        if not (math.isfinite(self.model.sigma) and self.model.sigma > 0):
-            raise UserError(f"sigma must be a finite number > 0, got {self.model.sigma}")
-        if not (math.isfinite(self.train.lr) and self.train.lr > 0):
-            raise UserError(f"lr must be a finite number > 0, got {self.train.lr}")
-        if not (math.isfinite(self.train.lr_final) and 0 <= self.train.lr_final <= self.train.lr):
-            raise UserError(f"lr_final must lie in [0, lr = {self.train.lr}], got {self.train.lr_final}")
-        if not (math.isfinite(self.train.beta) and self.train.beta >= 0):
-            raise UserError(f"beta must be a finite number >= 0, got {self.train.beta}")
-        if not 0 < self.data.test_fraction < 1:
-            raise UserError(f"test_fraction must lie in (0, 1), got {self.data.test_fraction}")
+        """Check every field (types, ranges, registry names) and their combinations. Returns self."""
+        for section in SECTIONS:
+            _check_fields(section, getattr(self, section))
+        t, m, g = self.train, self.model, self.guide
+        if t.lr_final > t.lr:
+            raise UserError(f"lr_final must lie in [0, lr = {t.lr}], got {t.lr_final}")
+        if m.prior == "vamp" and (m.program or is_program_spec(g.name)):
+            raise UserError("the vamp prior needs a built-in amortized guide (its encoder), not a user program")
         return self
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
 
 
-SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(Config)}  # type: ignore[misc]
+SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "guide": GuideConfig, "train": TrainConfig}
+"""TOML section of a run's config -> its dataclass."""
 
 
-def _coerce(section: str, key: str, value: Any, kind: type) -> Any:
-    where = f"[{section}] {key}"
+def options_of(cls: type) -> Iterator[tuple[str, type, Option]]:
+    """``(field name, type, Option)`` for every option of a config dataclass."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        yield f.name, hints[f.name], f.metadata["option"]
+
+
+def flag_of(name: str, opt: Option) -> str:
+    """The command-line flag of the field ``name``."""
+    return opt.flag or "--" + name.replace("_", "-")
+
+
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def parse_text(kind: type, text: str) -> Any:
+    """A value of type ``kind`` from command-line text; ``ValueError`` if it is not one."""
+    if kind is str:
+        return text
     if kind is bool:
-        if isinstance(value, bool):
-            return value
-    elif kind is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif kind is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif kind is str:
-        if isinstance(value, str):
-            return value
+        if text.strip().lower() in _TRUE + _FALSE:
+            return text.strip().lower() in _TRUE
+        raise ValueError(text)
+    if kind is int:
+        return int(text.strip())
+    return float(text)
+
+
+def coerce(where: str, kind: type, value: Any) -> Any:
+    """The one coercion of a config value: command-line text is parsed, anything else must have the field's type."""
+    if isinstance(value, str) and kind is not str:
+        try:
+            return parse_text(kind, value)
+        except ValueError:
+            raise UserError(f"{where} must be of type {kind.__name__}, got {value!r}") from None
+    if kind is bool and isinstance(value, bool):
+        return value
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if kind is str and isinstance(value, str):
+        return value
     raise UserError(f"{where} must be of type {kind.__name__}, got {value!r}")
+
+
+def _check_fields(section: str, values: Any) -> None:
+    for name, kind, opt in options_of(type(values)):
+        where = f"{section}.{name}"
+        value = coerce(where, kind, getattr(values, name))
+        if kind in (int, float) and not math.isfinite(value):
+            raise UserError(f"{where} must be a finite number, got {value}")
+        _check_range(where, value, opt)
+        if opt.names is not None and value not in opt.names():
+            accepted, description = _ALSO.get(opt.also, (lambda s: False, ""))
+            if not accepted(value):
+                choices = ", ".join(opt.names()) + (f", or {description}" if description else "")
+                raise UserError(f"unknown {opt.noun or name.replace('_', ' ')} {value!r}; choose one of {choices}")
+        elif opt.also == "program" and value and opt.names is None and not is_program_spec(value):
+            raise UserError(f"{where} must look like path/to/file.py:factory, got {value!r}")
+        setattr(values, name, value)
+
+
+def _check_range(where: str, value: Any, opt: Option) -> None:
+    low_ok = opt.low is None or (value > opt.low if opt.open_low else value >= opt.low)
+    high_ok = opt.high is None or (value < opt.high if opt.open_high else value <= opt.high)
+    if not (low_ok and high_ok):
+        left, right = "(" if opt.open_low else "[", ")" if opt.open_high else "]"
+        low = "-inf" if opt.low is None else f"{opt.low:g}"
+        high = "inf" if opt.high is None else f"{opt.high:g}"
+        raise UserError(f"{where} must lie in {left}{low}, {high}{right}, got {value}")
+
+
+def resolve_key(key: str, sections: dict[str, type] = SECTIONS) -> tuple[str, str]:
+    """``(section, field)`` for a key: ``section.field``, a flag without dashes (``latent-dim``,
+    ``guide``, ``prior``) or a field name that only one section has."""
+    if "." in key:
+        section, _, name = key.partition(".")
+        if section in sections and any(n == name for n, _, _ in options_of(sections[section])):
+            return section, name
+        raise UserError(f"{key!r} is not a config option; use section.key, e.g. model.sigma")
+    by_flag = [(s, n) for s, cls in sections.items() for n, _, o in options_of(cls) if flag_of(n, o) == "--" + key]
+    if len(by_flag) == 1:
+        return by_flag[0]
+    by_name = [(s, n) for s, cls in sections.items() for n, _, _ in options_of(cls) if n == key]
+    if len(by_name) == 1:
+        return by_name[0]
+    raise UserError(f"{key!r} is unknown or ambiguous; use section.key, e.g. model.sigma")
+
+
+def set_value(config: Config, key: str, value: Any) -> None:
+    """Set the option named by ``key`` (see :func:`resolve_key`) to ``value``, coerced."""
+    section, name = resolve_key(key)
+    target = getattr(config, section)
+    kind = typing.get_type_hints(type(target))[name]
+    setattr(target, name, coerce(f"{section}.{name}", kind, value))
 
 
 def from_dict(data: dict[str, Any], base: Config | None = None) -> Config:
     """Build a :class:`Config` from nested dicts (on top of ``base``), refusing unknown sections, keys and types."""
+    if not isinstance(data, dict):
+        raise UserError("a config must be a table of sections")
     config = copy.deepcopy(base) if base is not None else Config()
     for section, values in data.items():
         if section not in SECTIONS:
@@ -151,11 +338,11 @@ def from_dict(data: dict[str, Any], base: Config | None = None) -> Config:
         if not isinstance(values, dict):
             raise UserError(f"config section [{section}] must be a table")
         target = getattr(config, section)
-        hints = typing.get_type_hints(type(target))
+        kinds = {name: kind for name, kind, _ in options_of(type(target))}
         for key, value in values.items():
-            if key not in hints:
-                raise UserError(f"unknown key {key!r} in [{section}]; expected one of {', '.join(hints)}")
-            setattr(target, key, _coerce(section, key, value, hints[key]))
+            if key not in kinds:
+                raise UserError(f"unknown key {key!r} in [{section}]; expected one of {', '.join(kinds)}")
+            setattr(target, key, coerce(f"[{section}] {key}", kinds[key], value))
     return config
 
 
@@ -167,6 +354,8 @@ def load_config(path: str | Path, base: Config | None = None) -> Config:
             data = tomllib.load(f)
     except FileNotFoundError:
         raise UserError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise UserError(f"config file {path} is a directory") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"config file {path} is not valid TOML: {err}") from None
     return from_dict(data, base)

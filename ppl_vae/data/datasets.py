@@ -12,13 +12,16 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from ..config import DataConfig
 from ..errors import UserError
 from .rowfile import RowFile
+
+if TYPE_CHECKING:  # the config layer sits above this one: read by attribute, imported for types only
+    from ..config import DataConfig
 
 __all__ = ["Dataset", "load_data", "validate_array", "DATASETS", "shared_data_dir"]
 

@@ -19,7 +19,6 @@ et al. 2016: :math:`\operatorname{Cov}_x(\mathbb E_q[z_u]) > 0.01`.
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 
@@ -31,6 +30,7 @@ from tqdm.auto import tqdm
 
 from ..inference.importance import latent_sites, log_mean_exp, log_weights, max_plate_nesting
 from ..inference.predictive import observed_site
+from .statistics import mean_se
 
 __all__ = ["PointEstimates", "importance_sample", "psis_khat", "active_units", "summarize", "ACTIVE_THRESHOLD"]
 
@@ -157,15 +157,10 @@ def active_units(latent_mean: torch.Tensor, threshold: float = ACTIVE_THRESHOLD)
     return int((variance > threshold).sum()), variance
 
 
-def _mean_se(v: torch.Tensor) -> tuple[float, float]:
-    v = v.double()
-    return float(v.mean()), float(v.std(unbiased=True) / math.sqrt(len(v))) if len(v) > 1 else 0.0
-
-
 def summarize(est: PointEstimates, khat: np.ndarray) -> dict:
     """The headline numbers, nats per datapoint (higher is better for log_px and elbo)."""
-    log_px, log_px_se = _mean_se(est.log_px)
-    elbo, elbo_se = _mean_se(est.elbo)
+    log_px, log_px_se = mean_se(est.log_px)
+    elbo, elbo_se = mean_se(est.elbo)
     n_active, variance = active_units(est.latent_mean)
     return {
         "log_px": log_px,

@@ -9,7 +9,6 @@ intervals over test points, each point's rate averaged over its draws.
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import numpy as np
@@ -18,6 +17,7 @@ import torch
 
 from ..inference.importance import latent_sites, max_plate_nesting, replayed_traces
 from ..inference.predictive import observed_site, prior_decode
+from .statistics import interval95
 
 __all__ = ["train_classifier", "identity_preservation"]
 
@@ -29,13 +29,6 @@ def train_classifier(x: torch.Tensor, labels: np.ndarray, seed: int = 0):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence chatter on tiny budgets
         return LogisticRegression(max_iter=500, random_state=seed).fit(x.cpu().numpy(), labels)
-
-
-def _rate(hits: np.ndarray) -> dict:
-    """Mean of per-point hit rates ``(N,)`` with a 95% interval."""
-    mean = float(hits.mean())
-    half = 1.96 * float(hits.std(ddof=1)) / math.sqrt(len(hits)) if len(hits) > 1 else 0.0
-    return {"mean": mean, "low": max(0.0, mean - half), "high": min(1.0, mean + half)}
 
 
 def _predict(classifier, images: torch.Tensor) -> np.ndarray:
@@ -62,10 +55,10 @@ def identity_preservation(
         classifier, prior_decode(model, draws * len(x), x.shape[1], x.device, x.dtype).reshape(draws, len(x), -1)
     )
     return {
-        "posterior_sample": _rate(posterior.mean(0)),
-        "posterior_mean": _rate(at_mean.astype(float)),
-        "prior_sample": _rate((prior == labels[None, :]).mean(0)),
-        "real_images": _rate((_predict(classifier, x) == labels).astype(float)),
+        "posterior_sample": interval95(posterior.mean(0)),
+        "posterior_mean": interval95(at_mean.astype(float)),
+        "prior_sample": interval95((prior == labels[None, :]).mean(0)),
+        "real_images": interval95((_predict(classifier, x) == labels).astype(float)),
     }
 
 

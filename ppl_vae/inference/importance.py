@@ -25,6 +25,8 @@ import pyro.poutine as poutine
 import torch
 from pyro.poutine.util import site_is_subsample
 
+from ..contracts import DATA_PLATE
+
 __all__ = [
     "LogWeights",
     "log_weights",
@@ -38,8 +40,6 @@ __all__ = [
     "sample_sites",
     "DATA_PLATE",
 ]
-
-DATA_PLATE = "data"
 
 
 class LogWeights(NamedTuple):

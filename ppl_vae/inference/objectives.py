@@ -17,7 +17,6 @@ Pyro handler (:class:`ScaleLatent`); annealing makes β a function of training p
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import pyro.poutine as poutine
@@ -29,7 +28,7 @@ from pyro.poutine.messenger import Messenger
 from ..errors import UserError
 from .importance import latent_sites, log_mean_exp, log_weights, max_plate_nesting, rng_untouched, trace_pair
 
-__all__ = ["ScaleLatent", "Objective", "ELBOS", "ANNEALING"]
+__all__ = ["ScaleLatent", "Objective", "ELBOS"]
 
 
 class ScaleLatent(Messenger):
@@ -113,12 +112,3 @@ def _sites_without_closed_form_kl(model, guide, x: torch.Tensor) -> list[str]:
 
 ELBOS = {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO, "iwae": None}
 """ELBO name -> Pyro ELBO class (``None``: IWAE on the shared log-weights)."""
-
-
-ANNEALING: dict[str, Callable[[float, float, int], float]] = {
-    "none": lambda beta, epoch, length: beta,
-    "linear": lambda beta, epoch, length: beta * min(1.0, epoch / length),
-    # Fu et al. 2019 (arXiv:1903.10145): ramp over the first half of each cycle, then hold
-    "cyclical": lambda beta, epoch, length: beta * min(1.0, 2.0 * math.fmod(epoch, length) / length),
-}
-"""Schedule name -> ``(beta, fractional_epoch, length) -> beta at that point``."""

@@ -12,32 +12,26 @@ from __future__ import annotations
 import math
 import signal
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pyro
 import torch
 from tqdm.auto import tqdm
 
-from ..config import Config
 from ..errors import UserError
 from .compiled import CompiledStep
 from .distributed import SINGLE, Cluster, ProgramLoss
 from .importance import log_weights, max_plate_nesting
-from .objectives import ANNEALING, Objective
+from .objectives import Objective
+from .schedules import ANNEALING, LR_SCHEDULES
 
-__all__ = ["Trainer", "TrainingDiverged", "Interrupted", "epoch_permutation", "elbo_per_datapoint", "LR_SCHEDULES"]
+if TYPE_CHECKING:  # the config layer sits above this one: read by attribute, imported for types only
+    from ..config import Config
 
-LR_SCHEDULES: dict[str, Callable[[float, float, float], float]] = {
-    "constant": lambda lr, lr_final, progress: lr,
-    # Loshchilov & Hutter 2017 (arXiv:1608.03983), one cycle without restarts
-    "cosine": lambda lr, lr_final, progress: (
-        lr_final + 0.5 * (lr - lr_final) * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-    ),
-}
-"""Schedule name -> ``(lr, lr_final, fraction of training done) -> learning rate there``.
-
-A function of the step counters alone, so a resumed run follows the same schedule."""
+__all__ = ["Trainer", "TrainingDiverged", "Interrupted", "epoch_permutation", "elbo_per_datapoint"]
 
 
 class TrainingDiverged(UserError):
@@ -116,13 +110,7 @@ class Trainer:
         # one fused kernel for all parameters instead of a dozen small ops per tensor
         fused = self.train.device.type in ("cpu", "cuda")
         self.optimizer = torch.optim.Adam(self.program.parameters(), lr=t.lr, fused=fused)
-        if t.anneal not in ANNEALING:
-            raise UserError(f"unknown annealing {t.anneal!r}; choose one of {', '.join(ANNEALING)}")
-        self._schedule = ANNEALING[t.anneal]
-        if t.lr_schedule not in LR_SCHEDULES:
-            raise UserError(
-                f"unknown learning-rate schedule {t.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}"
-            )
+        self._schedule = ANNEALING[t.anneal]  # names were checked by Config.validate()
         self._lr = LR_SCHEDULES[t.lr_schedule]
         self._signal: int | None = None
 
@@ -146,7 +134,7 @@ class Trainer:
             self._steps(batches)
         row = {
             "epoch": self.epoch + 1,
-            "train_elbo": -self.cluster.sum(self.epoch_loss) / n,
+            "train_objective": -self.cluster.sum(self.epoch_loss) / n,
             "test_elbo": elbo_per_datapoint(self.program, self.test, nesting=self._nesting()).mean().item(),
             "beta": self.beta(self.epoch + 1),
             "seconds": time.perf_counter() - start,
@@ -163,33 +151,33 @@ class Trainer:
             leave=False,
             disable=not self.progress,
         )
-        for i in range(self.batch_index, len(batches)):
-            x = self.train[self.cluster.shard(batches[i])]
-            if self.config.data.binarize:
-                x = binarize(x)
-            # N·W/B: on one process N/B; across W ranks DDP's average restores the union batch's gradient
-            scale = n * world / len(batches[i])
-            progress = self.epoch + i / len(batches)  # in epochs
-            value = self._loss_and_grads(x, scale, self.beta(progress))
-            if not math.isfinite(value):
-                raise TrainingDiverged(
-                    f"the loss became {value} at epoch {self.epoch + 1}, step {i + 1}; "
-                    "training stopped, the last good checkpoint is kept"
-                )
-            for group in self.optimizer.param_groups:
-                group["lr"] = self.lr(progress)
-            self.optimizer.step()
-            self.step += 1
-            self.batch_index = i + 1
-            self.epoch_loss += value / scale  # Σ_i of this rank's per-datapoint objective
-            bar.update()
-            if self.on_step is not None:
-                self.on_step(self)
-            if self._signal is not None:
-                if self.on_interrupt is not None:
-                    self.on_interrupt(self)
-                raise Interrupted(self._signal)
-        bar.close()
+        with bar:  # closed however the epoch ends: divergence and interruption included
+            for i in range(self.batch_index, len(batches)):
+                x = self.train[self.cluster.shard(batches[i])]
+                if self.config.data.binarize:
+                    x = binarize(x)
+                # N·W/B: on one process N/B; across W ranks DDP's average restores the union batch's gradient
+                scale = n * world / len(batches[i])
+                progress = self.epoch + i / len(batches)  # in epochs
+                value = self._loss_and_grads(x, scale, self.beta(progress))
+                if not math.isfinite(value):
+                    raise TrainingDiverged(
+                        f"the loss became {value} at epoch {self.epoch + 1}, step {i + 1}; "
+                        "training stopped, the last good checkpoint is kept"
+                    )
+                for group in self.optimizer.param_groups:
+                    group["lr"] = self.lr(progress)
+                self.optimizer.step()
+                self.step += 1
+                self.batch_index = i + 1
+                self.epoch_loss += value / scale  # Σ_i of this rank's per-datapoint objective
+                bar.update()
+                if self.on_step is not None:
+                    self.on_step(self)
+                if self._signal is not None:
+                    if self.on_interrupt is not None:
+                        self.on_interrupt(self)
+                    raise Interrupted(self._signal)
 
     def _loss_and_grads(self, x: torch.Tensor, scale: float, beta: float) -> float:
         """The objective's value on ``x``, with its gradient left in the parameters' ``.grad``."""
@@ -211,13 +199,19 @@ class Trainer:
             {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if _main_thread() else {}
         )
         try:
-            bar = tqdm(range(self.epoch, t.epochs), desc="training", disable=not self.progress)
-            for _ in bar:
-                row = self.run_epoch()
-                self.history.append(row)
-                bar.set_postfix(train=f"{row['train_elbo']:.2f}", test=f"{row['test_elbo']:.2f}")
-                if self.on_epoch is not None:
-                    self.on_epoch(self)
+            with (
+                warnings.catch_warnings(),
+                tqdm(total=t.epochs, initial=self.epoch, desc="training", disable=not self.progress) as bar,
+            ):
+                # a non-finite loss is reported once, as TrainingDiverged, not also as Pyro's warning
+                warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
+                while self.epoch < t.epochs:
+                    row = self.run_epoch()
+                    self.history.append(row)
+                    bar.update()
+                    bar.set_postfix(train=f"{row['train_objective']:.2f}", test=f"{row['test_elbo']:.2f}")
+                    if self.on_epoch is not None:
+                        self.on_epoch(self)
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from .figures import image_grid, save_figure
+from .figures import image_grid, new_figure, save_figure
 
-__all__ = ["log_px", "rate_distortion", "khat", "reconstructions"]
+__all__ = ["log_px_paired", "rate_distortion_points", "khat_boxes", "reconstructions_side_by_side"]
 
 
-def log_px(rows: list[dict], path: str | Path) -> Path:
-    fig, ax = plt.subplots(figsize=(6, 0.5 * len(rows) + 1.5))
+def log_px_paired(rows: list[dict], path: str | Path) -> Path:
+    fig, ax = new_figure((6, 0.5 * len(rows) + 1.5))
     y = np.arange(len(rows))[::-1]
     best = rows[0]["log_px"]
     ax.errorbar(
@@ -42,8 +41,8 @@ def log_px(rows: list[dict], path: str | Path) -> Path:
     return save_figure(fig, path)
 
 
-def rate_distortion(rows: list[dict], path: str | Path) -> Path:
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+def rate_distortion_points(rows: list[dict], path: str | Path) -> Path:
+    fig, ax = new_figure((5.5, 4))
     for r in rows:
         ax.scatter(r["kl"], r["distortion"])
         ax.annotate(r["variant"], (r["kl"], r["distortion"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
@@ -53,8 +52,8 @@ def rate_distortion(rows: list[dict], path: str | Path) -> Path:
     return save_figure(fig, path)
 
 
-def khat(khats: dict[str, np.ndarray], path: str | Path) -> Path:
-    fig, ax = plt.subplots(figsize=(6, 0.5 * len(khats) + 1.5))
+def khat_boxes(khats: dict[str, np.ndarray], path: str | Path) -> Path:
+    fig, ax = new_figure((6, 0.5 * len(khats) + 1.5))
     # k̂ is infinite where too few draws reach the tail; draw those at the right edge
     values = [np.nan_to_num(np.asarray(k, dtype=float), posinf=2.0, neginf=-1.0) for k in khats.values()]
     ax.boxplot(values, orientation="horizontal", tick_labels=list(khats))
@@ -64,7 +63,9 @@ def khat(khats: dict[str, np.ndarray], path: str | Path) -> Path:
     return save_figure(fig, path)
 
 
-def reconstructions(x: torch.Tensor, decodings: dict[str, torch.Tensor], image_shape, path: str | Path) -> Path:
+def reconstructions_side_by_side(
+    x: torch.Tensor, decodings: dict[str, torch.Tensor], image_shape, path: str | Path
+) -> Path:
     rows = [x] + [d.cpu() for d in decodings.values()]
     labels = ["x"] + list(decodings)
     return save_figure(image_grid(rows, image_shape, labels, title="the same test images, one z ~ q(z|x) each"), path)

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import arviz as az
-import matplotlib.pyplot as plt
 import numpy as np
 from scipy import stats
 
-from .figures import save_figure
+from .figures import new_figure, save_figure
 
-__all__ = ["plot_khat", "plot_ppc", "plot_sbc", "image_statistics"]
+__all__ = ["khat_per_point", "ppc_image_statistics", "sbc_rank_ecdf", "image_statistics"]
 
 
-def plot_khat(khat: np.ndarray, path: str | Path) -> Path:
+def khat_per_point(khat: np.ndarray, path: str | Path) -> Path:
     """k̂ per test point with the 0.5 and 0.7 thresholds of Yao et al. (2018)."""
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+    fig, ax = new_figure((6, 3.2))
     colors = np.where(khat > 0.7, "tab:red", np.where(khat > 0.5, "tab:orange", "tab:blue"))
     ax.scatter(np.arange(len(khat)), khat, s=6, c=colors)
     for level, style in ((0.5, ":"), (0.7, "--")):
@@ -36,28 +34,26 @@ def image_statistics(x: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def plot_ppc(idata: az.InferenceData, path: str | Path) -> Path:
-    """ArviZ posterior predictive check on image statistics."""
+def ppc_image_statistics(idata, path: str | Path) -> Path:
+    """ArviZ's posterior predictive check (``arviz.plot_ppc``) on image statistics of an ``InferenceData``."""
+    import arviz as az
+
     observed = image_statistics(idata.observed_data["x"].values)  # (N,)
     replicated = image_statistics(idata.posterior_predictive["x"].values)  # (1, S, N)
-    check = az.from_dict(
-        posterior_predictive={k: v for k, v in replicated.items()},
-        observed_data=observed,
-    )
-    axes = az.plot_ppc(check, num_pp_samples=min(20, replicated["mean_intensity"].shape[1]), random_seed=0)
-    fig = np.ravel(axes)[0].figure
-    fig.set_size_inches(11, 3.2)
+    check = az.from_dict(posterior_predictive=dict(replicated), observed_data=observed)
+    fig, axes = new_figure((11, 3.2), 1, len(observed))
+    az.plot_ppc(check, num_pp_samples=min(20, replicated["mean_intensity"].shape[1]), random_seed=0, ax=axes)
     return save_figure(fig, path)
 
 
-def plot_sbc(result, path: str | Path) -> Path:
+def sbc_rank_ecdf(result, path: str | Path) -> Path:
     """ECDF of normalised ranks minus the uniform CDF, per latent coordinate, with a 95% band."""
     ranks = result.ranks / (result.num_draws + 1)  # (M, Z) in [0, 1)
     m = ranks.shape[0]
     grid = np.linspace(0, 1, 101)
     lower = stats.binom.ppf(0.025, m, grid) / m - grid
     upper = stats.binom.ppf(0.975, m, grid) / m - grid
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = new_figure((6, 3.5))
     ax.fill_between(grid, lower, upper, color="gray", alpha=0.25, label="95% band (uniform ranks)")
     for j in range(ranks.shape[1]):
         ecdf = (ranks[:, j][None, :] <= grid[:, None]).mean(1)

@@ -1,6 +1,8 @@
 """Pictures: training curves, image grids (reconstructions, samples), diagnostics.
 
-Every function writes one PNG atomically and returns its path. Matplotlib runs headless.
+Every function writes one PNG atomically and returns its path. Figures are made with
+matplotlib's object-oriented API (:class:`matplotlib.figure.Figure`), never through pyplot, so
+drawing chooses no backend and leaves a notebook's inline plotting alone.
 """
 
 from __future__ import annotations
@@ -9,23 +11,27 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+from ..storage.atomic import atomic_path
 
-from ..storage.atomic import atomic_path  # noqa: E402
+__all__ = ["new_figure", "save_figure", "image_grid", "plot_history", "plot_images", "plot_reconstructions"]
 
-__all__ = ["save_figure", "image_grid", "plot_history", "plot_images", "plot_reconstructions"]
+
+def new_figure(figsize: tuple[float, float], nrows: int = 1, ncols: int = 1, **subplots):
+    """``(figure, axes)`` of a new figure that belongs to no pyplot state."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **subplots)
 
 
 def save_figure(fig, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG at ``path``, atomically."""
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return path
 
 
@@ -55,9 +61,8 @@ def image_grid(
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
     h, w = display_shape(image_shape)[-2:]
     scale = 0.9 * min(1.0, 14.0 / max(n_cols, 1))
-    fig, axes = plt.subplots(
-        n_rows, n_cols, figsize=(n_cols * scale * w / h + 0.8, n_rows * scale + (0.4 if title else 0)), squeeze=False
-    )
+    figsize = (n_cols * scale * w / h + 0.8, n_rows * scale + (0.4 if title else 0))
+    fig, axes = new_figure(figsize, n_rows, n_cols, squeeze=False)
     for r, row in enumerate(rows):
         images = _as_images(row, image_shape)
         for c in range(n_cols):
@@ -97,14 +102,18 @@ def plot_reconstructions(
     return save_figure(image_grid(rows, image_shape, labels, title), path)
 
 
-def plot_history(history: list[dict], path: str | Path, keys: Sequence[str] = ("train_elbo", "test_elbo")) -> Path:
-    """ELBO per datapoint against epoch."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+def plot_history(history: list[dict], path: str | Path) -> Path:
+    """The test ELBO (β = 1) and the training objective per datapoint against epoch.
+
+    They are different quantities: the training objective is what the optimizer saw (β-weighted
+    with annealing, or the IWAE bound), so it is drawn dashed and named for what it is.
+    """
+    fig, ax = new_figure((5.5, 3.5))
     epochs = [row["epoch"] for row in history]
-    for key in keys:
-        ax.plot(epochs, [row[key] for row in history], marker="o", ms=3, label=key.replace("_", " "))
+    ax.plot(epochs, [row["test_elbo"] for row in history], marker="o", ms=3, label="test ELBO (β = 1)")
+    ax.plot(epochs, [row["train_objective"] for row in history], ls="--", label="training objective (as optimized)")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("ELBO (nats per datapoint)")
+    ax.set_ylabel("nats per datapoint")
     ax.grid(alpha=0.3)
     ax.legend()
     return save_figure(fig, path)

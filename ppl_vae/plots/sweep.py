@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib.pyplot as plt
+from .figures import new_figure, save_figure
 
-from .figures import save_figure
-
-__all__ = ["rate_distortion", "identity"]
+__all__ = ["rate_mse_curve", "identity_against_sigma"]
 
 
-def rate_distortion(rows: list[dict], path: str | Path) -> Path:
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+def rate_mse_curve(rows: list[dict], path: str | Path) -> Path:
+    fig, ax = new_figure((5.5, 4))
     rate, mse = [r["rate"] for r in rows], [r["mse"] for r in rows]
     ax.plot(rate, mse, "o-")
     for r in rows:
@@ -24,8 +22,8 @@ def rate_distortion(rows: list[dict], path: str | Path) -> Path:
     return save_figure(fig, path)
 
 
-def identity(rows: list[dict], path: str | Path) -> Path:
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+def identity_against_sigma(rows: list[dict], path: str | Path) -> Path:
+    fig, ax = new_figure((5.5, 4))
     sigmas = [r["sigma"] for r in rows]
     for key, label in [
         ("posterior_sample", "z ~ q(z|x)"),

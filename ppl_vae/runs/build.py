@@ -15,9 +15,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..config import Config
+from ..config import Config, is_program_spec
 from ..errors import UserError
 from ..guides import GUIDES, AmortizedGuide, Encoder, posterior_head
+from ..inference.trial import check_module
 from ..models import LIKELIHOODS, NETWORKS, PRIORS, VAE
 
 __all__ = ["Program", "build_program", "check_support", "load_factory"]
@@ -69,11 +70,8 @@ def load_factory(spec: str, role: str) -> Callable:
     return factory
 
 
-def _user_module(spec: str, role: str, method: str, data_dim: int, latent_dim: int) -> nn.Module:
-    module = load_factory(spec, role)(data_dim, latent_dim)
-    if not isinstance(module, nn.Module) or not callable(getattr(module, method, None)):
-        raise UserError(f"{spec} must return a torch.nn.Module with a method {method}(x)")
-    return module
+def _user_module(spec: str, role: str, data_dim: int, latent_dim: int) -> nn.Module:
+    return check_module(load_factory(spec, role)(data_dim, latent_dim), role, spec)
 
 
 def build_program(
@@ -86,14 +84,12 @@ def build_program(
             pseudo-inputs); ``None`` when the weights will be loaded from a checkpoint anyway.
     """
     m, g = cfg.model, cfg.guide
-    model_module = _user_module(m.program, "model", "model", data_dim, m.latent_dim) if m.program else None
+    model_module = _user_module(m.program, "model", data_dim, m.latent_dim) if m.program else None
     encoder_net, decoder_net = _pick(NETWORKS, m.network, "network")
-    if g.program and g.program != m.program:
-        guide_module = _user_module(g.program, "guide", "guide", data_dim, m.latent_dim)
+    if is_program_spec(g.name):
+        guide_module = _user_module(g.name, "guide", data_dim, m.latent_dim)
     elif model_module is not None:  # a user's model brings its own guide (its latent sites)
-        if not callable(getattr(model_module, "guide", None)):
-            raise UserError(f"{m.program} has no guide(x); give one with --guide path/to/file.py:factory")
-        guide_module = model_module
+        guide_module = check_module(model_module, "guide", f"{m.program} (give a guide with --guide file.py:factory)")
     else:
         _pick(GUIDES, g.name, "guide")
         net = encoder_net(data_dim, image_shape, m.hidden_dim, m.hidden_layers)
@@ -104,8 +100,6 @@ def build_program(
         make_likelihood = _pick(LIKELIHOODS, m.likelihood, "likelihood")
         make_prior = _pick(PRIORS, m.prior, "prior")
         encoder = getattr(guide_module, "encoder", None)
-        if m.prior == "vamp" and not callable(getattr(encoder, "base", None)):
-            raise UserError("the vamp prior needs an amortized guide with an encoder (not a user guide program)")
         likelihood = make_likelihood(data_dim=data_dim, sigma=m.sigma)
         prior = make_prior(
             latent_dim=m.latent_dim,

@@ -3,53 +3,47 @@
 Everything goes through the program's traces, so a user's own program gets the same
 analysis: importance-sampled log p(x) with PSIS k̂, rate/distortion/MSE, active units, the
 amortization and approximation gaps, simulation-based calibration, predictive checks, and
-an ArviZ ``InferenceData`` written to ``inference_data.nc``.
+an ArviZ ``InferenceData``. :func:`evaluate` computes an :class:`Evaluation`;
+:func:`write_evaluation` writes it into the run directory; :func:`evaluate_run` does both.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyro
 import torch
 
+from ..config import EvalConfig
 from ..data.rowfile import as_tensor
-from ..diagnostics.estimators import importance_sample, psis_khat, summarize
+from ..diagnostics.estimators import PointEstimates, importance_sample, psis_khat, summarize
 from ..diagnostics.gaps import refine_local_guide
 from ..diagnostics.inference_data import to_inference_data
-from ..diagnostics.sbc import simulation_based_calibration
-from ..errors import UserError
+from ..diagnostics.sbc import SBCResult, simulation_based_calibration
 from ..inference.predictive import prior_predictive
-from ..plots import diagnostics as wp
+from ..plots import diagnostics as diagnostic_plots
 from ..plots.figures import plot_images, plot_reconstructions
 from ..storage.atomic import atomic_path, write_json
 from .report import write_report
 
-__all__ = ["WorkflowConfig", "evaluate_run", "inference_gaps"]
+__all__ = ["Evaluation", "evaluate", "write_evaluation", "evaluate_run", "inference_gaps"]
 
 
 @dataclass
-class WorkflowConfig:
-    k: int = 1000  # importance samples per test point
-    points: int = 0  # test points to evaluate (0 = all)
-    gap_points: int = 100  # test points whose guides are refined for the gaps
-    gap_steps: int = 300  # optimisation steps of the local guides
-    sbc_simulations: int = 500  # simulated (z, x) pairs
-    sbc_draws: int = 99  # guide draws ranked against each
-    idata_points: int = 200  # test points stored in inference_data.nc
-    idata_draws: int = 20  # draws per point stored there
-    seed: int = 0
+class Evaluation:
+    """What :func:`evaluate` computes: the summary, per-point estimates and what the figures show."""
 
-    def validate(self) -> WorkflowConfig:
-        for name in ("k", "gap_points", "gap_steps", "sbc_simulations", "sbc_draws", "idata_points", "idata_draws"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.points < 0:
-            raise UserError(f"points must be >= 0, got {self.points}")
-        return self
+    summary: dict[str, Any]  # the numbers of evaluation.json
+    estimates: PointEstimates  # per test point: IWAE log p(x), ELBO, KL, ... (K log-weights each)
+    khat: np.ndarray  # (N,) PSIS k̂ per test point
+    sbc: SBCResult
+    idata: Any  # arviz.InferenceData of the first idata_points points
+    x: torch.Tensor  # (N, D) the evaluated points
+    prior_x: torch.Tensor  # (16, D) prior predictive draws
 
 
 def inference_gaps(model, guide, x: torch.Tensor, amortized, k: int, steps: int, progress: bool = False) -> dict:
@@ -68,69 +62,76 @@ def inference_gaps(model, guide, x: torch.Tensor, amortized, k: int, steps: int,
     }
 
 
-def evaluate_run(
-    run, config: WorkflowConfig | None = None, x: torch.Tensor | None = None, progress: bool = True
-) -> dict:
-    """Run the whole analysis on the run's test split (or ``x``) and write it into the run directory."""
-    config = (config or WorkflowConfig()).validate()
+def evaluate(run, config: EvalConfig | None = None, x: torch.Tensor | None = None, progress: bool = True) -> Evaluation:
+    """Run the whole analysis on the run's test split (or on ``x``); nothing is written."""
+    config = (config or EvalConfig()).validate()
     x = as_tensor(run.dataset().test if x is None else x).to(run.device)
     if config.points:
         x = x[: config.points]
     model, guide = run.program.model, run.program.guide
-    out, figures = Path(run.path), Path(run.path) / "figures"
     pyro.set_rng_seed(config.seed)
     start = time.perf_counter()
 
     est = importance_sample(model, guide, x, config.k, progress=progress)
     khat = psis_khat(est.log_w)
-    result = summarize(est, khat)
+    summary = summarize(est, khat)
 
     n_gap = min(config.gap_points, len(x))
-    result.update(inference_gaps(model, guide, x[:n_gap], _subset(est, n_gap), config.k, config.gap_steps, progress))
+    summary.update(inference_gaps(model, guide, x[:n_gap], _first(est, n_gap), config.k, config.gap_steps, progress))
 
     sbc = simulation_based_calibration(
         model, guide, run.data_dim, config.sbc_simulations, config.sbc_draws, device=run.device
     )
-    result["sbc_pvalue"] = sbc.pvalue
-    result["sbc_pvalues"] = [float(p) for p in sbc.pvalues]
-    result["seconds"] = time.perf_counter() - start
+    summary["sbc_pvalue"] = sbc.pvalue
+    summary["sbc_pvalues"] = [float(p) for p in sbc.pvalues]
+    summary["seconds"] = time.perf_counter() - start
 
-    n_id = min(config.idata_points, len(x))
-    idata = to_inference_data(model, guide, x[:n_id], draws=config.idata_draws)
-    with atomic_path(out / "inference_data.nc") as tmp:
-        idata.to_netcdf(str(tmp), engine="h5netcdf")
-
-    shape = run.image_shape
-    wp.plot_khat(khat, figures / "khat.png")
-    worst = np.argsort(-khat)[:8]
-    plot_images(
-        x[torch.as_tensor(worst.copy())].cpu(),
-        shape,
-        figures / "khat_worst.png",
-        title="largest k̂: " + ", ".join(f"{khat[i]:.2f}" for i in worst),
-    )
+    idata = to_inference_data(model, guide, x[: config.idata_points], draws=config.idata_draws)
     _, prior_x = prior_predictive(model, 16, run.data_dim, run.device)
-    plot_images(prior_x.cpu(), shape, figures / "prior_predictive.png", title="x ~ p(x|z), z ~ p(z)")
-    x_rep = idata.posterior_predictive["x"].values[0, :4, :8]  # (4 draws, 8 points, D)
+    return Evaluation(summary, est, khat, sbc, idata, x, prior_x)
+
+
+def write_evaluation(run_dir: str | Path, ev: Evaluation, image_shape: tuple[int, ...]) -> None:
+    """Write ``inference_data.nc``, ``pointwise.npz``, the figures, ``evaluation.json`` and the report."""
+    out = Path(run_dir)
+    figures = out / "figures"
+    with atomic_path(out / "inference_data.nc") as tmp:
+        ev.idata.to_netcdf(str(tmp), engine="h5netcdf")
+
+    diagnostic_plots.khat_per_point(ev.khat, figures / "khat.png")
+    worst = np.argsort(-ev.khat)[:8]
+    plot_images(
+        ev.x[torch.as_tensor(worst.copy())].cpu(),
+        image_shape,
+        figures / "khat_worst.png",
+        title="largest k̂: " + ", ".join(f"{ev.khat[i]:.2f}" for i in worst),
+    )
+    plot_images(ev.prior_x.cpu(), image_shape, figures / "prior_predictive.png", title="x ~ p(x|z), z ~ p(z)")
+    x_rep = ev.idata.posterior_predictive["x"].values[0, :4, :8]  # (4 draws, 8 points, D)
     plot_reconstructions(
-        x[:8].cpu(),
+        ev.x[:8].cpu(),
         torch.from_numpy(x_rep),
-        shape,
+        image_shape,
         figures / "posterior_predictive.png",
         title="x' ~ p(x|z), z ~ q(z|x)",
     )
-    wp.plot_ppc(idata, figures / "ppc.png")
-    wp.plot_sbc(sbc, figures / "sbc.png")
+    diagnostic_plots.ppc_image_statistics(ev.idata, figures / "ppc.png")
+    diagnostic_plots.sbc_rank_ecdf(ev.sbc, figures / "sbc.png")
 
+    est = ev.estimates
     with atomic_path(out / "pointwise.npz") as tmp:
         with open(tmp, "wb") as f:  # per-point numbers for paired comparisons; plain arrays, no pickle
-            np.savez(f, log_px=est.log_px.numpy(), elbo=est.elbo.numpy(), kl=est.kl.numpy(), khat=khat)
-    write_json(out / "evaluation.json", result)
+            np.savez(f, log_px=est.log_px.numpy(), elbo=est.elbo.numpy(), kl=est.kl.numpy(), khat=ev.khat)
+    write_json(out / "evaluation.json", ev.summary)
     write_report(out)
-    return result
 
 
-def _subset(est, n: int):
-    from dataclasses import fields, replace
+def evaluate_run(run, config: EvalConfig | None = None, x: torch.Tensor | None = None, progress: bool = True) -> dict:
+    """:func:`evaluate` the run, :func:`write_evaluation` it into its directory, and return the summary."""
+    ev = evaluate(run, config, x, progress)
+    write_evaluation(run.path, ev, run.image_shape)
+    return ev.summary
 
+
+def _first(est: PointEstimates, n: int) -> PointEstimates:
     return replace(est, **{f.name: getattr(est, f.name)[:n] for f in fields(est)})

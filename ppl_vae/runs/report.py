@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..storage.atomic import write_text
 
-__all__ = ["write_report"]
+__all__ = ["write_report", "markdown_table"]
 
 TRAIN_FIGURES = [
     ("elbo.png", "ELBO per datapoint during training"),
@@ -35,10 +35,16 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def markdown_table(head: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table: a header row and one row of cells a list (the one table writer of reports)."""
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    return "\n".join(lines) + "\n"
+
+
 def _table(d: dict) -> list[str]:
-    rows = ["| quantity | value |", "| --- | --- |"]
-    rows += [f"| {k} | {_fmt(v)} |" for k, v in d.items() if not isinstance(v, (dict, list))]
-    return rows
+    rows = [[k, _fmt(v)] for k, v in d.items() if not isinstance(v, (dict, list))]
+    return markdown_table(["quantity", "value"], rows).splitlines()
 
 
 def _read(path: Path) -> dict | None:

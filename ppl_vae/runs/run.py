@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import time
@@ -22,7 +23,7 @@ from pathlib import Path
 import pyro
 import torch
 
-from ..config import Config, from_dict, to_toml
+from ..config import Config, from_dict, is_program_spec, to_toml
 from ..data.datasets import Dataset, load_data
 from ..errors import CheckpointError, UserError
 from ..inference.distributed import SINGLE, init_cluster
@@ -41,14 +42,17 @@ K_FIGURE = 4  # decodings of z ~ q(z|x) shown below each
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device ``name`` names; ``auto`` is CUDA when a device is present, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"unknown device {name!r}; use cpu or cuda") from None
+        raise UserError(f"unknown device {name!r}; use auto, cpu or cuda") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for but no CUDA device is available")
     if device.type not in ("cpu", "cuda"):
-        raise UserError(f"unsupported device {name!r}; use cpu or cuda")
+        raise UserError(f"unsupported device {name!r}; use auto, cpu or cuda")
     return device
 
 
@@ -97,7 +101,7 @@ def _write_outputs(run: Run, seconds: float, first_test_elbo: float) -> None:
     data, cfg, out = run.dataset(), run.config, run.path
     last = run.history[-1]
     run.metrics = {
-        "train_elbo": last["train_elbo"],
+        "train_objective": last["train_objective"],
         "test_elbo": last["test_elbo"],
         "first_epoch_test_elbo": first_test_elbo,
         "epochs": last["epoch"],
@@ -105,7 +109,7 @@ def _write_outputs(run: Run, seconds: float, first_test_elbo: float) -> None:
         "sigma": cfg.model.sigma,
         "likelihood": cfg.model.likelihood if not cfg.model.program else cfg.model.program,
         "prior": cfg.model.prior,
-        "guide": cfg.guide.name if not cfg.guide.program else cfg.guide.program,
+        "guide": cfg.guide.name,
         "latent_dim": cfg.model.latent_dim,
         "data": data.name,
         "n_train": len(data.train),
@@ -120,6 +124,24 @@ def _write_outputs(run: Run, seconds: float, first_test_elbo: float) -> None:
     plot_reconstructions(x, run.reconstruct(x, K_FIGURE), data.image_shape, figures / "reconstructions.png")
     plot_images(run.sample(32), data.image_shape, figures / "samples.png")
     write_report(out)
+
+
+def _absolute(spec: str) -> str:
+    path, _, attr = spec.rpartition(":")
+    return f"{Path(path).resolve()}:{attr}"
+
+
+def _with_absolute_programs(config: Config) -> Config:
+    """A copy of ``config`` whose program paths are absolute, so the run finds them from anywhere.
+
+    A copy: the caller's config is left as it was given (a study compares it with finished runs).
+    """
+    config = copy.deepcopy(config)
+    if config.model.program:
+        config.model.program = _absolute(config.model.program)
+    if is_program_spec(config.guide.name):
+        config.guide.name = _absolute(config.guide.name)
+    return config
 
 
 def fit(
@@ -144,10 +166,7 @@ def fit(
         state = read_state(out / "checkpoint")
         config = from_dict(state["config"])
     config.validate()
-    for part in (config.model, config.guide):  # a run must find its program again from anywhere
-        if part.program:
-            path, _, attr = part.program.rpartition(":")
-            part.program = f"{Path(path).resolve()}:{attr}" if path else part.program
+    config = _with_absolute_programs(config)
     device = resolve_device(config.train.device)
     if distributed and resume:
         raise UserError(

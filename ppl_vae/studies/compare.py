@@ -14,56 +14,21 @@ which is far smaller than the unpaired SEs when variants agree on which points a
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..config import Config, load_config
+from ..config import Config, EvalConfig, load_config, resolve_key, set_value
 from ..data.datasets import Dataset, load_data
+from ..diagnostics.statistics import mean_se, paired_difference
 from ..errors import UserError
 from ..plots import comparison as compare_plots
-from ..runs.evaluation import WorkflowConfig
+from ..runs.report import markdown_table
 from ..storage.atomic import write_csv, write_json, write_text
-from .runner import run_variants, safe_name
+from .runner import run_variants
 
-__all__ = ["Comparison", "compare", "paired_difference", "parse_grid", "variants_from"]
-
-GRID_KEYS = {
-    "guide": ("guide", "name"),
-    "prior": ("model", "prior"),
-    "likelihood": ("model", "likelihood"),
-    "elbo": ("train", "elbo"),
-}
-
-
-def paired_difference(reference: np.ndarray, other: np.ndarray) -> tuple[float, float]:
-    """Mean and standard error of ``reference - other`` over the same points."""
-    d = np.asarray(reference, dtype=np.float64) - np.asarray(other, dtype=np.float64)
-    if d.shape[0] < 2:
-        return float(d.mean()), 0.0
-    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d)))
-
-
-def _set(config: Config, key: str, value: str) -> None:
-    section, field_name = GRID_KEYS.get(key, (None, None))
-    if section is None:
-        if "." in key:
-            section, field_name = key.split(".", 1)
-        else:
-            matches = [s for s in ("data", "model", "guide", "train") if hasattr(getattr(config, s), key)]
-            if len(matches) != 1:
-                raise UserError(f"--grid key {key!r} is unknown or ambiguous; use section.key, e.g. model.sigma")
-            section, field_name = matches[0], key
-    target = getattr(config, section, None)
-    if target is None or not hasattr(target, field_name):
-        raise UserError(f"--grid key {key!r} is not a config option")
-    kind = type(getattr(target, field_name))
-    try:
-        setattr(target, field_name, kind(value) if kind is not bool else value.lower() in ("1", "true", "yes"))
-    except ValueError:
-        raise UserError(f"--grid value {value!r} for {key} is not a {kind.__name__}") from None
+__all__ = ["Comparison", "compare", "parse_grid", "variants_from"]
 
 
 def parse_grid(text: str) -> list[dict[str, str]]:
@@ -74,6 +39,7 @@ def parse_grid(text: str) -> list[dict[str, str]]:
         options = [v.strip() for v in values.split(",") if v.strip()]
         if not sep or not key.strip() or not options:
             raise UserError(f"--grid must look like 'guide=diagonal,iaf;prior=standard,vamp', got {text!r}")
+        resolve_key(key.strip())  # an unknown key fails here, before any variant is trained
         axes.append((key.strip(), options))
     combos = [{}]
     for key, options in axes:
@@ -98,7 +64,7 @@ def variants_from(base: Config, files: list[str] = (), grid: str = "", overrides
             for cell in cells:
                 config = copy.deepcopy(start)
                 for key, value in cell.items():
-                    _set(config, key, value)
+                    set_value(config, key, value)
                 name = "_".join(filter(None, [prefix] + [f"{k}-{v}" for k, v in cell.items()]))
                 variants[name] = config
     if not variants:
@@ -140,7 +106,7 @@ class Comparison:
         ]
         if multi:
             head.insert(3, "sd over seeds")
-        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        table = []
         for r in self.rows:
             cells = [
                 str(r["rank"]),
@@ -159,8 +125,8 @@ class Comparison:
             ]
             if multi:
                 cells.insert(3, f"{r.get('log_px_seed_sd', 0.0):.2f}")
-            lines.append("| " + " | ".join(cells) + " |")
-        return "\n".join(lines) + "\n"
+            table.append(cells)
+        return markdown_table(head, table)
 
 
 MEANS = (
@@ -179,7 +145,7 @@ MEANS = (
 def compare(
     variants: dict[str, Config],
     out: str | Path,
-    workflow: WorkflowConfig | None = None,
+    workflow: EvalConfig | None = None,
     seeds: int = 1,
     data: Dataset | None = None,
     progress: bool = True,
@@ -187,18 +153,14 @@ def compare(
     """Train (or reuse) and evaluate every variant with ``seeds`` seeds; write the comparison to ``out``."""
     if seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {seeds}")
-    workflow = (workflow or WorkflowConfig()).validate()
+    workflow = (workflow or EvalConfig()).validate()
     out = Path(out)
     first = next(iter(variants.values()))
     for name, config in variants.items():
         if config.data != first.data:
             raise UserError(f"variant {name!r} uses other data settings than the rest; a comparison needs one data set")
     data = data or load_data(first.data)
-    runs = {
-        (name, s): f"{safe_name(name)}/seed-{s}" if seeds > 1 else safe_name(name)
-        for name in variants
-        for s in range(seeds)
-    }
+    runs = {(name, s): f"{name}/seed-{s}" if seeds > 1 else name for name in variants for s in range(seeds)}
     jobs = {runs[(name, s)]: _seeded(variants[name], s) for name, s in runs}
     results = run_variants(jobs, out, workflow, data, progress)
 
@@ -211,7 +173,7 @@ def compare(
         row = {
             "variant": name,
             "log_px": float(pointwise[name].mean()),
-            "log_px_se": float(pointwise[name].std(ddof=1) / math.sqrt(len(pointwise[name]))),
+            "log_px_se": mean_se(pointwise[name])[1],
             **{key: float(np.mean([ev[key] for ev in evs])) for key in MEANS},
             "parameters": int(per_seed[0][0].metrics["parameters"]),
             "train_seconds": float(np.mean([run.metrics["seconds"] for run, _ in per_seed])),
@@ -233,16 +195,16 @@ def compare(
     write_json(out / "comparison.json", {"rows": rows, "data": data.name, "k": workflow.k, "seeds": seeds})
     write_text(out / "comparison.md", comparison.to_markdown())
     figures = out / "figures"
-    compare_plots.log_px(rows, figures / "log_px.png")
-    compare_plots.rate_distortion(rows, figures / "rate_distortion.png")
+    compare_plots.log_px_paired(rows, figures / "log_px.png")
+    compare_plots.rate_distortion_points(rows, figures / "rate_distortion.png")
     khats = {
         name: np.load(Path(results[runs[(name, 0)]][0].path) / "pointwise.npz", allow_pickle=False)["khat"]
         for name in variants
     }
-    compare_plots.khat(khats, figures / "khat.png")
+    compare_plots.khat_boxes(khats, figures / "khat.png")
     x = data.test[:8]
     recon = {name: results[runs[(name, 0)]][0].reconstruct(x)[0] for name in variants}
-    compare_plots.reconstructions(x, recon, data.image_shape, figures / "reconstructions.png")
+    compare_plots.reconstructions_side_by_side(x, recon, data.image_shape, figures / "reconstructions.png")
     return comparison
 
 

@@ -14,13 +14,13 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..config import Config, to_toml
+from ..config import Config, EvalConfig, to_toml
 from ..data.datasets import Dataset
 from ..errors import UserError
-from ..runs.evaluation import WorkflowConfig, evaluate_run
+from ..runs.evaluation import evaluate_run
 from ..runs.run import Run, fit, load
 
-__all__ = ["run_variants", "safe_name"]
+__all__ = ["run_variants", "run_path", "safe_name"]
 
 
 def safe_name(name: str) -> str:
@@ -30,7 +30,12 @@ def safe_name(name: str) -> str:
     return cleaned
 
 
-def _finished(run_dir: Path, config: Config, workflow: WorkflowConfig) -> bool:
+def run_path(out: Path, name: str) -> Path:
+    """Where the run of variant ``name`` lives: ``out/runs/<name>``, each ``/``-separated part made safe."""
+    return Path(out, "runs", *(safe_name(part) for part in name.split("/")))
+
+
+def _finished(run_dir: Path, config: Config, workflow: EvalConfig) -> bool:
     try:
         same_config = (run_dir / "config.toml").read_text() == to_toml(config)
         evaluation = json.loads((run_dir / "evaluation.json").read_text())
@@ -43,7 +48,7 @@ def _finished(run_dir: Path, config: Config, workflow: WorkflowConfig) -> bool:
 
 
 def run_variants(
-    variants: dict[str, Config], out: str | Path, workflow: WorkflowConfig, data: Dataset, progress: bool = True
+    variants: dict[str, Config], out: str | Path, workflow: EvalConfig, data: Dataset, progress: bool = True
 ) -> dict[str, tuple[Run, dict]]:
     """Fit (or reuse) and evaluate every variant under ``out/runs/<name>``; return runs and evaluations."""
     from ..storage.atomic import write_json
@@ -51,7 +56,7 @@ def run_variants(
     out = Path(out)
     results = {}
     for name, config in tqdm(variants.items(), desc="variants", disable=not progress):
-        run_dir = out / "runs" / safe_name(name)
+        run_dir = run_path(out, name)
         config.validate()
         if _finished(run_dir, config, workflow):
             run = load(run_dir)

@@ -16,7 +16,7 @@ import numpy as np
 import pyro
 import torch
 
-from ..config import Config
+from ..config import Config, EvalConfig
 from ..data.datasets import Dataset, load_data
 from ..data.rowfile import as_tensor
 from ..diagnostics.identity import identity_preservation, train_classifier
@@ -24,7 +24,7 @@ from ..errors import UserError
 from ..inference.predictive import prior_predictive, reconstruct
 from ..plots import sweep as sweep_plots
 from ..plots.figures import image_grid, save_figure
-from ..runs.evaluation import WorkflowConfig
+from ..runs.report import markdown_table
 from ..storage.atomic import write_csv, write_json, write_text
 from .runner import run_variants
 
@@ -56,7 +56,7 @@ def sigma_sweep(
     sigmas: list[float],
     base: Config,
     out: str | Path,
-    workflow: WorkflowConfig,
+    workflow: EvalConfig,
     data: Dataset | None = None,
     progress: bool = True,
 ) -> list[dict]:
@@ -111,9 +111,9 @@ def sigma_sweep(
     write_json(out / "sweep.json", {"data": data.name, "rows": rows})
     write_text(out / "sweep.md", sweep_table(rows))
     figures = out / "figures"
-    sweep_plots.rate_distortion(rows, figures / "rate_distortion.png")
+    sweep_plots.rate_mse_curve(rows, figures / "rate_distortion.png")
     if classifier is not None:
-        sweep_plots.identity(rows, figures / "identity.png")
+        sweep_plots.identity_against_sigma(rows, figures / "identity.png")
     _decodings_figure(examples, decodings, sigmas, data.image_shape, figures / "decodings.png")
     return rows
 
@@ -142,7 +142,7 @@ def sweep_table(rows: list[dict]) -> str:
     head = ["σ", "β=2σ²", "ELBO", "log p(x) ± SE", "rate (KL)", "distortion", "MSE", "active (pPCA)", "spread q/p", "k̂"]
     if has_identity:
         head += ["identity z~q [95% CI]", "z=E_q[z]", "z~p(z)"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    table = []
     for r in rows:
         cells = [
             f"{r['sigma']:g}",
@@ -163,5 +163,5 @@ def sweep_table(rows: list[dict]) -> str:
                 f"{r['identity_posterior_mean']:.3f}",
                 f"{r['identity_prior_sample']:.3f}",
             ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        table.append(cells)
+    return markdown_table(head, table)

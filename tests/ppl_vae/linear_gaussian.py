@@ -4,10 +4,17 @@ x = W z + b + σ ε,  z ~ N(0, I)   =>   log p(x) = log N(x; b, W Wᵀ + σ² I)
 q*(z | x) = N(M⁻¹ Wᵀ (x − b), σ² M⁻¹),  M = Wᵀ W + σ² I
 """
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
 from torch import nn
+
+from ppl_vae.data.datasets import Dataset
+from ppl_vae.diagnostics.estimators import active_units, importance_sample
+from ppl_vae.inference.trainer import Trainer
+from ppl_vae.runs.build import build_program
+from tests.conftest import tiny_config
 
 
 class PPCA(nn.Module):
@@ -56,3 +63,32 @@ def make(data_dim=5, latent_dim=2, sigma=0.5, seed=0):
     W = torch.randn(data_dim, latent_dim, dtype=torch.float64, generator=g)
     b = torch.randn(data_dim, dtype=torch.float64, generator=g)
     return PPCA(W, b, sigma)
+
+
+# --- a linear VAE on data with known covariance eigenvalues (Lucas et al. 2019) ---
+
+EIGENVALUES = np.array([3.0, 1.0, 0.4, 0.1, 0.01, 0.005])
+
+
+def synthetic(n=3000, seed=0):
+    """Gaussian data with the covariance eigenvalues above, in a random rotation."""
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+    x = rng.normal(size=(n, 6)) * np.sqrt(EIGENVALUES) @ q.T
+    x = torch.from_numpy(x.astype(np.float32))
+    return Dataset("synthetic", x[: n - 500], x[n - 500 :], (6,))
+
+
+def train_linear_vae(sigma2: float, epochs: int = 150):
+    """Train the linear VAE with fixed σ² and return (measured, pPCA-predicted) active units."""
+    data = synthetic()
+    config = tiny_config(
+        model={"network": "linear", "latent_dim": 5, "sigma": float(np.sqrt(sigma2))},
+        train={"epochs": epochs, "batch_size": 100, "lr": 1e-2},
+    )
+    program = build_program(config, 6, (6,))
+    Trainer(program, config, data.train, data.test, progress=False).fit()
+    est = importance_sample(program.model, program.guide, data.test, k=1000)
+    measured, _ = active_units(est.latent_mean)
+    sample_eigenvalues = np.linalg.eigvalsh(np.cov(data.train.numpy().T))
+    return measured, int((sample_eigenvalues > sigma2).sum())

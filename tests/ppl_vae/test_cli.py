@@ -44,7 +44,7 @@ def test_fit_writes_every_output(trained_run):
     import json
 
     metrics = json.loads((trained_run / "metrics.json").read_text())
-    assert {"train_elbo", "test_elbo", "epochs", "seconds", "sigma"} <= set(metrics)
+    assert {"train_objective", "test_elbo", "epochs", "seconds", "sigma"} <= set(metrics)
     assert metrics["epochs"] == 1 and metrics["sigma"] == 0.1
     report = (trained_run / "report.md").read_text()
     assert "figures/reconstructions.png" in report and "figures/samples.png" in report

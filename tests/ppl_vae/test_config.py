@@ -46,3 +46,95 @@ def test_validate_numbers(section, key, value):
     setattr(getattr(config, section), key, value)
     with pytest.raises(UserError):
         config.validate()
+
+
+# --- every option is defined once, and every surface accepts it ----------------------------------
+
+from ppl_vae.cli import build_parser, config_from_args, eval_config_from_args  # noqa: E402
+from ppl_vae.config import SECTIONS, EvalConfig, flag_of, options_of, resolve_key  # noqa: E402
+from ppl_vae.studies.compare import variants_from  # noqa: E402
+
+
+def _other_value(section: str, name: str, kind: type, opt) -> object:
+    """A valid value of the field that differs from its default."""
+    default = getattr((SECTIONS.get(section) or EvalConfig)(), name)
+    if kind is bool:
+        return not default
+    if opt.names is not None:
+        return next(n for n in opt.names() if n != default)
+    if kind is str:
+        return "x.py:make" if opt.also == "program" else "some/folder"
+    if kind is int:
+        return default + 1
+    return default * 0.5 if default > 0 else 1e-4
+
+
+def _text(value) -> str:
+    return ("on" if value else "off") if isinstance(value, bool) else str(value)
+
+
+ALL_FIELDS = [(s, n, k, o) for s, cls in SECTIONS.items() for n, k, o in options_of(cls)]
+EVAL_FIELDS = [("evaluate", n, k, o) for n, k, o in options_of(EvalConfig)]
+
+
+def test_every_option_has_exactly_one_flag_and_help():
+    flags = [flag_of(n, o) for _, n, _, o in ALL_FIELDS + EVAL_FIELDS]
+    assert len(flags) == len(set(flags)), "two options share a flag"
+    fit_help = build_parser()._subparsers._group_actions[0].choices["fit"].format_help()
+    for section, name, _, opt in ALL_FIELDS:
+        assert flag_of(name, opt) in fit_help and opt.help.split()[0] in fit_help, (section, name)
+
+
+@pytest.mark.parametrize("section,name,kind,opt", ALL_FIELDS, ids=[f"{s}.{n}" for s, n, _, _ in ALL_FIELDS])
+def test_the_command_line_and_the_grid_set_every_config_option(section, name, kind, opt):
+    value = _other_value(section, name, kind, opt)
+    flag = flag_of(name, opt)
+    argv = [f"--{'' if value else 'no-'}{flag[2:]}"] if kind is bool else [flag, _text(value)]
+    args = build_parser().parse_args(["fit", "--out", "r", *argv])
+    assert getattr(getattr(config_from_args(args), section), name) == value
+    for key in (f"{section}.{name}", flag[2:]):
+        assert resolve_key(key) == (section, name)
+        (config,) = variants_from(Config(), grid=f"{key}={_text(value)}").values()
+        assert getattr(getattr(config, section), name) == value, key
+
+
+@pytest.mark.parametrize("section,name,kind,opt", EVAL_FIELDS, ids=[n for _, n, _, _ in EVAL_FIELDS])
+def test_the_command_line_sets_every_evaluation_option(section, name, kind, opt):
+    value = _other_value(section, name, kind, opt)
+    for command in (["evaluate", "run"], ["compare", "--out", "o"], ["sigma-sweep", "--out", "o"]):
+        args = build_parser().parse_args([*command, flag_of(name, opt), _text(value)])
+        assert getattr(eval_config_from_args(args), name) == value, command
+
+
+def test_grid_booleans_are_parsed_not_truth_tested():
+    (on,) = variants_from(Config(), grid="compile=on").values()
+    (off,) = variants_from(Config(), grid="train.compile=off").values()
+    assert on.train.compile is True and off.train.compile is False
+    with pytest.raises(UserError, match="must be of type bool"):
+        variants_from(Config(), grid="compile=maybe")
+
+
+def test_unknown_names_are_refused_before_any_variant_is_built():
+    with pytest.raises(UserError, match="unknown guide .iaff."):
+        variants_from(Config(), grid="guide=diagonal,iaff")
+    with pytest.raises(UserError, match="likelihood"):
+        variants_from(Config(), grid="likelihood=gaussian")
+
+
+@pytest.mark.parametrize(
+    "section,key,value,message",
+    [
+        ("train", "seed", -1, "train.seed must lie in"),
+        ("train", "seed", 2**40, "train.seed must lie in"),
+        ("train", "particles", 10**9, "train.particles must lie in"),
+        ("model", "latent_dim", 10**12, "model.latent_dim must lie in"),
+        ("train", "device", "tpu", "unknown device"),
+        ("model", "program", "mine.py", "must look like path/to/file.py:factory"),
+        ("train", "lr", float("inf"), "finite"),
+    ],
+)
+def test_numbers_and_names_out_of_range(section, key, value, message):
+    config = Config()
+    setattr(getattr(config, section), key, value)
+    with pytest.raises(UserError, match=message):
+        config.validate()

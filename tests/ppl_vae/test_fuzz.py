@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import ppl_vae
-from ppl_vae.cli import OPTIONS, main
-from ppl_vae.config import Config, DataConfig, from_dict
+from ppl_vae.cli import main
+from ppl_vae.config import SECTIONS, Config, DataConfig, flag_of, from_dict, options_of
 from ppl_vae.data.datasets import load_data
 from ppl_vae.data.rowfile import as_tensor
 from ppl_vae.errors import UserError
@@ -56,9 +56,10 @@ def _snapshot(root: Path) -> dict:
     return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+FLAGS = [flag_of(name, opt) for cls in SECTIONS.values() for name, _, opt in options_of(cls)]
 tokens = st.one_of(
     # --overwrite is left out: with it, a valid argument list rightly replaces the run
-    st.sampled_from(list(OPTIONS) + ["--resume", "--config", "--out", "-x", "--", "--ove", "--over"]),
+    st.sampled_from(FLAGS + ["--resume", "--config", "--out", "-x", "--", "--ove", "--over"]),
     st.sampled_from(
         ["0", "-1", "1e9", "nan", "inf", "digits", "mnist", "normal", "iaf", "vamp", "", "x.npy", "a.toml"]
     ),

@@ -80,7 +80,7 @@ def test_npy_is_streamed_by_rows_and_trains_like_the_array_in_memory(tmp_path):
         program = build_program(config, 20, (5, 4))
         history = Trainer(program, copy.deepcopy(config), data.train, data.test, progress=False).fit()
         results.append((history, [p.detach().clone() for p in program.parameters()]))
-    numbers = [[(row["train_elbo"], row["test_elbo"]) for row in history] for history, _ in results]
+    numbers = [[(row["train_objective"], row["test_elbo"]) for row in history] for history, _ in results]
     assert numbers[0] == numbers[1]
     for p, q in zip(results[0][1], results[1][1]):
         assert torch.equal(p, q)

@@ -13,7 +13,7 @@ from ppl_vae.diagnostics.inference_data import to_inference_data
 from ppl_vae.diagnostics.sbc import simulation_based_calibration
 from ppl_vae.inference.importance import log_weights
 from tests.conftest import tiny_config
-from tests.ppl_vae.linear_gaussian import PosteriorGuide, make
+from tests.ppl_vae.linear_gaussian import PosteriorGuide, make, train_linear_vae
 
 
 @pytest.fixture
@@ -73,8 +73,6 @@ def test_sbc_uniform_for_exact_guide_and_not_for_overconfident(ppca):
 
 def test_linear_vae_keeps_active_the_directions_above_sigma_squared():
     """Lucas et al. 2019: a linear VAE with fixed σ recovers pPCA; directions with eigenvalue <= σ² collapse."""
-    from tests.ppl_vae.studies.test_sigma import train_linear_vae
-
     active, expected = train_linear_vae(sigma2=0.2)
     assert active == expected == 3
 

@@ -32,7 +32,7 @@ def test_same_seed_same_metrics(tmp_path):
     for p, q in zip(a.program.parameters(), b.program.parameters()):
         assert torch.equal(p, q)
     c = ppl_vae.fit(tiny_config(train={"epochs": 2, "seed": 1}), tmp_path / "c", progress=False)
-    assert c.metrics["train_elbo"] != a.metrics["train_elbo"]
+    assert c.metrics["train_objective"] != a.metrics["train_objective"]
 
 
 @pytest.mark.parametrize("elbo", ["trace", "meanfield", "iwae"])
@@ -53,13 +53,14 @@ def test_minibatch_loss_is_scaled_to_the_data_set(elbo):
     "anneal,expected", [("none", [1.0, 1.0, 1.0]), ("linear", [0.0, 0.5, 1.0]), ("cyclical", [0.0, 1.0, 0.0])]
 )
 def test_beta_schedules(anneal, expected):
-    from ppl_vae.inference.objectives import ANNEALING
+    from ppl_vae.inference.schedules import ANNEALING
 
     assert [ANNEALING[anneal](1.0, e, 4) for e in (0, 2, 4)] == expected
 
 
 def test_cosine_learning_rate_reaches_lr_final_and_resumes_from_the_counters(digits):
-    from ppl_vae.inference.trainer import LR_SCHEDULES, Trainer
+    from ppl_vae.inference.schedules import LR_SCHEDULES
+    from ppl_vae.inference.trainer import Trainer
 
     cosine = LR_SCHEDULES["cosine"]
     assert cosine(1e-3, 1e-5, 0.0) == pytest.approx(1e-3)
@@ -84,3 +85,48 @@ def test_bad_learning_rate_schedules_are_refused(digits, train, message):
     with pytest.raises(UserError, match=message):
         config = tiny_config(train=train)
         Trainer(build_program(config, 64, (8, 8)), config, digits.train[:40], digits.test[:10], progress=False)
+
+
+def test_progress_bars_are_closed_when_training_diverges(digits, monkeypatch):
+    """Every bar the trainer opens is closed, also when the loss becomes NaN mid-epoch."""
+    from ppl_vae.errors import UserError
+    from ppl_vae.inference import trainer as trainer_module
+
+    opened = []
+
+    class Bar:
+        def __init__(self, iterable=None, **kwargs):
+            assert iterable is None and "total" in kwargs  # the trainer's bars count, they do not iterate
+            self.closed = False
+            opened.append(self)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.close()
+
+        def update(self, *args):
+            pass
+
+        def set_postfix(self, **kwargs):
+            pass
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(trainer_module, "tqdm", Bar)
+    config = tiny_config(train={"epochs": 3, "batch_size": 32})
+    trainer = trainer_module.Trainer(build_program(config, 64, (8, 8)), config, digits.train[:128], digits.test[:8])
+    steps = [0]
+
+    def poison(t):  # the third step's parameters become NaN, so the fourth loss is NaN
+        steps[0] += 1
+        if steps[0] == 3:
+            with torch.no_grad():
+                next(t.program.parameters()).fill_(float("nan"))
+
+    trainer.on_step = poison
+    with pytest.raises(UserError, match="the loss became nan"):
+        trainer.fit()
+    assert len(opened) == 2 and all(bar.closed for bar in opened)

@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 
 import ppl_vae
+from ppl_vae.config import EvalConfig
+from ppl_vae.diagnostics.statistics import paired_difference
 from ppl_vae.errors import UserError
-from ppl_vae.runs.evaluation import WorkflowConfig
-from ppl_vae.studies.compare import compare, paired_difference, parse_grid, variants_from
+from ppl_vae.studies.compare import compare, parse_grid, variants_from
 from tests.conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parents[3]
-SMALL = WorkflowConfig(k=20, points=40, gap_points=5, gap_steps=20, sbc_simulations=50, idata_points=10, idata_draws=3)
+SMALL = EvalConfig(k=20, points=40, gap_points=5, gap_steps=20, sbc_simulations=50, idata_points=10, idata_draws=3)
 BUDGET = [
     "--epochs",
     "2",
@@ -135,3 +136,13 @@ def test_interrupted_comparison_retrains_only_unfinished(tmp_path):
     subprocess.run([*args, "--out", str(out)], check=True, capture_output=True)
     assert (out / "runs" / "latent_dim-2" / "checkpoint" / "state.json").read_bytes() == finished  # not retrained
     assert _table(out) == _table(reference)
+
+
+def test_seeds_live_in_the_folders_the_comparison_names(tmp_path, digits):
+    """Variant ``a`` with two seeds is stored in runs/a/seed-0 and runs/a/seed-1, as its rows say."""
+    comparison = compare({"a": tiny_config(train={"epochs": 1})}, tmp_path, SMALL, seeds=2, data=digits, progress=False)
+    for s in (0, 1):
+        assert (tmp_path / "runs" / "a" / f"seed-{s}" / "evaluation.json").is_file()
+    assert not list((tmp_path / "runs").glob("a_seed-*"))
+    (row,) = comparison.rows
+    assert row["seeds"] == 2 and row["log_px_seed_sd"] > 0

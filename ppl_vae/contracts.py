@@ -1,0 +1,111 @@
+r"""What a program and its parts are: the contracts, written once as typed protocols.
+
+A newcomer reads this file to learn what to implement; the bench checks programs against it
+before any work (``ppl_vae.inference.trial.check_program``), so an error names the contract
+that was not met. Every contract is one call that returns a distribution (or runs a Pyro
+program), as zuko's ``LazyDistribution`` is: the parts are built by ``ppl_vae.models`` and
+``ppl_vae.guides`` and combined by ``ppl_vae.runs.build``.
+
+- :class:`Prior`: ``prior()`` returns :math:`p(z)` with event shape ``(L,)``.
+- :class:`PosteriorHead`: ``head(h)`` returns :math:`q(z \mid x)` from an encoder's hidden state
+  ``h``; ``head.base(h)`` returns a closed-form base of it (the posterior itself for Gaussian
+  heads, :math:`q_0` for flows), which the VampPrior mixes.
+- :class:`Likelihood`: ``likelihood(f)`` returns :math:`p(x \mid z)` with event shape ``(D,)`` from a
+  decoder output ``f`` of ``D * params_per_pixel`` values; ``support`` is the data range it
+  accepts.
+- :class:`Model` / :class:`Guide`: a Pyro program ``model(x, **inputs)`` / ``guide(x, **inputs)``.
+- :class:`Program`: a ``torch.nn.Module`` with both methods; :class:`ProgramFactory` builds one
+  for a command-line ``--model file.py:factory``.
+
+The rules a pair of programs follows (checked on one trial batch before a run directory exists):
+
+- one ``pyro.plate("data", x.shape[0])`` over the batch; every sample site inside it;
+- the guide samples every latent site of the model, under the same names;
+- observed sites carry ``obs=``; ``pyro.deterministic``, ``obs_mask`` and ``poutine.mask`` are allowed;
+- parameters live in the program's modules (plain ``nn.Parameter``\ s, a ``PyroModule``'s, or a
+  module registered with ``pyro.module``); the bench trains and saves exactly those;
+- the programs broadcast over extra leading batch dimensions (a particle plate left of the
+  data plate), as Pyro's vectorized ELBOs require.
+
+Layer 0 — may import: torch, pyro.
+
+Example:
+    >>> import torch, pyro, pyro.distributions as dist
+    >>> class Tiny(torch.nn.Module):
+    ...     def model(self, x):
+    ...         with pyro.plate("data", x.shape[0]):
+    ...             z = pyro.sample("z", dist.Normal(0.0, 1.0))
+    ...             pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+    ...     def guide(self, x):
+    ...         with pyro.plate("data", x.shape[0]):
+    ...             pyro.sample("z", dist.Normal(x / 2, 0.5**0.5))
+    >>> isinstance(Tiny(), Program)
+    True
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import pyro.distributions as dist
+import torch
+
+__all__ = ["Prior", "PosteriorHead", "Likelihood", "Model", "Guide", "Program", "ProgramFactory", "DATA_PLATE"]
+
+DATA_PLATE = "data"
+"""The name of the plate over the observations of a batch, shared by model and guide."""
+
+
+@runtime_checkable
+class Prior(Protocol):
+    """``prior()`` returns p(z), a distribution with event shape ``(L,)`` (batch shape ``()``)."""
+
+    def __call__(self) -> dist.Distribution: ...
+
+
+@runtime_checkable
+class PosteriorHead(Protocol):
+    """``head(h)`` returns q(z|x) with batch shape ``h.shape[:-1]`` and event shape ``(L,)``.
+
+    ``base(h)`` returns a distribution of the same shapes whose density is available in closed
+    form: the posterior itself for Gaussian heads, the base :math:`q_0` for flows.
+    """
+
+    def __call__(self, h: torch.Tensor) -> dist.Distribution: ...
+
+    def base(self, h: torch.Tensor) -> dist.Distribution: ...
+
+
+@runtime_checkable
+class Likelihood(Protocol):
+    """``likelihood(f)`` returns p(x|z), event shape ``(D,)``, from decoder outputs ``(..., D * params_per_pixel)``."""
+
+    params_per_pixel: int
+    support: tuple[float, float]
+
+    def __call__(self, decoder_output: torch.Tensor) -> dist.Distribution: ...
+
+
+@runtime_checkable
+class Model(Protocol):
+    """A generative Pyro program p(z) p(x|z) over a batch ``x`` and the data set's other inputs (labels ``y``…)."""
+
+    def model(self, x: torch.Tensor, **inputs: torch.Tensor | None) -> object: ...
+
+
+@runtime_checkable
+class Guide(Protocol):
+    """An inference Pyro program q(z|x) with the model's plate and latent site names."""
+
+    def guide(self, x: torch.Tensor, **inputs: torch.Tensor | None) -> object: ...
+
+
+@runtime_checkable
+class Program(Model, Guide, Protocol):
+    """A module with both programs: what the bench trains, saves, evaluates and compares."""
+
+
+class ProgramFactory(Protocol):
+    """``factory(data_dim, latent_dim)`` returns a :class:`Program` module; named by ``--model file.py:factory``."""
+
+    def __call__(self, data_dim: int, latent_dim: int) -> Program: ...
