@@ -54,7 +54,14 @@ def _add_options(p: argparse.ArgumentParser, section: str, cls: type) -> None:
         flag, dest = flag_of(name, opt), f"{section}.{name}"
         default = getattr(cls(), name)
         help_ = f"{opt.help} (default: {default!r})"
-        if kind is bool:
+        if opt.switch:
+            group.add_argument(
+                flag, dest=dest, nargs="?", const="on", choices=opt.names(), default=argparse.SUPPRESS, help=help_
+            )
+            group.add_argument(
+                "--no-" + flag[2:], dest=dest, action="store_const", const="off", default=argparse.SUPPRESS
+            )
+        elif kind is bool:
             group.add_argument(
                 flag, dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_
             )
@@ -115,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--data", help="evaluate on another data set (name or path); default: the run's test split")
     p.add_argument("--data-root", default="", help="folder or file holding that data set")
-    p.add_argument("--device", default="cpu", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU) | cpu | cuda | cuda:N")
     p.add_argument("--no-progress", action="store_true")
     _add_options(p, "evaluate", EvalConfig)
 
@@ -146,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="PNG file to write")
-    p.add_argument("--device", default="cpu", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU) | cpu | cuda | cuda:N")
     return parser
 
 

@@ -62,6 +62,7 @@ __all__ = [
 
 MAX_SEED = 2**32 - 1  # numpy's legacy seeding (pyro.set_rng_seed) takes 32 bits
 DEVICES = ("auto", "cpu", "cuda")
+SWITCH = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ class Option:
             ``"program"`` (``path/to/file.py:factory``) or ``"device"`` (``cuda:N``).
         low, high: the range of a number (inclusive unless ``open_low``/``open_high``).
         noun: what a name is called in messages (default: the field's name).
+        switch: an ``auto | on | off`` option: ``--flag`` is on, ``--no-flag`` off, ``--flag auto`` auto.
     """
 
     help: str
@@ -87,6 +89,7 @@ class Option:
     open_low: bool = False
     open_high: bool = False
     noun: str = ""
+    switch: bool = False
 
 
 def option(default: Any, help: str, **kwargs: Any) -> Any:
@@ -170,14 +173,19 @@ class TrainConfig:
     lr_final: float = option(0.0, "learning rate at the end of a decaying schedule", low=0.0, high=10.0)
     seed: int = option(0, "random seed", low=0, high=MAX_SEED)
     device: str = option(
-        "cpu", "auto (CUDA when present, else CPU) | cpu | cuda | cuda:N", names=lambda: DEVICES, also="device"
+        "auto", "auto (CUDA when present, else CPU) | cpu | cuda | cuda:N", names=lambda: DEVICES, also="device"
     )
     elbo: str = option("trace", "training objective", names=ELBOS.keys, noun="ELBO")
     particles: int = option(1, "K Monte Carlo samples of the ELBO (vectorized)", low=1, high=2**20)
     beta: float = option(1.0, "weight β of the latent (KL) terms", low=0.0, high=1e6)
     anneal: str = option("none", "warm-up of β", names=ANNEALING.keys, noun="annealing")
     anneal_epochs: int = option(10, "length of a warm-up (or of one cycle) in epochs", low=1, high=1_000_000)
-    compile: bool = option(False, "record one training step as a tensor graph, compile it and replay it")
+    compile: str = option(
+        "auto",
+        "record the training step as a tensor graph, compile and replay it: on, off, or auto (when it pays)",
+        names=lambda: SWITCH,
+        switch=True,
+    )
     checkpoint_every: int = option(1, "epochs between checkpoints", low=1, high=1_000_000)
     checkpoint_steps: int = option(0, "also checkpoint every N optimizer steps (0 = off)", low=0, high=2**40)
     pyro_validation: bool = option(False, "Pyro's shape and support checks on every step (always on for the first)")
@@ -278,7 +286,10 @@ def coerce(where: str, kind: type, value: Any) -> Any:
 def _check_fields(section: str, values: Any) -> None:
     for name, kind, opt in options_of(type(values)):
         where = f"{section}.{name}"
-        value = coerce(where, kind, getattr(values, name))
+        value = getattr(values, name)
+        if opt.switch and isinstance(value, bool):  # true/false in a TOML file mean on/off
+            value = "on" if value else "off"
+        value = coerce(where, kind, value)
         if kind in (int, float) and not math.isfinite(value):
             raise UserError(f"{where} must be a finite number, got {value}")
         _check_range(where, value, opt)
@@ -339,9 +350,12 @@ def from_dict(data: dict[str, Any], base: Config | None = None) -> Config:
             raise UserError(f"config section [{section}] must be a table")
         target = getattr(config, section)
         kinds = {name: kind for name, kind, _ in options_of(type(target))}
+        switches = {name: opt.switch for name, _, opt in options_of(type(target))}
         for key, value in values.items():
             if key not in kinds:
                 raise UserError(f"unknown key {key!r} in [{section}]; expected one of {', '.join(kinds)}")
+            if switches[key] and isinstance(value, bool):
+                value = "on" if value else "off"
             setattr(target, key, coerce(f"[{section}] {key}", kinds[key], value))
     return config
 

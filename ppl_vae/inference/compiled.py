@@ -38,6 +38,8 @@ The recording is faithful only where:
 from __future__ import annotations
 
 import logging
+import statistics
+import time
 import warnings
 
 import pyro
@@ -51,7 +53,7 @@ from .distributed import ProgramLoss
 from .importance import latent_sites, replayed_traces, rng_untouched, sample_sites, trace_pair
 from .objectives import Objective, with_handlers
 
-__all__ = ["CompiledStep", "recordable_elbo"]
+__all__ = ["CompiledStep", "recordable_elbo", "choose_step", "compile_pays"]
 
 RECORDABLE = ("trace", "iwae")
 
@@ -241,3 +243,71 @@ def _fused(graph: nn.Module, tensors: list[torch.Tensor], x: torch.Tensor, beta:
     finally:
         quiet.setLevel(level)
     return compiled
+
+
+# --- choosing the step: compiled when it pays ---------------------------------------------------
+
+COMPILE_SECONDS = 8.0  # one-off cost of recording and compiling one batch shape on CPU (BENCHMARKS.md: 5–23 s)
+FIXED_SAVING = 8e-4  # seconds a step: Pyro's messengers and autograd's graph building, paid once when compiled
+SAVING_FRACTION = 0.13  # and the share of the remaining work that fusing elementwise kernels saves
+
+
+def compile_pays(eager_step_seconds: float, steps: int, shapes: int) -> tuple[bool, str]:
+    """Whether compiling the step pays over ``steps`` steps, from a measured eager step time.
+
+    The estimate is saving ≈ ``FIXED_SAVING + SAVING_FRACTION · t_eager`` a step (fitted to the
+    digits and MNIST rows of BENCHMARKS.md: 1.1 ms of 2 ms, 2.4 ms of 12 ms) against
+    ``COMPILE_SECONDS`` a batch shape; it must pay twice over, since the estimate is rough.
+    Returns the decision and the one line that says why.
+    """
+    saving = steps * (FIXED_SAVING + SAVING_FRACTION * eager_step_seconds)
+    cost = shapes * COMPILE_SECONDS
+    pays = saving > 2 * cost
+    verdict = "compiled" if pays else "eager"
+    return pays, (
+        f"{verdict} step: {steps} steps × {1e3 * eager_step_seconds:.2f} ms eager would save about {saving:.0f} s "
+        f"compiled, against about {cost:.0f} s to compile {shapes} batch shape(s)"
+    )
+
+
+def choose_step(
+    program: nn.Module, objective: Objective, loss, x: torch.Tensor, steps: int, shapes: int, mode: str
+) -> tuple[CompiledStep | None, str]:
+    """The step to train with under ``mode`` (auto | on | off), and one line saying which and why.
+
+    ``on`` records (or refuses, as :class:`CompiledStep` does) whatever the estimate; ``off`` is the
+    eager step; ``auto`` times a few eager steps of ``loss(x, scale, beta)`` on ``x`` and compiles
+    only when :func:`compile_pays`, falling back to the eager step when the program cannot be recorded.
+    """
+    if mode == "off":
+        return None, "eager step (--no-compile)"
+    if mode == "on":
+        compiled = CompiledStep(program, objective)
+        compiled.check(x)
+        return compiled, "compiled step (--compile)"
+    pays, why = compile_pays(_eager_step_seconds(loss, x), steps, shapes)
+    if not pays:
+        return None, why
+    try:
+        compiled = CompiledStep(program, objective)
+        compiled.check(x)
+    except UserError as err:
+        return None, f"eager step: {err}".replace(" train without --compile", " (fallback)")
+    return compiled, why
+
+
+def _eager_step_seconds(loss, x: torch.Tensor, repeats: int = 3) -> float:
+    """Median wall time of the eager loss and gradient on ``x`` (the RNG left as it was)."""
+    times = []
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        for i in range(repeats + 1):
+            start = time.perf_counter()
+            value = loss(x, float(x.shape[0]), 1.0)
+            value.backward()
+            if x.device.type == "cuda":
+                torch.cuda.synchronize(x.device)
+            if i:  # the first call pays one-off costs (plate nesting, allocations)
+                times.append(time.perf_counter() - start)
+    for p in loss.parameters():
+        p.grad = None
+    return statistics.median(times)

@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import UserError
-from .compiled import CompiledStep
+from .compiled import choose_step
 from .distributed import SINGLE, Cluster, ProgramLoss
 from .importance import log_weights, max_plate_nesting
 from .objectives import Objective
@@ -97,16 +97,27 @@ class Trainer:
     epoch_loss: float = 0.0  # their running objective sum
     cluster: Cluster = SINGLE  # this process's place among data-parallel ranks
     history: list[dict] = field(default_factory=list)
+    step_kind: str | None = None  # "on" (compiled) or "off" (eager) once chosen; a resumed run keeps its choice
 
     def __post_init__(self):
         t = self.config.train
         self.objective = Objective(t.elbo, t.particles)
-        if t.compile and self.cluster.world > 1:
+        if t.compile == "on" and self.cluster.world > 1:
             raise UserError("--compile trains one process; DDP needs the eager step (drop --compile or --distributed)")
         self.loss = self.cluster.wrap(ProgramLoss(self.program, self.objective), self.train.device)
-        self.compiled = CompiledStep(self.program, self.objective) if t.compile else None
-        if self.compiled is not None:
-            self.compiled.check(self.train)  # a program that cannot be recorded is refused before anything is written
+        # a program that cannot be recorded is refused (--compile) or trained eagerly (auto) before anything is written
+        mode = "off" if self.cluster.world > 1 else (self.step_kind or t.compile)
+        n, b = len(self.train), t.batch_size
+        steps = (t.epochs - self.epoch) * -(-n // b)
+        shapes = 1 if n % b == 0 or n < b else 2
+        batch = self.train[: min(b, n)]
+        kept = self.step_kind is not None
+        self.compiled, self.step_reason = choose_step(
+            self.program, self.objective, self.loss, batch, steps, shapes, mode
+        )
+        self.step_kind = "on" if self.compiled is not None else "off"
+        if kept:
+            self.step_reason = f"{'compiled' if self.compiled is not None else 'eager'} step, as when the run started"
         # one fused kernel for all parameters instead of a dozen small ops per tensor
         fused = self.train.device.type in ("cpu", "cuda")
         self.optimizer = torch.optim.Adam(self.program.parameters(), lr=t.lr, fused=fused)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +79,7 @@ class Run:
     metrics: dict = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
     data: Dataset | None = None
+    step_kind: str = ""  # the training step fit() took: compiled or eager
 
     @property
     def device(self) -> torch.device:
@@ -115,6 +117,7 @@ def _write_outputs(run: Run, seconds: float, first_test_elbo: float) -> None:
         "n_train": len(data.train),
         "n_test": len(data.test),
         "parameters": sum(p.numel() for p in run.program.parameters()),
+        "step": run.step_kind,  # compiled or eager; why is printed when training starts
     }
     write_json(out / "metrics.json", run.metrics)
     write_csv(out / "history.csv", run.history)
@@ -183,7 +186,16 @@ def fit(
     if cluster.world > 1:
         pyro.set_rng_seed(config.train.seed + cluster.rank)  # each rank its own Monte Carlo noise
     run = Run(out, config, program, data.data_dim, tuple(data.image_shape), data=data)
-    trainer = Trainer(program, config, data.train.to(device), data.test.to(device), cluster=cluster)
+    trainer = Trainer(
+        program,
+        config,
+        data.train.to(device),
+        data.test.to(device),
+        cluster=cluster,
+        step_kind=state["extra"].get("step_kind") if resume else None,  # a resumed run keeps its step
+    )
+    if progress and cluster.is_main:
+        print(f"ppl-vae: {trainer.step_reason}", file=sys.stderr)
     if resume:
         state = load_checkpoint(out / "checkpoint", program, trainer.optimizer, restore_rng=True, device=str(device))
         extra = state["extra"]
@@ -207,6 +219,7 @@ def fit(
             step=t.step,
             config=config.to_dict(),
             extra={
+                "step_kind": t.step_kind,
                 "batch_index": t.batch_index,
                 "epoch_loss": t.epoch_loss,
                 "history": t.history,
@@ -231,12 +244,13 @@ def fit(
     trainer.fit()
     seconds = sum(row["seconds"] for row in trainer.history) if resume else time.perf_counter() - start
     run.history = trainer.history
+    run.step_kind = "compiled" if trainer.compiled is not None else "eager"
     if cluster.is_main:
         _write_outputs(run, seconds, trainer.history[0]["test_elbo"])
     return run
 
 
-def load(run_dir: str | Path, device: str = "cpu") -> Run:
+def load(run_dir: str | Path, device: str = "auto") -> Run:
     """Load a run directory: the program with its weights and buffers, and its numbers.
 
     The checkpoint's own ``state.json`` holds the config the weights were trained with, so a

@@ -107,10 +107,28 @@ def test_the_command_line_sets_every_evaluation_option(section, name, kind, opt)
 
 
 def test_grid_booleans_are_parsed_not_truth_tested():
-    (on,) = variants_from(Config(), grid="compile=on").values()
-    (off,) = variants_from(Config(), grid="train.compile=off").values()
-    assert on.train.compile is True and off.train.compile is False
+    (on,) = variants_from(Config(), grid="binarize=on").values()
+    (off,) = variants_from(Config(), grid="data.binarize=off").values()
+    assert on.data.binarize is True and off.data.binarize is False
     with pytest.raises(UserError, match="must be of type bool"):
+        variants_from(Config(), grid="binarize=maybe")
+
+
+def test_compile_is_a_switch_on_every_surface(tmp_path):
+    """auto | on | off: --compile, --no-compile, --compile auto, the grid, and old TOML booleans."""
+    parse = lambda *a: config_from_args(build_parser().parse_args(["fit", "--out", "r", *a])).train.compile
+    assert (parse(), parse("--compile"), parse("--no-compile"), parse("--compile", "auto")) == (
+        "auto",
+        "on",
+        "off",
+        "auto",
+    )
+    (grid,) = variants_from(Config(), grid="compile=off").values()
+    assert grid.train.compile == "off"
+    path = tmp_path / "c.toml"
+    path.write_text("[train]\ncompile = true\n")
+    assert load_config(path).validate().train.compile == "on"
+    with pytest.raises(UserError, match="unknown compile 'maybe'"):
         variants_from(Config(), grid="compile=maybe")
 
 

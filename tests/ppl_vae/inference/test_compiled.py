@@ -181,7 +181,7 @@ def test_fit_with_compile_from_the_command_line(tmp_path, capsys):
         )
         == 0
     )
-    assert "compile = true" in (out / "config.toml").read_text()
+    assert 'compile = "on"' in (out / "config.toml").read_text()
     assert main(["fit", "--out", str(tmp_path / "mf"), "--epochs", "1", "--compile", "--elbo", "meanfield"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err[-1]) < 300 and "records the trace and iwae ELBOs" in err[-1]
@@ -203,3 +203,45 @@ def test_an_unrecordable_program_is_refused_before_the_run_directory_exists(tmp_
     assert main(["fit", "--out", str(out), "--model", f"{program}:make", "--compile", "--no-progress"]) == 2
     assert "branches on tensor values" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_compile_pays_only_over_enough_steps():
+    from ppl_vae.inference.compiled import compile_pays
+
+    assert compile_pays(2e-3, steps=100_000, shapes=2)[0]  # a long digits run: ~110 s saved
+    assert not compile_pays(2e-3, steps=1_200, shapes=2)[0]  # make run's 100 epochs: ~1 s saved
+    assert compile_pays(12e-3, steps=23_500, shapes=2)[0] and not compile_pays(12e-3, steps=2_000, shapes=2)[0]
+    pays, why = compile_pays(2e-3, steps=1_200, shapes=2)
+    assert why.startswith("eager step") and "1200 steps" in why
+
+
+@pytest.mark.parametrize(
+    "epochs,program,kind,says",
+    [
+        (2, None, "off", "eager step: "),  # a short run: compiling would not pay
+        (100_000, None, "on", "compiled step: "),  # a long one: it does
+        (100_000, "branch", "off", "eager step: --compile cannot record this program"),  # cannot record: eager
+    ],
+)
+def test_the_default_step_is_chosen_by_a_measured_estimate(digits, epochs, program, kind, says):
+    config = tiny_config(train={"epochs": epochs})  # compile = "auto", the default
+    assert config.train.compile == "auto"
+    if program is None:
+        model = build_program(config, 64, (8, 8))
+        x = digits.train[:256]
+    else:
+        model, x = _Toy(program, 64), digits.train[:256]
+    trainer = Trainer(model, config, x, digits.test[:8], progress=False)
+    assert trainer.step_kind == kind and (trainer.compiled is not None) == (kind == "on")
+    assert trainer.step_reason.startswith(says), trainer.step_reason
+
+
+def test_fit_announces_its_step_in_one_line(tmp_path, capsys):
+    from ppl_vae.cli import main
+
+    assert main(["fit", "--out", str(tmp_path / "r"), "--epochs", "1", "--hidden-dim", "16"]) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ppl-vae: ")]
+    assert len(err) == 1 and err[0].startswith("ppl-vae: eager step: ") and "to compile" in err[0]
+    import json
+
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["step"] == "eager"
