@@ -1,9 +1,23 @@
-"""ArviZ ``InferenceData`` for a trained program, from traces alone.
+r"""ArviZ ``InferenceData`` for a trained program, from traces alone.
 
-Groups: ``posterior`` (every latent site, dims ``obs`` × its own coordinate dims, draws from
-q(z|x)), ``posterior_predictive`` (``x``), ``log_likelihood`` (pointwise log p(x_i|z)),
-``observed_data``, ``prior`` and ``prior_predictive`` (draws from p(z) p(x|z)). One chain;
-"draws" are independent guide or prior draws, not MCMC.
+Groups: ``posterior`` (every latent site, dims ``obs`` × its own coordinate dims: independent draws
+:math:`z_s \sim q(z|x_i)` of each point's *own* local latent; one chain, not MCMC),
+``posterior_predictive`` (``x``), ``observed_data``, ``prior`` and ``prior_predictive`` (draws from
+p(z) p(x|z)), and ``conditional_log_likelihood``: :math:`\log p(x_i \mid z_s)` at those draws.
+
+There is deliberately **no** ``log_likelihood`` group. ArviZ reads that group as the pointwise
+log-likelihood :math:`\log p(x_i \mid \theta_s)` at posterior draws :math:`\theta_s` of parameters
+*shared* by all points, and ``az.loo`` / ``az.waic`` / ``az.compare`` would run on it without
+complaint. Here each point has its own latent: leaving :math:`x_i` out sends :math:`z_i` back to
+its prior, so the exact leave-one-out predictive of :math:`x_i` is the marginal
+:math:`p(x_i) = \int p(x_i|z) p(z) dz`, and PSIS-LOO over the conditional draws estimates it by the
+harmonic mean :math:`1/p(x_i) = \mathbb E_{p(z|x_i)}[1/p(x_i|z)]` (Newton & Raftery 1994), whose
+variance is infinite as soon as :math:`x_i` says more about :math:`z_i` than the prior does: every
+Pareto k̂ above 1, and an elpd far off even when :math:`q` is the exact posterior. Conditional and
+marginal likelihoods of latent-variable models answer different questions (Merkle, Furr &
+Rabe-Hesketh 2019, arXiv:1802.04452). The held-out elpd, :math:`\sum_i \log p(x_i)` on the test
+split by importance sampling, is :func:`ppl_vae.diagnostics.elpd.heldout_elpd` (``Run.heldout_elpd()``),
+an ``ELPDData`` for ``az.compare``; on this file ``az.loo`` refuses ("log likelihood not found").
 """
 
 from __future__ import annotations
@@ -14,7 +28,24 @@ import torch
 
 from ..inference.predictive import posterior_predictive, prior_predictive
 
-__all__ = ["to_inference_data"]
+__all__ = ["to_inference_data", "CONDITIONAL_GROUP"]
+
+CONDITIONAL_GROUP = "conditional_log_likelihood"  # a custom group: no ArviZ function reads it
+
+FILE_ATTRS = {
+    "inference_library": "ppl_vae",
+    "latent_structure": "amortized: every obs has its own local latent; decoder weights are one point estimate",
+    "heldout_elpd": "ppl_vae.load(RUN).heldout_elpd(): arviz ELPDData of held-out IWAE log p(x_i), for az.compare",
+    "not_for_loo": "no log_likelihood group on purpose: az.loo/az.waic on per-point latent draws is not an elpd",
+}
+POSTERIOR_ATTRS = {
+    "draws": "independent draws z ~ q(z | x_i) of the amortized guide for each obs; one chain, not MCMC",
+}
+CONDITIONAL_ATTRS = {
+    "quantity": "log p(x_i | z_s) at the posterior group's draws z_s ~ q(z | x_i) of point i's own latent",
+    "not_for_loo": "PSIS-LOO over these draws is a harmonic-mean estimate of p(x_i), not an elpd",
+    "heldout_elpd": FILE_ATTRS["heldout_elpd"],
+}
 
 
 def _site_dims(name: str, event_shape: tuple[int, ...]) -> dict[str, np.ndarray]:
@@ -28,7 +59,13 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def to_inference_data(model, guide, x: torch.Tensor, draws: int = 20) -> az.InferenceData:
-    """Posterior draws for the rows of ``x`` ``(N, D)`` and prior draws, as one ``InferenceData``."""
+    """Posterior draws for the rows of ``x`` ``(N, D)`` and prior draws, as one ``InferenceData``.
+
+    Example:
+        >>> idata = to_inference_data(model, guide, x[:10])  # doctest: +SKIP
+        >>> az.loo(idata)  # doctest: +SKIP
+        TypeError: log likelihood not found in inference data object
+    """
     n, data_dim = x.shape
     latents, x_rep, log_lik = posterior_predictive(model, guide, x, draws)  # (S, N, ...)
     prior_latents, prior_x = prior_predictive(model, draws, data_dim, x.device, x.dtype)  # (S, ...)
@@ -47,10 +84,10 @@ def to_inference_data(model, guide, x: torch.Tensor, draws: int = 20) -> az.Infe
     idata = az.from_dict(
         posterior=posterior,
         posterior_predictive={"x": _numpy(x_rep[None])},
-        log_likelihood={"x": _numpy(log_lik[None])},
         observed_data={"x": _numpy(x)},
         coords=coords,
         dims=dims,
+        posterior_attrs=POSTERIOR_ATTRS,
     )
     idata.extend(
         az.from_dict(
@@ -60,4 +97,9 @@ def to_inference_data(model, guide, x: torch.Tensor, draws: int = 20) -> az.Infe
             dims=prior_dims,
         )
     )
+    conditional = az.dict_to_dataset(
+        {"x": _numpy(log_lik[None])}, attrs=CONDITIONAL_ATTRS, coords={"obs": coords["obs"]}, dims={"x": ["obs"]}
+    )
+    idata.add_groups({CONDITIONAL_GROUP: conditional})
+    idata.attrs.update(FILE_ATTRS)
     return idata

@@ -7,6 +7,10 @@ r"""Means and their standard errors over test points: the one place they are com
 with the sample standard deviation (``ddof = 1``). A difference between two variants on the
 same points is *paired*: its SE is that of the per-point differences, which is much smaller
 than the unpaired SEs when both find the same points hard.
+
+The held-out elpds handed to ArviZ (:mod:`ppl_vae.diagnostics.elpd`) and the comparison table
+built from ``arviz.compare`` use ArviZ's convention instead, ``ddof = 0``: their SEs are these
+times :math:`\sqrt{(N-1)/N}`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Pictures of a comparison: log p(x) with paired error bars, rate–distortion, k̂, reconstructions."""
+"""Pictures of a comparison: ArviZ's ``plot_compare`` of held-out elpd, rate–distortion, k̂, reconstructions."""
 
 from __future__ import annotations
 
@@ -9,34 +9,21 @@ import torch
 
 from .figures import image_grid, new_figure, save_figure
 
-__all__ = ["log_px_paired", "rate_distortion_points", "khat_boxes", "reconstructions_side_by_side"]
+__all__ = ["elpd_compare", "rate_distortion_points", "khat_boxes", "reconstructions_side_by_side"]
 
 
-def log_px_paired(rows: list[dict], path: str | Path) -> Path:
-    fig, ax = new_figure((6, 0.5 * len(rows) + 1.5))
-    y = np.arange(len(rows))[::-1]
-    best = rows[0]["log_px"]
-    ax.errorbar(
-        [best - r["diff_to_best"] for r in rows],
-        y,
-        xerr=[2 * r["diff_se"] for r in rows],
-        fmt="o",
-        capsize=4,
-        label="paired ±2 SE vs best",
-    )
-    ax.errorbar(
-        [r["log_px"] for r in rows],
-        y + 0.15,
-        xerr=[2 * r["log_px_se"] for r in rows],
-        fmt=".",
-        color="gray",
-        alpha=0.6,
-        capsize=2,
-        label="unpaired ±2 SE",
-    )
-    ax.set_yticks(y, [r["variant"] for r in rows])
-    ax.set_xlabel("held-out log p(x) [nats per datapoint]")
-    ax.legend(fontsize=8)
+def elpd_compare(table, path: str | Path) -> Path:
+    """``arviz.plot_compare`` of an ``arviz.compare`` table of held-out elpds (sums over test points).
+
+    Open circles: each variant's elpd ± SE; grey triangles: the same elpd ± the paired SE of its
+    difference to the best (``dse``); the dashed line marks the best. ``plot_compare`` sorts the
+    table it is given in place, so it draws a copy.
+    """
+    import arviz as az
+
+    fig, ax = new_figure((6, 0.6 * len(table) + 1.5))
+    az.plot_compare(table.copy(), plot_ic_diff=True, ax=ax, legend=True, title=False)
+    ax.set_xlabel("held-out elpd: Σ over test points of IWAE log p(x_i) [nats]")
     ax.grid(alpha=0.3)
     return save_figure(fig, path)
 

@@ -20,17 +20,29 @@ import torch
 
 from ..config import EvalConfig
 from ..data.rowfile import as_tensor
+from ..diagnostics.elpd import heldout_elpd, point_hashes
 from ..diagnostics.estimators import PointEstimates, importance_sample, psis_khat, summarize
 from ..diagnostics.gaps import refine_local_guide
 from ..diagnostics.inference_data import to_inference_data
 from ..diagnostics.sbc import SBCResult, simulation_based_calibration
+from ..errors import UserError
 from ..inference.predictive import prior_predictive
 from ..plots import diagnostics as diagnostic_plots
 from ..plots.figures import plot_images, plot_reconstructions
 from ..storage.atomic import atomic_path, write_json
 from .report import write_report
 
-__all__ = ["Evaluation", "evaluate", "write_evaluation", "evaluate_run", "inference_gaps"]
+__all__ = [
+    "Evaluation",
+    "evaluate",
+    "write_evaluation",
+    "evaluate_run",
+    "inference_gaps",
+    "read_pointwise",
+    "read_heldout_elpd",
+]
+
+POINTWISE = ("log_px", "elbo", "kl", "khat", "point_hash", "k")  # the arrays of pointwise.npz
 
 
 @dataclass
@@ -121,7 +133,15 @@ def write_evaluation(run_dir: str | Path, ev: Evaluation, image_shape: tuple[int
     est = ev.estimates
     with atomic_path(out / "pointwise.npz") as tmp:
         with open(tmp, "wb") as f:  # per-point numbers for paired comparisons; plain arrays, no pickle
-            np.savez(f, log_px=est.log_px.numpy(), elbo=est.elbo.numpy(), kl=est.kl.numpy(), khat=ev.khat)
+            np.savez(
+                f,
+                log_px=est.log_px.numpy(),
+                elbo=est.elbo.numpy(),
+                kl=est.kl.numpy(),
+                khat=ev.khat,
+                point_hash=point_hashes(ev.x),  # which points, in which order: comparisons check it
+                k=np.int64(est.k),
+            )
     write_json(out / "evaluation.json", ev.summary)
     write_report(out)
 
@@ -131,6 +151,26 @@ def evaluate_run(run, config: EvalConfig | None = None, x: torch.Tensor | None =
     ev = evaluate(run, config, x, progress)
     write_evaluation(run.path, ev, run.image_shape)
     return ev.summary
+
+
+def read_pointwise(run_dir: str | Path) -> dict[str, np.ndarray]:
+    """The per-point arrays :func:`write_evaluation` wrote into ``pointwise.npz`` (no pickle)."""
+    path = Path(run_dir) / "pointwise.npz"
+    if not path.is_file():
+        raise UserError(f"{run_dir} has no pointwise.npz; run `ppl-vae evaluate {run_dir}` first")
+    with np.load(path, allow_pickle=False) as arrays:
+        missing = [name for name in POINTWISE if name not in arrays]
+        if missing:
+            raise UserError(
+                f"{path} predates {', '.join(missing)}; run `ppl-vae evaluate {run_dir}` again to compare it"
+            )
+        return {name: arrays[name] for name in arrays.files}
+
+
+def read_heldout_elpd(run_dir: str | Path):
+    """The run's held-out elpd as ``arviz.ELPDData`` (:func:`ppl_vae.diagnostics.elpd.heldout_elpd`)."""
+    p = read_pointwise(run_dir)
+    return heldout_elpd(p["log_px"], k=int(p["k"]), khat=p["khat"], point_hash=p["point_hash"])
 
 
 def _first(est: PointEstimates, n: int) -> PointEstimates:

@@ -98,6 +98,22 @@ class Run:
         """Decodings of n draws z ~ p(z): ``(n, D)``."""
         return prior_decode(self.program.model, n, self.data_dim, self.device)
 
+    def heldout_elpd(self):
+        """The held-out elpd ``ppl-vae evaluate`` measured, as ``arviz.ELPDData``: ``az.compare``'s input.
+
+        Sum over the evaluated test points of the IWAE-K log p(x_i), per-point values in
+        ``loo_i`` (see :mod:`ppl_vae.diagnostics.elpd`). ``az.loo`` on ``inference_data.nc`` is
+        refused: its posterior draws are of each point's own latent.
+
+        Example:
+            >>> import arviz as az  # doctest: +SKIP
+            >>> az.compare({"iaf": ppl_vae.load("runs/iaf").heldout_elpd(),  # doctest: +SKIP
+            ...             "diagonal": ppl_vae.load("runs/diagonal").heldout_elpd()})
+        """
+        from .evaluation import read_heldout_elpd
+
+        return read_heldout_elpd(self.path)
+
 
 def _write_outputs(run: Run, seconds: float, first_test_elbo: float) -> None:
     data, cfg, out = run.dataset(), run.config, run.path

@@ -1,14 +1,20 @@
 r"""Comparing variants on equal terms: same split, seeds, budget, test points and K.
 
-Variants are ranked by held-out :math:`\widehat{\log p}(x)` (IWAE-K on the test split). The
-uncertainty of a difference is *paired* over the same test points, as ``arviz.compare`` does
-for elpd: with :math:`d_i = \widehat{\log p}_{\text{best}}(x_i) - \widehat{\log p}_v(x_i)`,
+Variants are ranked by ``arviz.compare`` on their held-out elpds
+(:func:`ppl_vae.diagnostics.elpd.heldout_elpd`: the IWAE-K :math:`\widehat{\log p}(x_i)` of the
+test points). The uncertainty of a difference is ArviZ's *paired* one: with
+:math:`d_i = \widehat{\log p}_{\text{best}}(x_i) - \widehat{\log p}_v(x_i)` over the same N points,
 
 .. math::
 
-    \Delta_v = \bar d, \qquad \mathrm{SE}(\Delta_v) = \mathrm{sd}(d) / \sqrt N,
+    \Delta_v = \frac{\texttt{elpd\_diff}}{N} = \bar d, \qquad
+    \mathrm{SE}(\Delta_v) = \frac{\texttt{dse}}{N} = \frac{\mathrm{sd}_0(d)}{\sqrt N},
 
-which is far smaller than the unpaired SEs when variants agree on which points are hard.
+(ddof 0, ArviZ's convention), far smaller than the unpaired SEs when variants agree on which
+points are hard. Runs evaluated on other test points, or with another K, are refused. With one
+seed the table carries ArviZ's stacking weights (Yao et al. 2018, arXiv:1704.02030), computed on
+the test split itself and therefore optimistic; ``figures/elpd_compare.png`` is
+``arviz.plot_compare`` of the same table.
 """
 
 from __future__ import annotations
@@ -16,14 +22,16 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..config import Config, EvalConfig, load_config, resolve_key, set_value
 from ..data.datasets import Dataset, load_data
-from ..diagnostics.statistics import mean_se, paired_difference
+from ..diagnostics.elpd import check_comparable, compare_elpd, heldout_elpd
 from ..errors import UserError
 from ..plots import comparison as compare_plots
+from ..runs.evaluation import read_pointwise
 from ..runs.report import markdown_table
 from ..storage.atomic import write_csv, write_json, write_text
 from .runner import run_variants
@@ -77,18 +85,26 @@ def variants_from(base: Config, files: list[str] = (), grid: str = "", overrides
 
 @dataclass
 class Comparison:
-    """The ranked table; ``rows`` hold plain numbers (no pandas)."""
+    """The ranked table; ``rows`` hold plain numbers (no pandas).
+
+    ``elpds`` are the variants' ``arviz.ELPDData`` and ``arviz_table`` is ``arviz.compare``'s
+    ``DataFrame`` of them, from which the rows' ranks, Δ and paired SEs are read.
+    """
 
     rows: list[dict]
     path: Path | None = None
     pointwise: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    elpds: dict = field(default_factory=dict, repr=False)
+    arviz_table: Any = field(default=None, repr=False)
 
     @property
     def table(self) -> list[dict]:
         return self.rows
 
     def to_markdown(self) -> str:
+        """The ranked table, the note on its numbers, and the ``plot_compare`` figure."""
         multi = any("log_px_seed_sd" in r for r in self.rows)
+        weights = any(r.get("stacking_weight") is not None for r in self.rows)
         head = [
             "rank",
             "variant",
@@ -106,6 +122,8 @@ class Comparison:
         ]
         if multi:
             head.insert(3, "sd over seeds")
+        if weights:
+            head.insert(4, "stacking weight")
         table = []
         for r in self.rows:
             cells = [
@@ -125,8 +143,24 @@ class Comparison:
             ]
             if multi:
                 cells.insert(3, f"{r.get('log_px_seed_sd', 0.0):.2f}")
+            if weights:
+                cells.insert(4, f"{r['stacking_weight']:.2f}")
             table.append(cells)
-        return markdown_table(head, table)
+        n, k = (self.rows[0]["n_points"], self.rows[0]["k"]) if self.rows else (0, 0)
+        notes = [
+            "",
+            f"Held-out IWAE-{k} log p(x) per datapoint on the same {n} test points, ranked by `arviz.compare`: "
+            "Δ = elpd_diff / N and paired SE = dse / N (ArviZ's numbers divided by N; SEs with ddof 0).",
+        ]
+        if weights:
+            notes.append(
+                "Stacking weights are fitted on these test points themselves, so they are optimistic: "
+                "the best mixture for this split, not an estimate for new data."
+            )
+        if len(self.rows) > 1:
+            notes += ["", "![arviz.plot_compare of the held-out elpd](figures/elpd_compare.png)"]
+        notes.append("")
+        return markdown_table(head, table) + "\n".join(notes)
 
 
 MEANS = (
@@ -164,16 +198,22 @@ def compare(
     jobs = {runs[(name, s)]: _seeded(variants[name], s) for name, s in runs}
     results = run_variants(jobs, out, workflow, data, progress)
 
-    pointwise, rows = {}, []
+    pointwise, rows, elpds, per_run = {}, {}, {}, {}
     for name in variants:
         per_seed = [results[runs[(name, s)]] for s in range(seeds)]
-        arrays = [np.load(Path(run.path) / "pointwise.npz", allow_pickle=False) for run, _ in per_seed]
+        arrays = [read_pointwise(run.path) for run, _ in per_seed]
+        for s, a in enumerate(arrays):  # every run's own points and K are checked, seeds included
+            per_run[runs[(name, s)]] = heldout_elpd(a["log_px"], k=int(a["k"]), point_hash=a["point_hash"])
         pointwise[name] = np.mean([a["log_px"] for a in arrays], axis=0)  # (N,) averaged over seeds
+        elpds[name] = heldout_elpd(
+            pointwise[name],
+            k=int(arrays[0]["k"]),
+            khat=np.max([a["khat"] for a in arrays], axis=0),  # the least reliable seed's k̂ per point
+            point_hash=arrays[0]["point_hash"],
+        )
         evs = [ev for _, ev in per_seed]
-        row = {
+        rows[name] = {
             "variant": name,
-            "log_px": float(pointwise[name].mean()),
-            "log_px_se": mean_se(pointwise[name])[1],
             **{key: float(np.mean([ev[key] for ev in evs])) for key in MEANS},
             "parameters": int(per_seed[0][0].metrics["parameters"]),
             "train_seconds": float(np.mean([run.metrics["seconds"] for run, _ in per_seed])),
@@ -182,21 +222,20 @@ def compare(
             "seeds": seeds,
         }
         if seeds > 1:
-            row["log_px_seed_sd"] = float(np.std([ev["log_px"] for ev in evs], ddof=1))
-        rows.append(row)
-    rows.sort(key=lambda r: -r["log_px"])
-    best = rows[0]["variant"]
-    for rank, row in enumerate(rows, 1):
-        row["rank"] = rank
-        row["diff_to_best"], row["diff_se"] = paired_difference(pointwise[best], pointwise[row["variant"]])
+            rows[name]["log_px_seed_sd"] = float(np.std([ev["log_px"] for ev in evs], ddof=1))
+    check_comparable(per_run)
+    # stacking mixes predictive densities: a seed-averaged log p(x) is not one, so no weights then
+    table = compare_elpd(elpds, stacking=seeds == 1)
+    ranked = [_ranked(rows[name], entry) for name, entry in table.iterrows()]
 
-    comparison = Comparison(rows, out, pointwise)
-    write_csv(out / "comparison.csv", rows)
-    write_json(out / "comparison.json", {"rows": rows, "data": data.name, "k": workflow.k, "seeds": seeds})
+    comparison = Comparison(ranked, out, pointwise, elpds, table)
+    write_csv(out / "comparison.csv", ranked)
+    write_json(out / "comparison.json", {"rows": ranked, "data": data.name, "k": workflow.k, "seeds": seeds})
     write_text(out / "comparison.md", comparison.to_markdown())
     figures = out / "figures"
-    compare_plots.log_px_paired(rows, figures / "log_px.png")
-    compare_plots.rate_distortion_points(rows, figures / "rate_distortion.png")
+    if len(table) > 1:  # ArviZ's plot_compare needs two variants
+        compare_plots.elpd_compare(table, figures / "elpd_compare.png")
+    compare_plots.rate_distortion_points(ranked, figures / "rate_distortion.png")
     khats = {
         name: np.load(Path(results[runs[(name, 0)]][0].path) / "pointwise.npz", allow_pickle=False)["khat"]
         for name in variants
@@ -206,6 +245,27 @@ def compare(
     recon = {name: results[runs[(name, 0)]][0].reconstruct(x)[0] for name in variants}
     compare_plots.reconstructions_side_by_side(x, recon, data.image_shape, figures / "reconstructions.png")
     return comparison
+
+
+def _ranked(row: dict, entry) -> dict:
+    """``row`` with ArviZ's comparison numbers: sums over the N points, and per datapoint (÷ N)."""
+    n = row["n_points"]
+    weight = float(entry["weight"])
+    return {
+        "rank": int(entry["rank"]) + 1,
+        "variant": row["variant"],
+        "log_px": float(entry["elpd_loo"]) / n,
+        "log_px_se": float(entry["se"]) / n,
+        "diff_to_best": float(entry["elpd_diff"]) / n,
+        "diff_se": float(entry["dse"]) / n,
+        "elpd": float(entry["elpd_loo"]),
+        "elpd_se": float(entry["se"]),
+        "elpd_diff": float(entry["elpd_diff"]),
+        "dse": float(entry["dse"]),
+        "stacking_weight": None if np.isnan(weight) else weight,
+        "khat_warning": bool(entry["warning"]),
+        **{key: value for key, value in row.items() if key != "variant"},
+    }
 
 
 def _seeded(config: Config, offset: int) -> Config:

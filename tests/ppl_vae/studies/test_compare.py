@@ -97,7 +97,7 @@ def test_ranking_uses_held_out_points(tmp_path, digits):
         "comparison.csv",
         "comparison.json",
         "comparison.md",
-        "figures/log_px.png",
+        "figures/elpd_compare.png",
         "figures/rate_distortion.png",
         "figures/khat.png",
         "figures/reconstructions.png",
@@ -146,3 +146,65 @@ def test_seeds_live_in_the_folders_the_comparison_names(tmp_path, digits):
     assert not list((tmp_path / "runs").glob("a_seed-*"))
     (row,) = comparison.rows
     assert row["seeds"] == 2 and row["log_px_seed_sd"] > 0
+
+
+GRID = ["compare", "--grid", "latent_dim=2,6", *BUDGET]
+
+
+@pytest.fixture(scope="module")
+def cli_comparison(tmp_path_factory):
+    """``ppl-vae compare`` of two variants, as a user runs it."""
+    from ppl_vae.cli import main
+
+    out = tmp_path_factory.mktemp("cli-compare")
+    assert main([*GRID, "--out", str(out)]) == 0
+    return out
+
+
+def test_az_compare_on_two_runs_reproduces_ppl_vae_compare(cli_comparison):
+    """ArviZ sums over points: elpd_diff = N·Δ and dse = N·SE, to 1e-9, on the same test points."""
+    import arviz as az
+
+    rows = json.loads((cli_comparison / "comparison.json").read_text())["rows"]
+    elpds = {r["variant"]: ppl_vae.load(cli_comparison / "runs" / r["variant"]).heldout_elpd() for r in rows}
+    table = az.compare(elpds)  # the user's own call, with ArviZ's defaults
+    assert list(table.index) == [r["variant"] for r in rows]
+    best = np.load(cli_comparison / "runs" / rows[0]["variant"] / "pointwise.npz")["log_px"]
+    for r in rows:
+        n = r["n_points"]
+        assert n == SMALL.points and r["k"] == SMALL.k
+        assert abs(table.loc[r["variant"], "elpd_diff"] - n * r["diff_to_best"]) < 1e-9
+        assert abs(table.loc[r["variant"], "dse"] - n * r["diff_se"]) < 1e-9
+        assert abs(table.loc[r["variant"], "elpd_loo"] - n * r["log_px"]) < 1e-9
+        assert r["stacking_weight"] == pytest.approx(table.loc[r["variant"], "weight"], abs=1e-4)
+        # and by hand from the per-point values: the paired mean and its SE with ArviZ's ddof 0
+        d = best - np.load(cli_comparison / "runs" / r["variant"] / "pointwise.npz")["log_px"]
+        assert abs(r["diff_to_best"] - d.mean()) < 1e-9
+        assert abs(r["diff_se"] - d.std() / math.sqrt(n)) < 1e-9
+    assert rows[1]["diff_to_best"] > 0 and rows[1]["diff_se"] > 0
+    assert sum(r["stacking_weight"] for r in rows) == pytest.approx(1.0, abs=1e-6)
+    report = (cli_comparison / "comparison.md").read_text()
+    assert "figures/elpd_compare.png" in report and "optimistic" in report
+    assert (cli_comparison / "figures" / "elpd_compare.png").is_file()
+
+
+@pytest.mark.parametrize(
+    "evaluate, refusal",
+    [(["--k", "30", "--points", "40"], "K=30"), (["--k", "20", "--points", "30"], "different test points")],
+)
+def test_compare_refuses_a_run_evaluated_on_other_points_or_k(cli_comparison, tmp_path, capsys, evaluate, refusal):
+    """A variant re-evaluated by hand is reused by the next compare; its numbers are refused, in one line."""
+    import shutil
+
+    from ppl_vae.cli import main
+
+    out = tmp_path / "compare"
+    shutil.copytree(cli_comparison, out)
+    before = (out / "comparison.json").read_bytes()
+    rest = ["--gap-points", "5", "--sbc-simulations", "50", "--no-progress"]
+    assert main(["evaluate", str(out / "runs" / "latent_dim-6"), *evaluate, *rest]) == 0
+    capsys.readouterr()
+    assert main([*GRID, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert refusal in err and len(err.splitlines()) == 1, err
+    assert (out / "comparison.json").read_bytes() == before
