@@ -10,7 +10,7 @@ PIP_QUIET := -q --disable-pip-version-check
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install $(PIP_QUIET) -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
+	. tools/pip-env.sh && $(PY) -m pip install $(PIP_QUIET) -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
 	$(PY) -c "import ppl_vae.models, ppl_vae.guides, pytest, hypothesis"
 	touch $(STAMP)
 
