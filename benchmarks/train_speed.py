@@ -86,13 +86,12 @@ def bench(name, x, config, epochs, device):
     hand_opt = torch.optim.Adam(programs["b"].parameters(), lr=config.train.lr)
     c_prog = programs["c"]
 
+    # the programs register their modules themselves (pyro.module), so SVI trains them as written
     def model(xb, scale):
-        pyro.module("program", c_prog)
         with pyro.poutine.scale(scale=scale):
             c_prog.model(xb)
 
     def guide(xb, scale):
-        pyro.module("program", c_prog)
         with pyro.poutine.scale(scale=scale):
             c_prog.guide(xb)
 
