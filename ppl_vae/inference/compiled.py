@@ -162,15 +162,16 @@ class CompiledStep:
 
     def _check_recordable(self, x: torch.Tensor) -> None:
         model, guide = self.program.model, self.program.guide
-        self.objective.nesting(model, guide, x[:2])  # before recording, so it is not recorded
-        with rng_untouched(x):
+        with rng_untouched(x):  # first: any other run would hand a foreign pyro.param to the global store
             foreign = foreign_params(model, guide, self.program, x[:2])
-            guide_trace, model_trace = trace_pair(model, guide, x[:2])
         if foreign:
             raise UserError(
                 "--compile needs every parameter inside the program's modules; "
                 f"pyro.param site(s) {', '.join(foreign)} are not parameters of the program's modules"
             )
+        self.objective.nesting(model, guide, x[:2])  # before recording, so it is not recorded
+        with rng_untouched(x):
+            guide_trace, model_trace = trace_pair(model, guide, x[:2])
         score = [s["name"] for s in latent_sites(guide_trace) if not s["fn"].has_rsample]
         if score:
             raise UserError(

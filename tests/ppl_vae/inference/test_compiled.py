@@ -141,6 +141,7 @@ def test_unrecordable_programs_are_refused(kind, elbo, message):
     program = _Toy(kind)
     with pytest.raises(UserError, match=message):
         CompiledStep(program, Objective(elbo), fuse=False)(torch.randn(4, 3), 1.0, 1.0)
+    assert not list(pyro.get_param_store().keys())  # refused before any run could store a pyro.param
 
 
 def test_the_plain_toy_records():
