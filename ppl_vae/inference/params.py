@@ -16,12 +16,17 @@ store. Both routes therefore train the same tensors; only SVI registers them by 
 A ``pyro.param`` whose value is not a parameter of the program's modules would not be trained
 by the bench: :func:`foreign_params` names such sites so the trainer can refuse them before
 any work.
+
+One write no handler can answer: a ``PyroModule``'s constrained ``PyroParam`` puts its
+unconstrained tensor (a module parameter) into the global store itself before its ``param``
+statement reads it back; the bench trains that tensor like any other.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.poutine.messenger import Messenger
@@ -70,30 +75,41 @@ class _NoInitialValue(Exception):
 
 
 class _EveryParam(Messenger):
-    """Answer every ``param`` statement with its initial value, remembering the name and the tensor."""
+    """Answer ``param`` statements with their initial values, remembering each site's unconstrained tensor.
+
+    A statement without an initial value reads the global store. A ``PyroParam`` of a ``PyroModule``
+    does that (the module has just put its own unconstrained parameter there), so such a read goes on
+    to Pyro's default; a read of a name the store does not hold stops the run.
+    """
 
     def __init__(self):
         super().__init__()
-        self.values: dict[str, torch.Tensor] = {}
+        self.values: dict[str, torch.Tensor | None] = {}
 
     def _pyro_param(self, msg) -> None:
         args = msg["args"]
         value = args[1] if len(args) > 1 else None
         if callable(value) and not isinstance(value, torch.Tensor):  # pyro.param's lazy initial value
             value = value()
-        self.values.setdefault(msg["name"], value)
-        if value is None:  # a read of the global store: no value that the bench could train
+        if value is not None:
+            msg["value"] = value
+            msg["done"] = True
+        elif msg["name"] not in pyro.get_param_store():
+            self.values.setdefault(msg["name"], None)
             raise _NoInitialValue
-        msg["value"] = value
-        msg["done"] = True
+
+    def _pyro_post_param(self, msg) -> None:
+        value = msg["value"]
+        unconstrained = getattr(value, "unconstrained", None)  # set on what the store hands back
+        self.values.setdefault(msg["name"], unconstrained() if unconstrained is not None else value)
 
 
 def foreign_params(model: Callable, guide: Callable, module: nn.Module, *args) -> list[str]:
     """Names of the ``pyro.param`` sites of the pair whose tensor is not a parameter of ``module``.
 
-    Runs the guide and the model replayed against it once; every ``param`` statement is answered
-    with its own initial value, so the global store is neither read nor written. The caller keeps
-    the RNG untouched (:func:`~ppl_vae.inference.importance.rng_untouched`).
+    Runs the guide and the model replayed against it once; every ``param`` statement with an initial
+    value is answered with it, so nothing is written to the global store. The caller keeps the RNG
+    untouched (:func:`~ppl_vae.inference.importance.rng_untouched`).
     """
     sites = _EveryParam()
     try:
@@ -102,4 +118,4 @@ def foreign_params(model: Callable, guide: Callable, module: nn.Module, *args) -
     except _NoInitialValue:
         pass
     own = {id(p) for p in module.parameters()}
-    return [name for name, value in sites.values.items() if id(value) not in own]
+    return [name for name, value in sites.values.items() if value is None or id(value) not in own]

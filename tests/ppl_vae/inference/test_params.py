@@ -8,7 +8,9 @@ import pyro.poutine as poutine
 import pytest
 import torch
 from pyro.infer import SVI, Trace_ELBO
+from pyro.nn import PyroModule, PyroParam, pyro_method
 from torch import nn
+from torch.distributions import constraints
 
 from ppl_vae.errors import UserError
 from ppl_vae.inference.params import ModuleParams, foreign_params, local_params
@@ -111,6 +113,37 @@ def test_the_trainer_accepts_a_program_registered_with_pyro_module():
     Trainer(program, config, x, x[:4], progress=False).run_epoch()
     assert all(not torch.equal(a, b) for a, b in zip(before, program.parameters()))
     assert not _store()
+
+
+class _Constrained(PyroModule):
+    """A PyroModule with a constrained PyroParam: its unconstrained tensor is a module parameter."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = PyroModule[nn.Linear](3, 3)
+        self.scale = PyroParam(torch.ones(3), constraint=constraints.positive)
+
+    @pyro_method
+    def model(self, x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(3), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(self.net(z), self.scale).to_event(1), obs=x)
+
+    @pyro_method
+    def guide(self, x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(self.net(x), 1.0).to_event(1))
+
+
+def test_a_pyro_module_with_a_constrained_param_trains():
+    """A PyroParam reads its value back from the store, where the PyroModule put its own tensor: not foreign."""
+    config = tiny_config(train={"batch_size": 8})
+    x = torch.randn(32, 3)
+    program = _Constrained()
+    before = {name: p.detach().clone() for name, p in program.named_parameters()}
+    assert foreign_params(program.model, program.guide, program, x[:2]) == []
+    Trainer(program, config, x, x[:4], progress=False).run_epoch()
+    assert [name for name, p in program.named_parameters() if torch.equal(p, before[name])] == []
 
 
 @pytest.mark.parametrize(
