@@ -10,8 +10,9 @@ The bench steps the parameters of the program's modules directly (its optimizer 
 ``program.parameters()``), so it runs every program under :class:`ModuleParams`, which answers
 a ``param`` statement whose initial value is a module parameter with that very tensor. The
 program computes with the same tensors as under SVI, the statement is still seen by every
-handler around it (a trace records it, as Pyro's would), and nothing is written to the global
-store. Both routes therefore train the same tensors; only SVI registers them by name.
+handler around it (a trace records it, as Pyro's would, so ``SVI`` with a loss built on the
+bench's estimators still finds the parameters), and nothing is written to the global store.
+Both routes therefore train the same tensors; only SVI registers them by name.
 
 A ``pyro.param`` whose value is not a parameter of the program's modules would not be trained
 by the bench: :func:`foreign_params` names such sites so the trainer can refuse them before
@@ -24,6 +25,7 @@ statement reads it back; the bench trains that tensor like any other.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable
 
 import pyro
@@ -60,7 +62,14 @@ class ModuleParams(Messenger):
 
     def _pyro_param(self, msg) -> None:
         args = msg["args"]
-        if len(args) > 1 and (isinstance(args[1], nn.Parameter) or id(args[1]) in self._ids):
+        if len(args) > 1 and isinstance(args[1], nn.Parameter):
+            if getattr(args[1], "unconstrained", None) is None:
+                # what the store attaches to the values it hands back (a module parameter is its own
+                # unconstrained value): SVI around a bench function steps site["value"].unconstrained()
+                args[1].unconstrained = weakref.ref(args[1])
+            msg["value"] = args[1]
+            msg["done"] = True
+        elif len(args) > 1 and id(args[1]) in self._ids:
             msg["value"] = args[1]
             msg["done"] = True
 

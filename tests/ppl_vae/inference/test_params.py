@@ -13,6 +13,7 @@ from torch import nn
 from torch.distributions import constraints
 
 from ppl_vae.errors import UserError
+from ppl_vae.inference.importance import log_mean_exp, log_weights
 from ppl_vae.inference.params import ModuleParams, foreign_params, local_params
 from ppl_vae.inference.trainer import Trainer, epoch_permutation
 from ppl_vae.runs.build import build_program
@@ -44,6 +45,22 @@ def test_stand_ins_of_a_recorded_step_are_answered_too():
     with ModuleParams([stand_in]), poutine.trace() as tracer:
         pyro.param("net$$$weight", stand_in)
     assert tracer.trace.nodes["net$$$weight"]["value"] is stand_in and not _store()
+
+
+def test_svi_around_a_bench_estimator_steps_the_program():
+    """The answered sites still reach SVI's parameter capture: a per-datapoint IWAE loss from the bench trains."""
+    program = build_program(tiny_config(), 64, (8, 8))
+    x = torch.rand(32, 64)
+
+    def iwae(model, guide, x):
+        return -log_mean_exp(log_weights(model, guide, x, num_particles=4).total, dim=0).sum()
+
+    before = {name: p.detach().clone() for name, p in program.named_parameters()}
+    svi = SVI(program.model, program.guide, pyro.optim.Adam({"lr": 1e-3}), loss=iwae)
+    for _ in range(3):
+        svi.step(x)
+    assert [name for name, p in program.named_parameters() if torch.equal(p, before[name])] == []
+    assert not _store()
 
 
 class _Stray(nn.Module):
