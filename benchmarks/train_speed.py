@@ -99,13 +99,12 @@ def bench(name, x, config, epochs, device):
     best_loss = torch.compile(lambda xb, scale: hand_loss(programs["f"], config, xb, scale), dynamic=False)
     c_prog = programs["c"]
 
+    # the programs register their modules themselves (pyro.module), so SVI trains them as written
     def model(xb, scale):
-        pyro.module("program", c_prog)
         with pyro.poutine.scale(scale=scale):
             c_prog.model(xb)
 
     def guide(xb, scale):
-        pyro.module("program", c_prog)
         with pyro.poutine.scale(scale=scale):
             c_prog.guide(xb)
 

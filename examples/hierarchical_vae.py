@@ -9,6 +9,9 @@ latent site names in both. The bench trains, checkpoints, samples and evaluates 
 a line written for it::
 
     ppl-vae fit --model examples/hierarchical_vae.py:hierarchical --out runs/hvae
+
+Model and guide register the module with ``pyro.module("hvae", self)`` under one name, as in
+Pyro's deep Markov model example, so ``pyro.infer.SVI`` trains it as written too.
 """
 
 import pyro
@@ -37,12 +40,14 @@ class HierarchicalVAE(nn.Module):
         self.q_z2 = mlp(latent_dim, 2 * self.z2_dim)
 
     def model(self, x):
+        pyro.module("hvae", self)
         with pyro.plate("data", x.shape[0]):
             z2 = pyro.sample("z2", dist.Normal(x.new_zeros(self.z2_dim), 1.0).to_event(1))
             z1 = pyro.sample("z1", normal(self.p_z1(z2)))
             pyro.sample("x", dist.Normal(self.decoder(z1), self.sigma).to_event(1), obs=x)
 
     def guide(self, x):
+        pyro.module("hvae", self)
         with pyro.plate("data", x.shape[0]):
             z1 = pyro.sample("z1", normal(self.q_z1(x)))
             pyro.sample("z2", normal(self.q_z2(z1)))

@@ -3,6 +3,10 @@ r"""The amortized guide q(z | x): an encoder that returns a distribution, sample
 .. math::
 
     q_\phi(z_{1:B} \mid x_{1:B}) = \prod_{i=1}^B q_\phi(z_i \mid x_i)
+
+The guide registers its encoder (network, posterior head, flow transforms) with
+``pyro.module("guide", self)``, so ``pyro.infer.SVI`` trains it as written; buffers (flow
+permutations) are not parameters and stay in the module.
 """
 
 from __future__ import annotations
@@ -50,5 +54,6 @@ class AmortizedGuide(nn.Module):
         self.encoder = encoder
 
     def guide(self, x: torch.Tensor) -> None:
+        pyro.module("guide", self)
         with pyro.plate("data", x.shape[0]):
             pyro.sample("z", self.encoder(x))

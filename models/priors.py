@@ -58,6 +58,11 @@ class VampPrior(nn.Module):
     distribution with batch shape ``(C,)`` (for flow guides this is the flow's base
     ``q0(z | u)``, whose density is available in closed form).
 
+    Under ``pyro.infer.SVI`` the encoder's parameters are registered by the model
+    (``model$$$prior.encoder.…``) and by the guide (``guide$$$encoder.…``): two names for each
+    tensor, as in ``state_dict()``. SVI collects the tensors it steps as a set and ``pyro.optim``
+    keeps one optimizer per tensor, so each is stepped once, with the gradient of both uses.
+
     Args:
         encoder: the guide's encoder (a module with a ``base(x)`` method).
         pseudo_inputs: initial pseudo-inputs ``(C, D)``, learned.

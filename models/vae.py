@@ -7,6 +7,9 @@ r"""The generative program p(z) p(x | z).
 written as a Pyro model with one ``pyro.plate("data")`` and the sites ``"z"`` and ``"x"``.
 The canonical instance has ``p(z) = N(0, I)`` and ``p(x | z) = N(f(z), σ² I)`` with σ
 fixed. The program never knows the data set's size: the bench scales minibatches.
+
+The model registers every parameter of its parts with ``pyro.module("model", self)``, Pyro's
+idiom, so ``pyro.infer.SVI`` with any ELBO and any ``pyro.optim`` optimizer trains it as written.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ class VAE(nn.Module):
         >>> tr = pyro.poutine.trace(vae.model).get_trace(torch.zeros(3, 4))
         >>> tr.nodes["z"]["value"].shape, tr.nodes["x"]["is_observed"]
         (torch.Size([3, 2]), True)
+        >>> tr.nodes["model$$$decoder.0.weight"]["type"]
+        'param'
     """
 
     def __init__(self, prior: nn.Module, decoder: nn.Module, likelihood: nn.Module):
@@ -41,6 +46,7 @@ class VAE(nn.Module):
         self.likelihood = likelihood
 
     def model(self, x: torch.Tensor) -> None:
+        pyro.module("model", self)
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", self.prior())
             pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)

@@ -16,6 +16,7 @@ import pyro.poutine as poutine
 import torch
 
 from ..inference.importance import latent_sites, max_plate_nesting, replayed_traces
+from ..inference.params import local_params
 from ..inference.predictive import observed_site, prior_decode
 from .statistics import interval95
 
@@ -64,5 +65,5 @@ def identity_preservation(
 
 def _decode_at(model, x: torch.Tensor, values: dict[str, torch.Tensor]) -> torch.Tensor:
     """E[x | z = values]: the model run with its latent sites conditioned."""
-    trace = poutine.trace(poutine.condition(model, values)).get_trace(x)
+    trace = poutine.trace(poutine.condition(local_params(model), values)).get_trace(x)
     return observed_site(trace, set(values))["fn"].mean

@@ -17,6 +17,7 @@ import torch
 from scipy import stats
 
 from ..inference.importance import latent_sites, max_plate_nesting, vectorize
+from ..inference.params import local_params
 from ..inference.predictive import prior_predictive
 
 __all__ = ["SBCResult", "simulation_based_calibration"]
@@ -47,7 +48,7 @@ def simulation_based_calibration(
     """Ranks of prior draws among guide draws for ``simulations`` simulated data sets of one point."""
     latents, x = prior_predictive(model, simulations, data_dim, device, dtype)  # z ~ p(z), x ~ p(x|z)
     nesting = max_plate_nesting(model, guide, x)
-    guide_trace = poutine.trace(vectorize(guide, num_draws, nesting)).get_trace(x)
+    guide_trace = poutine.trace(vectorize(local_params(guide), num_draws, nesting)).get_trace(x)
     ranks = []
     for site in latent_sites(guide_trace):
         true = latents[site["name"]].reshape(simulations, -1)  # (M, d)

@@ -28,7 +28,8 @@ objective on the same batch and the same noise, and must agree.
 The recording is faithful only where:
 
 - every latent site of the guide is reparameterized (score-function terms are not recorded);
-- every parameter lives in the program's modules (a ``pyro.param`` would be recorded as a constant);
+- every ``pyro.param`` is a parameter of the program's modules (registered with ``pyro.module`` or
+  a ``PyroModule``; any other would be recorded as a constant);
 - the programs do not branch on tensor values (recording refuses ``if tensor:`` and ``.item()``);
 - one process trains (DDP hooks gradients as autograd produces them).
 
@@ -52,6 +53,7 @@ from ..errors import UserError
 from .distributed import ProgramLoss
 from .importance import latent_sites, replayed_traces, rng_untouched, sample_sites, trace_pair
 from .objectives import Objective, with_handlers
+from .params import ModuleParams, foreign_params
 
 __all__ = ["CompiledStep", "recordable_elbo", "choose_step", "compile_pays"]
 
@@ -127,7 +129,8 @@ class CompiledStep:
             # every holder swapped once and restored once: a module shared by two programs (the
             # VampPrior's encoder) must get its own Parameter objects back, the optimizer's
             swap = {name: leaves[i] for name, i in self._holders}
-            with torch.enable_grad():
+            # the stand-ins are what pyro.module finds in the modules now: answer it with them
+            with torch.enable_grad(), ModuleParams(leaves[:n_params]):
                 loss = functional_call(self.loss, swap, (x, scale, beta), tie_weights=False)
                 grads = torch.autograd.grad(loss, leaves[:n_params], allow_unused=True)
             return loss.detach(), list(grads)
@@ -161,15 +164,16 @@ class CompiledStep:
 
     def _check_recordable(self, x: torch.Tensor) -> None:
         model, guide = self.program.model, self.program.guide
+        with rng_untouched(x):  # first: any other run would hand a foreign pyro.param to the global store
+            foreign = foreign_params(model, guide, self.program, x[:2])
+        if foreign:
+            raise UserError(
+                "--compile needs every parameter inside the program's modules; "
+                f"pyro.param site(s) {', '.join(foreign)} are not parameters of the program's modules"
+            )
         self.objective.nesting(model, guide, x[:2])  # before recording, so it is not recorded
         with rng_untouched(x):
             guide_trace, model_trace = trace_pair(model, guide, x[:2])
-        params = [s["name"] for tr in (guide_trace, model_trace) for s in tr.nodes.values() if s["type"] == "param"]
-        if params:
-            raise UserError(
-                "--compile needs every parameter inside the program's modules; "
-                f"pyro.param site(s) {', '.join(sorted(set(params)))} are not"
-            )
         score = [s["name"] for s in latent_sites(guide_trace) if not s["fn"].has_rsample]
         if score:
             raise UserError(

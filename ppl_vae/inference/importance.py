@@ -8,7 +8,9 @@ r"""The one estimator everything is built on: per-datapoint importance log-weigh
 
 computed for any model/guide pair through Pyro's effect handlers: the guide is traced
 under a vectorized particle plate, the model is replayed against it, and every site's
-log-density is summed over everything but the particle and data-plate dimensions. The
+log-density is summed over everything but the particle and data-plate dimensions. Programs
+run with their module parameters answered locally
+(:func:`~ppl_vae.inference.params.local_params`), so the global param store is left alone. The
 ELBO is the mean of :math:`\log w`, the IWAE bound is :math:`\log \frac1K \sum_k w_k`
 (Burda et al. 2016, arXiv:1509.00519), PSIS smooths the same weights.
 """
@@ -26,6 +28,7 @@ import torch
 from pyro.poutine.util import site_is_subsample
 
 from ..contracts import DATA_PLATE
+from .params import local_params
 
 __all__ = [
     "LogWeights",
@@ -70,8 +73,8 @@ def latent_sites(trace) -> list[dict]:
 
 def trace_pair(model: Callable, guide: Callable, *args):
     """Trace the guide, then the model replayed against it: ``(guide_trace, model_trace)``."""
-    guide_trace = poutine.trace(guide).get_trace(*args)
-    return guide_trace, poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
+    guide_trace = poutine.trace(local_params(guide)).get_trace(*args)
+    return guide_trace, poutine.trace(poutine.replay(local_params(model), trace=guide_trace)).get_trace(*args)
 
 
 @contextlib.contextmanager

@@ -27,6 +27,7 @@ from pyro.poutine.messenger import Messenger
 
 from ..errors import UserError
 from .importance import latent_sites, log_mean_exp, log_weights, max_plate_nesting, rng_untouched, trace_pair
+from .params import local_params
 
 __all__ = ["ScaleLatent", "Objective", "ELBOS"]
 
@@ -44,7 +45,11 @@ class ScaleLatent(Messenger):
 
 
 def with_handlers(fn: Callable, scale: float, beta: float | torch.Tensor) -> Callable:
-    """``fn`` with its log-densities scaled by ``scale`` and those of its latent sites by ``beta`` too."""
+    """``fn`` with its log-densities scaled by ``scale`` and those of its latent sites by ``beta`` too.
+
+    Its module parameters are answered locally (:func:`~ppl_vae.inference.params.local_params`).
+    """
+    fn = local_params(fn)
     fn = poutine.scale(fn, scale) if scale != 1.0 else fn
     # a tensor β is an input of a recorded step (ppl_vae.inference.compiled): the handler must always be there
     return ScaleLatent(beta)(fn) if isinstance(beta, torch.Tensor) or beta != 1.0 else fn

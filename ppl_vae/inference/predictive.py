@@ -10,6 +10,7 @@ import pyro.poutine as poutine
 import torch
 
 from .importance import latent_sites, max_plate_nesting, replayed_traces
+from .params import local_params
 
 __all__ = ["observed_site", "reconstruct", "prior_decode", "prior_predictive", "posterior_predictive"]
 
@@ -48,7 +49,7 @@ def posterior_predictive(model, guide, x: torch.Tensor, num_particles: int = 1):
 @torch.no_grad()
 def prior_decode(model, n: int, data_dim: int, device="cpu", dtype=None) -> torch.Tensor:
     """Decodings E[x | z] of n draws z ~ p(z): ``(n, D)``."""
-    trace = poutine.trace(model).get_trace(torch.zeros(n, data_dim, device=device, dtype=dtype))
+    trace = poutine.trace(local_params(model)).get_trace(torch.zeros(n, data_dim, device=device, dtype=dtype))
     return observed_site(trace)["fn"].mean.expand(n, data_dim)
 
 
@@ -59,6 +60,7 @@ def prior_predictive(model, n: int, data_dim: int, device="cpu", dtype=None):
     The model is run on a placeholder batch of zeros (of ``dtype``) only for its shape.
     """
     placeholder = torch.zeros(n, data_dim, device=device, dtype=dtype)
+    model = local_params(model)
     name = observed_site(poutine.trace(model).get_trace(placeholder[:1]))["name"]
     trace = poutine.trace(poutine.uncondition(model)).get_trace(placeholder)
     latents = {s["name"]: s["value"] for s in latent_sites(trace) if s["name"] != name}

@@ -5,6 +5,11 @@ seed and the epoch, so a resumed run sees the same order), slices minibatches of
 takes one optimizer step on the chosen objective, with the minibatch scaled to the data set
 by ``poutine.scale(N / B)``. The reported ELBOs are per datapoint, so they compare across
 batch sizes.
+
+The optimizer steps the parameters of the program's modules; the programs' ``pyro.module``
+statements are answered with those tensors (:mod:`ppl_vae.inference.params`), so training
+leaves Pyro's global param store alone, and ``pyro.infer.SVI`` on the same program and
+minibatches steps the same tensors.
 """
 
 from __future__ import annotations
@@ -24,8 +29,9 @@ from tqdm.auto import tqdm
 from ..errors import UserError
 from .compiled import choose_step
 from .distributed import SINGLE, Cluster, ProgramLoss
-from .importance import log_weights, max_plate_nesting
+from .importance import log_weights, max_plate_nesting, rng_untouched
 from .objectives import Objective
+from .params import foreign_params
 from .schedules import ANNEALING, LR_SCHEDULES
 
 if TYPE_CHECKING:  # the config layer sits above this one: read by attribute, imported for types only
@@ -104,6 +110,7 @@ class Trainer:
         self.objective = Objective(t.elbo, t.particles)
         if t.compile == "on" and self.cluster.world > 1:
             raise UserError("--compile trains one process; DDP needs the eager step (drop --compile or --distributed)")
+        self._check_params()
         self.loss = self.cluster.wrap(ProgramLoss(self.program, self.objective), self.train.device)
         # a program that cannot be recorded is refused (--compile) or trained eagerly (auto) before anything is written
         mode = "off" if self.cluster.world > 1 else (self.step_kind or t.compile)
@@ -124,6 +131,18 @@ class Trainer:
         self._schedule = ANNEALING[t.anneal]  # names were checked by Config.validate()
         self._lr = LR_SCHEDULES[t.lr_schedule]
         self._signal: int | None = None
+
+    def _check_params(self) -> None:
+        """Refuse ``pyro.param`` sites that the optimizer, holding the modules' parameters, would never step."""
+        x = self.train[: min(2, len(self.train))]
+        with rng_untouched(x):
+            foreign = foreign_params(self.program.model, self.program.guide, self.program, x)
+        if foreign:
+            raise UserError(
+                f"pyro.param site(s) {', '.join(foreign)} are not parameters of the program's modules, so training "
+                "would not change them; make them nn.Parameters of a module the program holds (registered with "
+                "pyro.module or a PyroModule)"
+            )
 
     def beta(self, epoch_fraction: float) -> float:
         t = self.config.train

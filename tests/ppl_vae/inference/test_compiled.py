@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+import ppl_vae
 from ppl_vae.errors import UserError
 from ppl_vae.inference.compiled import CompiledStep
 from ppl_vae.inference.distributed import Cluster
@@ -140,6 +141,7 @@ def test_unrecordable_programs_are_refused(kind, elbo, message):
     program = _Toy(kind)
     with pytest.raises(UserError, match=message):
         CompiledStep(program, Objective(elbo), fuse=False)(torch.randn(4, 3), 1.0, 1.0)
+    assert not list(pyro.get_param_store().keys())  # refused before any run could store a pyro.param
 
 
 def test_the_plain_toy_records():
@@ -245,3 +247,83 @@ def test_fit_announces_its_step_in_one_line(tmp_path, capsys):
     import json
 
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["step"] == "eager"
+
+
+class _Registered(nn.Module):
+    """A user's program in Pyro's idiom: its networks registered with ``pyro.module`` at the top of model and guide."""
+
+    def __init__(self, data_dim: int, latent_dim: int = 2):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.decoder = nn.Sequential(nn.Linear(latent_dim, 16), nn.Tanh(), nn.Linear(16, data_dim))
+        self.encoder = nn.Linear(data_dim, 2 * latent_dim)
+
+    def model(self, x):
+        pyro.module("decoder", self.decoder)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(self.latent_dim), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(self.decoder(z), 0.2).to_event(1), obs=x)
+
+    def guide(self, x):
+        pyro.module("encoder", self.encoder)
+        loc, raw = self.encoder(x).chunk(2, dim=-1)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(loc, nn.functional.softplus(raw) + 1e-3).to_event(1))
+
+
+def test_a_program_registered_with_pyro_module_records_and_agrees():
+    """pyro.module's sites are the program's own parameters: recorded, the same loss and gradients as eager."""
+    program = _Registered(5).double()
+    x = torch.randn(6, 5, dtype=torch.float64)
+    recorded = CompiledStep(program, Objective("trace"), fuse=False)
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        want_loss, want_grads = eager_step(program, Objective("trace"), x, 3.0, 1.0)
+        torch.manual_seed(seed)
+        assert torch.allclose(recorded(x, 3.0, 1.0), want_loss, rtol=1e-9, atol=1e-9)
+        for (name, p), want in zip(program.named_parameters(), want_grads):
+            assert torch.allclose(p.grad, want, rtol=1e-8, atol=1e-9), name
+    assert not list(pyro.get_param_store().keys())  # recording answered pyro.module without the store
+
+
+def _program_file(tmp_path, factory: str) -> Path:
+    program = tmp_path / "program.py"
+    program.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parents[3])!r})\n"
+        "from tests.ppl_vae.inference.test_compiled import _Registered, _Toy\n"
+        "def make(data_dim, latent_dim):\n"
+        f"    return {factory}\n"
+    )
+    return program
+
+
+def test_a_user_program_registered_with_pyro_module_trains_compiled_as_eager(tmp_path):
+    """``--model file.py:make`` in Pyro's idiom: ``--compile`` and the eager step give the same ELBOs."""
+    from ppl_vae.cli import main
+
+    program = _program_file(tmp_path, "_Registered(data_dim)")
+    common = ["--model", f"{program}:make", "--epochs", "2", "--limit", "256", "--batch-size", "128", "--no-progress"]
+    for name, extra in (("eager", []), ("compiled", ["--compile"])):
+        assert main(["fit", "--out", str(tmp_path / name), *common, *extra]) == 0, name
+    eager, compiled = (ppl_vae.load(tmp_path / name).history for name in ("eager", "compiled"))
+    assert len(eager) == len(compiled) == 2
+    for a, b in zip(eager, compiled):
+        assert a["train_objective"] == pytest.approx(b["train_objective"], rel=1e-5)
+        assert a["test_elbo"] == pytest.approx(b["test_elbo"], rel=1e-5)
+    assert eager[-1]["train_objective"] > eager[0]["train_objective"]  # and it trained
+    assert not list(pyro.get_param_store().keys())
+
+
+@pytest.mark.parametrize("extra", [[], ["--compile"]])
+def test_a_raw_pyro_param_is_refused_in_one_line_before_the_run_directory_exists(tmp_path, capsys, extra):
+    from ppl_vae.cli import main
+
+    program = _program_file(tmp_path, "_Toy('param', data_dim)")
+    out = tmp_path / "run"
+    assert main(["fit", "--out", str(out), "--model", f"{program}:make", "--no-progress", *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and len(err[0]) < 300
+    assert "pyro.param site(s) loc are not parameters of the program's modules" in err[0]
+    assert not out.exists()
+    assert not list(pyro.get_param_store().keys())

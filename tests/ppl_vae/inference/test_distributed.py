@@ -1,6 +1,7 @@
 """DDP with torchrun on CPU (gloo): one step equals the single-process step on the union batch."""
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,24 @@ from tests.ppl_vae.inference.ddp_step import config, data
 
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 HERE = Path(__file__).resolve().parent
-pytestmark = pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside this Python")
+
+
+def _resolves(host: str) -> bool:
+    try:
+        socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return True
+
+
+pytestmark = [
+    pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside this Python"),
+    # torchrun's rendezvous advertises this machine's host name and binds localhost
+    pytest.mark.skipif(
+        not (_resolves("localhost") and _resolves(socket.gethostname())),
+        reason="this machine cannot resolve localhost or its own host name (no /etc/hosts), which torchrun needs",
+    ),
+]
 
 
 def torchrun(*args, cwd):

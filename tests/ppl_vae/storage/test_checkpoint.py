@@ -39,8 +39,29 @@ def test_checkpoint_contains_no_pickle(run):
     files = list((run.path / "checkpoint").iterdir())
     assert {f.suffix for f in files} == {".json", ".safetensors"}
     for f in files:
-        head = f.read_bytes()[:2]
-        assert head[:1] != b"\x80" and head != b"PK", f"{f} looks like a pickle or zip"
+        if f.suffix == ".safetensors":
+            head = f.read_bytes()[:9]  # safetensors: 8-byte little-endian header length, then a JSON header
+            assert head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= f.stat().st_size, f
+            assert head[:2] != b"PK", f"{f} looks like a zip"
+
+
+def test_a_header_length_that_starts_like_a_pickle_opcode_is_read(tmp_path):
+    """A safetensors header of 128 + 256k bytes starts with 0x80, a pickle's first byte; it is still safetensors."""
+    from safetensors.torch import save
+
+    from ppl_vae.storage.checkpoint import _check_safetensors_header
+
+    file = tmp_path / "t.safetensors"
+    for pad in range(256):
+        data = save({"w": torch.zeros(2)}, metadata={"pad": "x" * pad})
+        if data[0] == 0x80:
+            break
+    file.write_bytes(data)
+    _check_safetensors_header(file)  # no CheckpointError
+    pickled = tmp_path / "p.safetensors"
+    pickled.write_bytes(pickle.dumps({"w": [0.0, 0.0]}))
+    with pytest.raises(CheckpointError, match="pickle"):
+        _check_safetensors_header(pickled)
 
 
 def _copy(run, tmp_path) -> Path:
