@@ -115,11 +115,11 @@ class Comparison:
                 f"{r['diff_to_best']:.2f} ± {r['diff_se']:.2f}",
                 f"{r['elbo']:.2f}",
                 f"{r['kl']:.2f}",
-                f"{r['mse']:.4f}",
+                _cell(r["mse"], ".4f"),
                 f"{r['active_units']:g}",
                 f"{r['khat_mean']:.2f}",
                 f"{r['khat_frac_gt_0_7']:.0%}",
-                f"{r['amortization_gap']:.2f}",
+                _cell(r["amortization_gap"], ".2f"),
                 str(r["parameters"]),
                 f"{r['train_seconds']:.1f}",
             ]
@@ -127,6 +127,15 @@ class Comparison:
                 cells.insert(3, f"{r.get('log_px_seed_sd', 0.0):.2f}")
             table.append(cells)
         return markdown_table(head, table)
+
+
+def _cell(value, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def _mean(values: list) -> float | None:
+    """The mean over seeds; ``None`` where an evaluation skipped the number (``--gap-points 0``)."""
+    return None if any(v is None for v in values) else float(np.mean(values))
 
 
 MEANS = (
@@ -174,7 +183,7 @@ def compare(
             "variant": name,
             "log_px": float(pointwise[name].mean()),
             "log_px_se": mean_se(pointwise[name])[1],
-            **{key: float(np.mean([ev[key] for ev in evs])) for key in MEANS},
+            **{key: _mean([ev.get(key) for ev in evs]) for key in MEANS},
             "parameters": int(per_seed[0][0].metrics["parameters"]),
             "train_seconds": float(np.mean([run.metrics["seconds"] for run, _ in per_seed])),
             "n_points": int(len(pointwise[name])),
