@@ -45,7 +45,7 @@ def joined(*tensors: torch.Tensor) -> torch.Tensor:
 
 
 class M2(nn.Module):
-    def __init__(self, data_dim: int, latent_dim: int, num_classes: int, hidden: int = 500, alpha: float = 50.0):
+    def __init__(self, data_dim: int, latent_dim: int, num_classes: int, hidden: int = 500, alpha: float = 46.0):
         super().__init__()
         self.latent_dim, self.num_classes, self.alpha = latent_dim, num_classes, alpha
         self.classifier = mlp(data_dim, num_classes, hidden)  # logits of q(y | x)

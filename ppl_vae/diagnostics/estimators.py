@@ -118,22 +118,31 @@ class _Moments:
 
 
 def _observed_moments(traced, xb_rows: slice, moments: _Moments) -> None:
-    """Σ over particles of each observed site's log-likelihood, squared error and modelled-element count."""
+    """Σ over particles of each observed site's log-likelihood, squared error and modelled-element count.
+
+    With one observed site (and no model-enumerated site summed with it) its log-likelihood is
+    the distortion's already: it is not computed twice.
+    """
     frame, model_trace = traced.frame, traced.model_trace
-    for site in observed_sites(model_trace):
+    sites = observed_sites(model_trace)
+    alone = len(sites) == 1 and frame.weights is None
+    for site in sites:
         name, value = site["name"], site["value"]
-        moments.add(("distortion", name), xb_rows, -frame.expect(frame.term(site)).expand(frame.K, frame.B).sum(0))
+        log_lik = -traced.weights.log_lik if alone else -frame.expect(frame.term(site)).expand(frame.K, frame.B)
+        moments.add(("distortion", name), xb_rows, log_lik.sum(0))
         mean = site_mean(site)
         if mean is None or not torch.is_floating_point(mean):
             continue
         mask = element_mask(site)
-        error = (mean - value).square()
-        count = torch.ones_like(error) if mask is None else mask.to(error.dtype).expand_as(error)
-        if mask is not None:
-            error = error * count
+        error = (mean - value).square_()  # (E..., K, B, ...) squared error of the decoding
         events = tuple(range(-site["fn"].event_dim, 0))
+        if mask is None:  # every element modelled: the count is the size of one point's value
+            n_el = torch.full((frame.K, frame.B), value.numel() / frame.B, dtype=torch.float64)
+        else:
+            count = mask.to(error.dtype).expand_as(error)
+            error = error * count
+            n_el = frame.expect(frame.term(site, count.sum(events) if events else count))
         sse = frame.expect(frame.term(site, error.sum(events) if events else error))  # (K, B)
-        n_el = frame.expect(frame.term(site, count.sum(events) if events else count))
         moments.add(("sse", name), xb_rows, sse.expand(frame.K, frame.B).sum(0))
         moments.add(("count", name), xb_rows, n_el.expand(frame.K, frame.B).sum(0))
 
@@ -159,13 +168,13 @@ def _latent_moments(traced, xb_rows: slice, moments: _Moments) -> None:
         shape = site["value"].shape
         m = frame.by_datapoint(mean.expand(shape), site, event)  # (E..., K, B, F)
         v = frame.by_datapoint(var.expand(shape), site, event)
-        parts.append((frame.expect(m), frame.expect(v + m.square()), frame.expect(v)))
+        parts.append([frame.expect(t).expand(frame.K, frame.B, -1) for t in (m, m.square(), v)])
     if not parts:
         return
-    first, second, within = (torch.cat([p[i].expand(frame.K, frame.B, -1) for p in parts], -1) for i in range(3))
+    first, second, within = (parts[0][i] if len(parts) == 1 else torch.cat([p[i] for p in parts], -1) for i in range(3))
     moments.add("z", xb_rows, first.sum(0))
-    moments.add("z2", xb_rows, (second - within).sum(0))  # E[m²]: the between-draw part
-    moments.add("within", xb_rows, within.sum(0))
+    moments.add("z2", xb_rows, second.sum(0))  # E[m²]: with E[m], the spread between draws
+    moments.add("within", xb_rows, within.sum(0))  # E[Var(z | upstream draws)]
 
 
 @torch.inference_mode()

@@ -78,9 +78,9 @@ def epoch_batches(
     ``(n,)``), the labelled and the unlabelled rows are permuted separately (each a sub-order
     of the epoch's permutation) and their batches interleaved evenly.
     """
-    order = epoch_permutation(n, seed, epoch)
     if labelled is None or not bool(labelled.any()):
-        return [(idx.to(device), False) for idx in order.split(batch_size)]
+        return [(idx, False) for idx in epoch_permutation(n, seed, epoch, device).split(batch_size)]
+    order = epoch_permutation(n, seed, epoch)
     is_labelled = labelled.cpu()[order]
     parts = {
         kind: rows.split(batch_size) if len(rows) else ()
@@ -161,7 +161,7 @@ class Trainer:
         self._labelled = None if self.labels is None else self.labels >= 0
         self.n_labelled = 0 if self._labelled is None else int(self._labelled.sum())
         beta = t.beta if t.anneal == "none" else 0.5  # annealing: β other than 1, whatever β is
-        check_program(self.program, self.objective, self.trial_batches(), self.name, beta)
+        self.nesting = check_program(self.program, self.objective, self.trial_batches(), self.name, beta)
         self.loss = self.cluster.wrap(ProgramLoss(self.program, self.objective), self.train.device)
         self.compiled = CompiledStep(self.program, self.objective) if t.compile else None
         if self.compiled is not None:
@@ -202,21 +202,14 @@ class Trainer:
             idx = self._labelled.nonzero().flatten()[:2]
             batches.append(("labelled", rows(self.train, idx), self._inputs(idx, True)))
         if self.n_labelled < len(self.train):
-            idx = torch.arange(len(self.train)) if self._labelled is None else (~self._labelled).nonzero().flatten()
-            batches.append(
-                (
-                    "unlabelled" if self.labels is not None else "",
-                    rows(self.train, idx[:2]),
-                    self._inputs(idx[:2], False),
-                )
+            idx = (
+                torch.arange(min(2, len(self.train))) if self._labelled is None else (~self._labelled).nonzero()[:2, 0]
             )
+            kind = "unlabelled" if self.labels is not None else ""
+            batches.append((kind, rows(self.train, idx), self._inputs(idx, False)))
         if self.test_labels is not None and not self.n_labelled:
             batches.append(("labelled test", self.test[:2], _rows(self.test_inputs(), slice(0, 2))))
         return batches
-
-    def _nesting(self) -> int:
-        kind, x, inputs = self.trial_batches()[0]
-        return self.objective.nesting(self.program.model, self.program.guide, x, **inputs)
 
     def batches(self) -> list[tuple[torch.Tensor, bool]]:
         """This epoch's batches: ``(row indices, labelled?)``."""
@@ -230,7 +223,7 @@ class Trainer:
         batches = self.batches()
         with pyro.validation_enabled(t.pyro_validation):
             self._steps(batches)
-        test_elbo = elbo_per_datapoint(self.program, self.test, nesting=self._nesting(), **self.test_inputs())
+        test_elbo = elbo_per_datapoint(self.program, self.test, nesting=self.nesting, **self.test_inputs())
         row = {
             "epoch": self.epoch + 1,
             "train_objective": -self.cluster.sum(self.epoch_loss) / n,

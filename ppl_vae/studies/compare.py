@@ -212,8 +212,15 @@ def compare(
     }
     compare_plots.khat_boxes(khats, figures / "khat.png")
     x = data.test[:8]
-    recon = {name: results[runs[(name, 0)]][0].reconstruct(x)[0] for name in variants}
-    compare_plots.reconstructions_side_by_side(x, recon, data.image_shape, figures / "reconstructions.png")
+    labels = None if data.test_labels is None else data.test_labels[:8]
+    recon = {}
+    for name in variants:
+        run = results[runs[(name, 0)]][0]
+        decodings = run.reconstruct(x, **run.inputs(labels))  # None for a program with no observed site holding x
+        if decodings is not None:
+            recon[name] = decodings[0]
+    if recon:
+        compare_plots.reconstructions_side_by_side(x, recon, data.image_shape, figures / "reconstructions.png")
     return comparison
 
 
