@@ -247,7 +247,7 @@ def _sum(terms: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
 def _enumerated(frame: Frame, guide_trace, model_trace) -> tuple[LogWeights, Frame]:
     """Sum enumerated sites out exactly (module docstring): log-weights and the enumeration weights."""
     R, K, B = frame.rank, frame.K, frame.B
-    x_like = next(iter(s["log_prob"] for s in sample_sites(model_trace)))
+    x_like = sample_sites(model_trace)[0]["log_prob"]  # dtype and device of the sums
     guide_dims = {R + s["infer"]["_enumerate_dim"] for s in sample_sites(guide_trace) if is_enumerated(s)}
     model_dims = {
         R + s["infer"]["_enumerate_dim"]

@@ -24,7 +24,7 @@ def test_m2_on_digits_learns_to_classify_from_300_labels(tmp_path):
     config = tiny_config(
         model={"program": program("ss_vae_m2.py:m2_small"), "latent_dim": 8},
         data={"labels": "300"},
-        train={"epochs": 8, "elbo": "traceenum", "batch_size": 64},
+        train={"epochs": 6, "elbo": "traceenum", "batch_size": 64},
     )
     run = ppl_vae.fit(config, tmp_path / "m2", progress=False)
     assert run.history[-1]["test_elbo"] > run.history[0]["test_elbo"] + 3

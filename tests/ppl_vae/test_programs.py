@@ -12,8 +12,8 @@ ROOT = Path(__file__).resolve().parents[2]
 M2 = f"{ROOT}/examples/ss_vae_m2.py:m2_small"
 DEFECTS = f"{ROOT}/tests/ppl_vae/defects.py"
 FAST = ["--epochs", "1", "--limit", "300", "--latent-dim", "3", "--no-progress"]
-EVAL = ["--k", "8", "--points", "40", "--gap-points", "6", "--gap-steps", "5", "--sbc-simulations", "30",
-        "--idata-points", "10", "--idata-draws", "3", "--no-progress"]  # fmt: skip
+EVAL = "--k 8 --points 40 --gap-points 6 --gap-steps 5 --sbc-simulations 30 --idata-points 10 --idata-draws 3".split()
+EVAL.append("--no-progress")
 
 
 def fit_and_evaluate(out: Path, *args, evaluate=EVAL) -> dict:
@@ -22,26 +22,32 @@ def fit_and_evaluate(out: Path, *args, evaluate=EVAL) -> dict:
     return json.loads((out / "evaluation.json").read_text())
 
 
-def test_semi_supervised_m2_trains_with_labels_and_evaluates_with_gaps_and_sbc(tmp_path):
-    result = fit_and_evaluate(tmp_path / "m2", "--model", M2, "--labels", "100", "--elbo", "traceenum")
+@pytest.fixture(scope="module")
+def m2_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("m2") / "run"
+    assert main(["fit", "--out", str(out), *FAST, "--model", M2, "--labels", "100", "--elbo", "traceenum"]) == 0
+    return out
+
+
+def test_semi_supervised_m2_trains_with_labels_and_evaluates_with_gaps_and_sbc(m2_run):
+    assert main(["evaluate", str(m2_run), *EVAL]) == 0
+    result = json.loads((m2_run / "evaluation.json").read_text())
     assert 0.0 <= result["accuracy"] <= 1.0 and result["inputs"] == []
     assert result["gap_sites"] == {
         "y": "free OneHotCategorical logits per datapoint, summed out exactly",
         "z": "Normal per datapoint",
     }
     assert result["sbc_pvalue"] is not None and result["log_px"] >= result["elbo"]
-    metrics = json.loads((tmp_path / "m2" / "metrics.json").read_text())
-    assert metrics["n_labelled"] == 100
-    assert (tmp_path / "m2" / "figures" / "samples_by_class.png").is_file()
+    assert json.loads((m2_run / "metrics.json").read_text())["n_labelled"] == 100
+    assert (m2_run / "figures" / "samples_by_class.png").is_file()
 
 
-def test_gaps_and_sbc_can_be_skipped(tmp_path):
-    skip = ["--k", "4", "--points", "20", "--gap-points", "0", "--sbc-simulations", "0", "--idata-points", "5",
-            "--idata-draws", "2", "--no-progress"]  # fmt: skip
-    result = fit_and_evaluate(tmp_path / "m2", "--model", M2, "--elbo", "traceenum", evaluate=skip)
+def test_gaps_and_sbc_can_be_skipped(m2_run):
+    skip = "--k 4 --points 20 --gap-points 0 --sbc-simulations 0 --idata-points 5 --idata-draws 2 --no-progress".split()
+    assert main(["evaluate", str(m2_run), *skip]) == 0
+    result = json.loads((m2_run / "evaluation.json").read_text())
     assert result["approximation_gap"] is None and result["gaps_skipped"] == "--gap-points 0"
     assert result["sbc_pvalue"] is None and result["sbc_skipped"] == "--sbc-simulations 0"
-    assert not (tmp_path / "m2" / "figures" / "sbc.png").exists()
 
 
 def test_deterministic_two_observed_sites_and_obs_mask_work_through_evaluate(tmp_path):
