@@ -2,7 +2,7 @@ r"""A user's own program: a class-conditional generator (a conditional VAE on th
 
 .. math::
 
-    p(y) = \mathrm{Cat}(1/C), \quad p(z) = N(0, I), \quad p(x \mid y, z) = N(f(y, z), \sigma^2 I),
+    p(y) = \mathrm{Cat}(1/C), \quad p(z) = N(0, I), \quad p(x \mid y, z) = \mathrm{Bernoulli}(f(y, z)),
     \qquad q(z \mid x, y) = N(\mu(x, y), \mathrm{diag}\, s(x, y)^2)
 
 Trained with every label (``--labels all``), the program is conditioned on y: the bench
@@ -11,6 +11,9 @@ shows samples of every class (``figures/samples_by_class.png``: one row per y). 
 (``y=None``) the model draws one from p(y), so it also samples unconditionally::
 
     ppl-vae fit --model examples/conditional_vae.py:conditional --labels all --out runs/cvae-y
+
+Grey-level pixels in [0, 1] under a Bernoulli likelihood (``validate_args=False``), as in the
+M2 and quadrant examples.
 """
 
 import pyro
@@ -31,9 +34,9 @@ def joined(*tensors: torch.Tensor) -> torch.Tensor:
 
 
 class ConditionalVAE(nn.Module):
-    def __init__(self, data_dim: int, latent_dim: int, num_classes: int, hidden: int = 256, sigma: float = 0.1):
+    def __init__(self, data_dim: int, latent_dim: int, num_classes: int, hidden: int = 500):
         super().__init__()
-        self.latent_dim, self.num_classes, self.sigma = latent_dim, num_classes, sigma
+        self.latent_dim, self.num_classes = latent_dim, num_classes
         self.encoder = mlp(data_dim + num_classes, 2 * latent_dim, hidden)
         self.decoder = mlp(latent_dim + num_classes, data_dim, hidden)
 
@@ -42,7 +45,8 @@ class ConditionalVAE(nn.Module):
             prior_y = dist.OneHotCategorical(logits=x.new_zeros(self.num_classes))
             y = pyro.sample("y", prior_y, obs=None if y is None else F.one_hot(y, self.num_classes).to(x.dtype))
             z = pyro.sample("z", dist.Normal(x.new_zeros(self.latent_dim), 1.0).to_event(1))
-            pyro.sample("x", dist.Normal(self.decoder(joined(z, y)), self.sigma).to_event(1), obs=x)
+            logits = self.decoder(joined(z, y))
+            pyro.sample("x", dist.Bernoulli(logits=logits, validate_args=False).to_event(1), obs=x)
 
     def guide(self, x, y=None):
         if y is None:

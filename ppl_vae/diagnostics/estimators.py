@@ -254,22 +254,24 @@ def classify(guide, x: torch.Tensor, site: str = "y", batch_size: int = 1024, **
     """The most probable value of the guide's discrete site ``site`` for each row of ``x``, as a class index ``(N,)``.
 
     ``None`` if the guide has no such latent site, or its distribution has no finite support.
-    One-hot values are read as the index of their 1.
+    One-hot values are read as the index of their 1. Draws nothing from the RNG (the guide's
+    other sites are sampled on a forked generator), so the analysis after it draws what it did.
     """
     out = []
-    for start in range(0, x.shape[0], batch_size):
-        rows = slice(start, start + batch_size)
-        trace = poutine.trace(guide).get_trace(x[rows], **_rows(inputs, rows))
-        node = trace.nodes.get(site)
-        if node is None or node["type"] != "sample" or node["is_observed"]:
-            return None
-        fn = node["fn"]
-        if not getattr(fn, "has_enumerate_support", False):
-            return None
-        support = fn.enumerate_support(expand=False)  # (C, 1..., event)
-        best = fn.log_prob(support).reshape(support.shape[0], -1).argmax(0)  # (b,)
-        values = support.reshape((support.shape[0],) + support.shape[1 + len(fn.batch_shape) :])[best]
-        out.append(values.argmax(-1) if fn.event_dim == 1 else values.reshape(-1).long())
+    with rng_untouched(x):
+        for start in range(0, x.shape[0], batch_size):
+            rows = slice(start, start + batch_size)
+            trace = poutine.trace(guide).get_trace(x[rows], **_rows(inputs, rows))
+            node = trace.nodes.get(site)
+            if node is None or node["type"] != "sample" or node["is_observed"]:
+                return None
+            fn = node["fn"]
+            if not getattr(fn, "has_enumerate_support", False):
+                return None
+            support = fn.enumerate_support(expand=False)  # (C, 1..., event)
+            best = fn.log_prob(support).reshape(support.shape[0], -1).argmax(0)  # (b,)
+            values = support.reshape((support.shape[0],) + support.shape[1 + len(fn.batch_shape) :])[best]
+            out.append(values.argmax(-1) if fn.event_dim == 1 else values.reshape(-1).long())
     return torch.cat(out)
 
 

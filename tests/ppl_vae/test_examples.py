@@ -79,7 +79,7 @@ def test_class_conditional_samples_are_recognised_as_their_class(tmp_path):
     y = torch.arange(10).repeat_interleave(30)
     samples = run.sample(300, y=y)
     recognised = float((classifier.predict(samples.clamp(0, 1).numpy()) == y.numpy()).mean())
-    assert recognised > 0.4, recognised  # chance: 0.1
+    assert recognised > 0.6, recognised  # chance: 0.1
     summary = evaluate(run, QUICK, progress=False).summary
     assert summary["inputs"] == ["y"] and "accuracy" not in summary  # conditioned on y: log p(x, y), no classifier
 
