@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 RUN    ?= runs/digits
 PIP_QUIET := -q --disable-pip-version-check
 
-.PHONY: install run test test-slow lint sigma-sweep compare benchmarks benchmarks-gpu mnist-nll clean
+.PHONY: install run test test-slow lint sigma-sweep compare benchmarks benchmarks-gpu mnist-nll m2 cvae conditional examples clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -59,6 +59,32 @@ mnist-nll: $(STAMP)
 ## make benchmarks-gpu: the training-speed comparison on CUDA (benchmarks/gpu_check.sh)
 benchmarks-gpu: $(STAMP)
 	bash benchmarks/gpu_check.sh
+
+## The examples of "Your own programs" (README) on MNIST; DATA_ROOT=dir/with/mnist.npz where ../shared/data has none
+DATA_ROOT ?=
+MNIST := --data mnist $(if $(DATA_ROOT),--data-root $(DATA_ROOT),)
+M2_EPOCHS ?= 50
+CVAE_EPOCHS ?= 30
+COND_EPOCHS ?= 30
+
+## make m2: semi-supervised M2 with 3000 labels (examples/ss_vae_m2.py): test accuracy and log p(x)
+m2: $(STAMP)
+	$(VENV)/bin/ppl-vae fit --model examples/ss_vae_m2.py:m2 $(MNIST) --labels 3000 --elbo traceenum \
+		--latent-dim 50 --batch-size 200 --lr 0.0004 --epochs $(M2_EPOCHS) --out runs/m2 --overwrite
+	$(VENV)/bin/ppl-vae evaluate runs/m2 --k 100 --gap-points 20 --sbc-simulations 200
+
+## make cvae: quadrant completion, the CVAE against the deterministic regressor of the same width (examples/quadrants)
+cvae: $(STAMP)
+	$(VENV)/bin/ppl-vae compare --variants examples/quadrants/*.toml $(if $(DATA_ROOT),--data-root $(DATA_ROOT),) \
+		--epochs $(CVAE_EPOCHS) --k 100 --gap-points 20 --sbc-simulations 200 --out runs/quadrants
+
+## make conditional: the class-conditional generator (examples/conditional_vae.py): samples of every class
+conditional: $(STAMP)
+	$(VENV)/bin/ppl-vae fit --model examples/conditional_vae.py:conditional $(MNIST) --labels all --latent-dim 16 \
+		--epochs $(COND_EPOCHS) --out runs/conditional --overwrite
+	$(VENV)/bin/ppl-vae evaluate runs/conditional --k 100 --gap-points 20 --sbc-simulations 200
+
+examples: m2 cvae conditional
 
 clean:
 	rm -rf runs build dist *.egg-info .pytest_cache

@@ -209,20 +209,22 @@ def _evaluate(args) -> int:
 
     config = eval_config_from_args(args)
     run = load(args.run_dir, device=args.device)
-    x = None
+    x = labels = None
     if args.data:
-        other = load_data(replace(run.config.data, name=args.data, root=args.data_root, limit=0))
+        other = load_data(replace(run.config.data, name=args.data, root=args.data_root, limit=0, labels="0"))
         if other.data_dim != run.dataset().data_dim:
             raise UserError(
                 f"{args.data} has {other.data_dim} values a row; the run was trained on {run.dataset().data_dim}"
             )
-        x = other.test
-    r = evaluate_run(run, config, x=x, progress=not args.no_progress)
+        x, labels = other.test, other.test_labels
+    r = evaluate_run(run, config, x=x, progress=not args.no_progress, labels=labels)
+    number = lambda key, spec: "skipped" if r.get(key) is None else format(r[key], spec)
+    accuracy = f"accuracy {r['accuracy']:.4f}, " if "accuracy" in r else ""
     print(
-        f"log p(x) {r['log_px']:.2f} ± {r['log_px_se']:.2f}, ELBO {r['elbo']:.2f}, KL {r['kl']:.2f}, "
+        f"log p(x) {r['log_px']:.2f} ± {r['log_px_se']:.2f}, ELBO {r['elbo']:.2f}, KL {r['kl']:.2f}, {accuracy}"
         f"k̂ mean {r['khat_mean']:.2f} ({r['khat_frac_gt_0_7']:.0%} > 0.7), active units {r['active_units']}, "
-        f"gaps: approximation {r['approximation_gap']:.2f}, amortization {r['amortization_gap']:.2f}, "
-        f"SBC p {r['sbc_pvalue']:.2g} -> {run.path}/evaluation.json"
+        f"gaps: approximation {number('approximation_gap', '.2f')}, amortization {number('amortization_gap', '.2f')}, "
+        f"SBC p {number('sbc_pvalue', '.2g')} -> {run.path}/evaluation.json"
     )
     return 0
 

@@ -74,7 +74,8 @@ class Option:
         flag: the command-line flag (default ``--field-name``).
         names: the registry a name must come from (a function returning its names).
         also: another accepted form of a name: ``"data-file"`` (a ``.npy``/``.npz`` path),
-            ``"program"`` (``path/to/file.py:factory``) or ``"device"`` (``cuda:N``).
+            ``"program"`` (``path/to/file.py:factory``) or ``"device"`` (``cuda:N``); for a
+            field without a registry, ``"count"``: a count N (also given as a number) or ``all``.
         low, high: the range of a number (inclusive unless ``open_low``/``open_high``).
         noun: what a name is called in messages (default: the field's name).
         switch: an ``auto | on | off`` option: ``--flag`` is on, ``--no-flag`` off, ``--flag auto`` auto.
@@ -127,6 +128,12 @@ class DataConfig:
     )
     split_seed: int = option(0, "seed of that split (fixed, independent of the training seed)", low=0, high=MAX_SEED)
     limit: int = option(0, "keep only the first N training points (0 = all)", low=0, high=2**40)
+    labels: str = option(
+        "0",
+        "keep the labels of N training points, a seeded draw balanced over classes (N, or all); "
+        "programs taking y get them",
+        also="count",
+    )
     binarize: bool = option(False, "dynamic binarization: x ~ Bernoulli(pixel) at every draw")
 
 
@@ -197,9 +204,9 @@ class EvalConfig:
 
     k: int = option(1000, "importance samples per test point", low=2, high=10_000_000)
     points: int = option(0, "evaluate only the first N test points (0 = all)", low=0, high=2**40)
-    gap_points: int = option(100, "test points whose guides are refined for the gaps", low=1, high=1_000_000)
+    gap_points: int = option(100, "test points whose guides are refined for the gaps (0 = skip)", low=0, high=1_000_000)
     gap_steps: int = option(300, "optimisation steps of the refined local guides", low=1, high=1_000_000)
-    sbc_simulations: int = option(500, "simulated (z, x) pairs for calibration", low=1, high=1_000_000)
+    sbc_simulations: int = option(500, "simulated (z, x) pairs for calibration (0 = skip)", low=0, high=1_000_000)
     sbc_draws: int = option(99, "guide draws ranked against each simulated z", low=1, high=100_000)
     idata_points: int = option(200, "test points stored in inference_data.nc", low=1, high=1_000_000)
     idata_draws: int = option(20, "draws per point stored in inference_data.nc", low=1, high=100_000)
@@ -265,8 +272,18 @@ def parse_text(kind: type, text: str) -> Any:
     return float(text)
 
 
-def coerce(where: str, kind: type, value: Any) -> Any:
-    """The one coercion of a config value: command-line text is parsed, anything else must have the field's type."""
+def coerce(where: str, kind: type, value: Any, opt: Option | None = None) -> Any:
+    """The one coercion of a config value: command-line text is parsed, anything else must have the field's type.
+
+    A ``count`` field (a number or ``all``, stored as text) also takes a non-negative integer;
+    a ``switch`` field takes ``true``/``false`` (a TOML file's words) as ``on``/``off``.
+    """
+    if opt is not None and opt.switch and isinstance(value, bool):
+        return "on" if value else "off"
+    if opt is not None and opt.also == "count" and isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise UserError(f"{where} must be a count N >= 0 or 'all', got {value}")
+        return str(value)
     if isinstance(value, str) and kind is not str:
         try:
             return parse_text(kind, value)
@@ -286,10 +303,7 @@ def coerce(where: str, kind: type, value: Any) -> Any:
 def _check_fields(section: str, values: Any) -> None:
     for name, kind, opt in options_of(type(values)):
         where = f"{section}.{name}"
-        value = getattr(values, name)
-        if opt.switch and isinstance(value, bool):  # true/false in a TOML file mean on/off
-            value = "on" if value else "off"
-        value = coerce(where, kind, value)
+        value = coerce(where, kind, getattr(values, name), opt)
         if kind in (int, float) and not math.isfinite(value):
             raise UserError(f"{where} must be a finite number, got {value}")
         _check_range(where, value, opt)
@@ -300,6 +314,8 @@ def _check_fields(section: str, values: Any) -> None:
                 raise UserError(f"unknown {opt.noun or name.replace('_', ' ')} {value!r}; choose one of {choices}")
         elif opt.also == "program" and value and opt.names is None and not is_program_spec(value):
             raise UserError(f"{where} must look like path/to/file.py:factory, got {value!r}")
+        elif opt.also == "count" and not (value == "all" or (value.isascii() and value.isdigit())):
+            raise UserError(f"{where} must be a count N >= 0 or 'all', got {value!r}")
         setattr(values, name, value)
 
 
@@ -334,8 +350,8 @@ def set_value(config: Config, key: str, value: Any) -> None:
     """Set the option named by ``key`` (see :func:`resolve_key`) to ``value``, coerced."""
     section, name = resolve_key(key)
     target = getattr(config, section)
-    kind = typing.get_type_hints(type(target))[name]
-    setattr(target, name, coerce(f"{section}.{name}", kind, value))
+    _, kind, opt = next(f for f in options_of(type(target)) if f[0] == name)
+    setattr(target, name, coerce(f"{section}.{name}", kind, value, opt))
 
 
 def from_dict(data: dict[str, Any], base: Config | None = None) -> Config:
@@ -349,14 +365,12 @@ def from_dict(data: dict[str, Any], base: Config | None = None) -> Config:
         if not isinstance(values, dict):
             raise UserError(f"config section [{section}] must be a table")
         target = getattr(config, section)
-        kinds = {name: kind for name, kind, _ in options_of(type(target))}
-        switches = {name: opt.switch for name, _, opt in options_of(type(target))}
+        kinds = {name: (kind, opt) for name, kind, opt in options_of(type(target))}
         for key, value in values.items():
             if key not in kinds:
                 raise UserError(f"unknown key {key!r} in [{section}]; expected one of {', '.join(kinds)}")
-            if switches[key] and isinstance(value, bool):
-                value = "on" if value else "off"
-            setattr(target, key, coerce(f"[{section}] {key}", kinds[key], value))
+            kind, opt = kinds[key]
+            setattr(target, key, coerce(f"[{section}] {key}", kind, value, opt))
     return config
 
 

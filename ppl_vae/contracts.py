@@ -17,17 +17,38 @@ program), as zuko's ``LazyDistribution`` is: the parts are built by ``ppl_vae.mo
 - :class:`Program`: a ``torch.nn.Module`` with both methods; :class:`ProgramFactory` builds one
   for a command-line ``--model file.py:factory``.
 
-The rules a pair of programs follows (checked on one trial batch before a run directory exists):
+**Inputs.** ``x`` is a batch of rows ``(B, D)`` (reshape it inside the program if it is an
+image). What the data set carries beside x reaches the programs as keyword arguments, if
+their signature names them (:func:`accepted_inputs`): ``y``, class indices ``(B,)`` int64, for
+a batch of labelled points, and ``y=None`` for an unlabelled batch (``--labels N``; a batch
+is all-labelled or all-unlabelled). A program that does not name ``y`` never gets it.
 
-- one ``pyro.plate("data", x.shape[0])`` over the batch; every sample site inside it;
-- the guide samples every latent site of the model, under the same names;
-- observed sites carry ``obs=``; ``pyro.deterministic``, ``obs_mask`` and ``poutine.mask`` are allowed;
+**Rules** a pair of programs follows (checked on a trial batch of each kind before a run
+directory exists, :func:`ppl_vae.inference.trial.check_program`; a broken rule is one line
+naming the site and the reason, exit status 2):
+
+- one ``pyro.plate("data", x.shape[0])`` over the batch; every sample site inside it (other
+  plates may nest inside it);
+- any number of latent sites, continuous or discrete, and any number and shape of observed
+  sites (``obs=``); the guide samples every latent site of the model, under the same names;
+- a discrete site marked ``infer={"enumerate": "parallel"}`` (in the guide; or in the model
+  and absent from the guide) is summed out exactly by ``--elbo traceenum`` and by every
+  estimator; it must sit in the data plate only (no nested plate); objectives without a sound
+  gradient for a non-reparameterized site are refused (:func:`ppl_vae.inference.objectives.unsound_site`);
+- ``pyro.deterministic`` records a value (not an observation); ``obs_mask`` (whose
+  ``<name>_unobserved`` site the guide samples), ``poutine.mask`` and a distribution's
+  ``.mask(m)`` leave elements out of the likelihood — decodings and predictive draws keep the
+  observed value there (a conditional VAE observing part of an image);
+- the observed site whose value is ``x`` itself is the *data site*: its mean is the decoding
+  shown in pictures and compared in the MSE;
 - parameters live in the program's modules (plain ``nn.Parameter``\ s, a ``PyroModule``'s, or a
-  module registered with ``pyro.module``); the bench trains and saves exactly those;
+  module registered with ``pyro.module``); the bench trains and saves exactly those, and
+  refuses a ``pyro.param`` outside them;
 - the programs broadcast over extra leading batch dimensions (a particle plate left of the
-  data plate), as Pyro's vectorized ELBOs require.
+  data plate, and enumeration dims left of that), as Pyro's vectorized ELBOs require: take
+  leading dims from the tensors (``z.shape[:-1]``), not from ``x.shape[0]``.
 
-Layer 0 — may import: torch, pyro.
+Layer 0 — may import: torch, pyro, the standard library.
 
 Example:
     >>> import torch, pyro, pyro.distributions as dist
@@ -45,15 +66,57 @@ Example:
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import pyro.distributions as dist
 import torch
 
-__all__ = ["Prior", "PosteriorHead", "Likelihood", "Model", "Guide", "Program", "ProgramFactory", "DATA_PLATE"]
+__all__ = [
+    "Prior",
+    "PosteriorHead",
+    "Likelihood",
+    "Model",
+    "Guide",
+    "Program",
+    "ProgramFactory",
+    "DATA_PLATE",
+    "INPUTS",
+    "accepted_inputs",
+    "select_inputs",
+]
 
 DATA_PLATE = "data"
 """The name of the plate over the observations of a batch, shared by model and guide."""
+
+INPUTS = ("y",)
+"""The inputs a data set can carry beside x: ``y``, class labels (``None`` for an unlabelled batch)."""
+
+
+def accepted_inputs(fn: Callable) -> frozenset[str] | None:
+    """The keyword inputs ``fn(x, ...)`` names, or ``None`` if it takes any (``**kwargs``).
+
+    Example:
+        >>> sorted(accepted_inputs(lambda x, y=None: None))
+        ['y']
+        >>> accepted_inputs(lambda x, **inputs: None) is None
+        True
+    """
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return frozenset(p.name for p in params[1:] if p.kind is not inspect.Parameter.VAR_POSITIONAL)
+
+
+def select_inputs(accepted: frozenset[str] | None, inputs: dict) -> dict:
+    """The part of ``inputs`` a program whose :func:`accepted_inputs` are ``accepted`` takes."""
+    if accepted is None or not inputs:
+        return inputs
+    return {k: v for k, v in inputs.items() if k in accepted}
 
 
 @runtime_checkable
@@ -106,6 +169,10 @@ class Program(Model, Guide, Protocol):
 
 
 class ProgramFactory(Protocol):
-    """``factory(data_dim, latent_dim)`` returns a :class:`Program` module; named by ``--model file.py:factory``."""
+    """``factory(data_dim, latent_dim)`` returns a :class:`Program` module; named by ``--model file.py:factory``.
+
+    A factory that also names ``num_classes`` or ``image_shape`` gets them (C of a labelled
+    data set, ``None`` without labels; the shape of one row as an image).
+    """
 
     def __call__(self, data_dim: int, latent_dim: int) -> Program: ...

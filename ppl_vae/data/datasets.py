@@ -1,9 +1,15 @@
 """Data sets as in-memory float tensors ``(N, D)`` in [0, 1] (or the user's own scale).
 
 Every loader returns a :class:`Dataset` with a train and a test split, the image shape
-(for pictures and convolutional networks) and labels where the source has them. Data sets
-without a split get a fixed, seeded one. Everything is validated: NaN/inf, wrong rank,
-empty arrays and non-numeric dtypes are refused with a :class:`UserError`.
+(for pictures and convolutional networks) and labels where the source has them (digits,
+MNIST, Fashion-MNIST, an ``.npz`` with ``y_train``/``y_test`` or ``y``). Data sets without a
+split get a fixed, seeded one. Everything is validated: NaN/inf, wrong rank, empty arrays and
+non-numeric dtypes are refused with a :class:`UserError`.
+
+``--labels N`` keeps the labels of N training points for the program (:func:`labelled_subset`:
+a draw seeded by the split seed and balanced over classes, as in Kingma et al. 2014,
+arXiv:1406.5298); the rest of the training set is unlabelled. The test labels are always kept
+(accuracy, identity preservation).
 """
 
 from __future__ import annotations
@@ -23,7 +29,15 @@ from .rowfile import RowFile
 if TYPE_CHECKING:  # the config layer sits above this one: read by attribute, imported for types only
     from ..config import DataConfig
 
-__all__ = ["Dataset", "load_data", "validate_array", "DATASETS", "shared_data_dir"]
+__all__ = [
+    "Dataset",
+    "load_data",
+    "validate_array",
+    "DATASETS",
+    "shared_data_dir",
+    "labelled_subset",
+    "is_class_labels",
+]
 
 
 @dataclass
@@ -34,10 +48,71 @@ class Dataset:
     image_shape: tuple[int, ...]  # (H, W) or (C, H, W); prod == D
     train_labels: np.ndarray | None = None
     test_labels: np.ndarray | None = None
+    labelled: np.ndarray | None = None  # indices of the training points whose labels the program sees
 
     @property
     def data_dim(self) -> int:
         return self.train.shape[1]
+
+    @property
+    def num_classes(self) -> int | None:
+        """C, when the labels are class indices 0..C-1; ``None`` without (class) labels."""
+        parts = [a for a in (self.train_labels, self.test_labels) if a is not None]
+        if not parts or not all(is_class_labels(a) for a in parts):
+            return None
+        return int(max(int(a.max()) for a in parts)) + 1
+
+    def label_tensor(self) -> torch.Tensor | None:
+        """The training labels the program sees, ``(N,)`` int64, -1 where unlabelled; ``None`` if none are kept."""
+        if self.labelled is None or not len(self.labelled):
+            return None
+        y = torch.full((len(self.train),), -1, dtype=torch.int64)
+        y[torch.from_numpy(self.labelled)] = torch.from_numpy(self.train_labels[self.labelled].astype(np.int64))
+        return y
+
+
+def is_class_labels(y: np.ndarray) -> bool:
+    """Whether ``y`` is a 1-D array of class indices (non-negative integers, in any numeric dtype)."""
+    y = np.asarray(y)
+    if y.ndim != 1 or not len(y) or not (np.issubdtype(y.dtype, np.number) or y.dtype == bool):
+        return False
+    if np.iscomplexobj(y) or not np.isfinite(y).all():
+        return False
+    return bool((y >= 0).all() and (np.floor(y) == y).all())
+
+
+def labelled_subset(labels: np.ndarray, count: str, seed: int) -> np.ndarray:
+    """Indices of ``count`` points (a number, or ``all``) whose labels are kept: seeded, balanced over classes.
+
+    Every class gets ``count // C`` points (a class with fewer gives all it has and the others
+    make up the difference); the remainder goes one each to classes in a seeded order.
+
+    Example:
+        >>> y = np.array([0, 0, 0, 0, 1, 1, 1, 2, 2, 2])
+        >>> np.bincount(y[labelled_subset(y, "6", seed=0)]).tolist()
+        [2, 2, 2]
+    """
+    n = len(labels)
+    if count == "all":
+        return np.arange(n)
+    wanted = int(count)
+    if wanted == 0:
+        return np.zeros(0, dtype=np.int64)
+    if wanted > n:
+        raise UserError(f"--labels {wanted} asks for more labelled points than the {n} training points")
+    rng = np.random.default_rng(seed)
+    classes, capacity = np.unique(labels, return_counts=True)
+    quota = np.zeros(len(classes), dtype=np.int64)
+    while quota.sum() < wanted:
+        open_ = np.flatnonzero(quota < capacity)
+        remaining = wanted - quota.sum()
+        share = remaining // len(open_)
+        if share == 0:
+            quota[rng.permutation(open_)[:remaining]] += 1
+        else:
+            quota[open_] = np.minimum(quota[open_] + share, capacity[open_])
+    picks = [rng.permutation(np.flatnonzero(labels == c))[:q] for c, q in zip(classes, quota)]
+    return np.sort(np.concatenate(picks)).astype(np.int64)
 
 
 def shared_data_dir() -> Path | None:
@@ -88,9 +163,20 @@ def _split(x: np.ndarray, labels: np.ndarray | None, cfg: DataConfig):
     return x[train], x[test], pick(labels, train), pick(labels, test)
 
 
+def _labels(y, n: int, where: str) -> np.ndarray | None:
+    if y is None:
+        return None
+    y = np.asarray(y)
+    if y.ndim != 1 or len(y) != n:
+        raise UserError(f"{where}: labels must have shape ({n},), one a row, got {y.shape}")
+    return y.astype(np.int64) if is_class_labels(y) else y
+
+
 def _make(name, x_train, x_test, y_train, y_test, image_shape=None) -> Dataset:
     x_train = validate_array(x_train, f"{name} (train)")
     x_test = validate_array(x_test, f"{name} (test)")
+    y_train = _labels(y_train, len(x_train), f"{name} (train)")
+    y_test = _labels(y_test, len(x_test), f"{name} (test)")
     shape = tuple(image_shape or x_train.shape[1:])
     if x_test.shape[1:] != x_train.shape[1:]:
         raise UserError(f"{name}: train and test images differ in shape ({x_train.shape[1:]} vs {x_test.shape[1:]})")
@@ -203,4 +289,11 @@ def load_data(cfg: DataConfig) -> Dataset:
         data.train_labels = None if data.train_labels is None else data.train_labels[: cfg.limit]
     if math.prod(data.image_shape) != data.data_dim:
         raise UserError(f"{data.name}: image shape {data.image_shape} does not match {data.data_dim} values a row")
+    count = getattr(cfg, "labels", "0")
+    if count != "0":
+        if data.train_labels is None:
+            raise UserError(f"--labels {count}: the data set {data.name} has no labels")
+        if not is_class_labels(data.train_labels):
+            raise UserError(f"--labels {count}: the labels of {data.name} are not class indices 0..C-1")
+        data.labelled = labelled_subset(data.train_labels, count, cfg.split_seed)
     return data

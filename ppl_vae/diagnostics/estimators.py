@@ -11,28 +11,52 @@ log-weights give
     D_i = -\frac1K \sum_k \log p(x_i|z_{ik}),
 
 computed in chunks over points and particles, so memory is bounded whatever K and N are.
+Enumerated discrete sites are summed out exactly (see :mod:`ppl_vae.inference.importance`);
+distortion and MSE are also reported per observed site, the MSE over the elements a site
+models (masks respected).
 PSIS (Vehtari et al. 2024, arXiv:1507.02646) fits a generalized Pareto to the largest weights of
 each point: its shape k̂ says whether the IWAE estimate can be trusted (Yao et al. 2018,
 arXiv:1802.02538: < 0.5 good, 0.5–0.7 usable, > 0.7 unreliable). Active units follow Burda
-et al. 2016: :math:`\operatorname{Cov}_x(\mathbb E_q[z_u]) > 0.01`.
+et al. 2016: :math:`\operatorname{Cov}_x(\mathbb E_q[z_u]) > 0.01`, with :math:`\mathbb E_q[z]` the
+mean of the guide's own distribution where it has one (exact for a Gaussian encoder at any
+K; a Monte Carlo average of a few draws would add its noise to the covariance and count
+collapsed units as active) and of the draws where it has none (flows).
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyro
+import pyro.poutine as poutine
 import torch
 from pyro.infer.util import is_validation_enabled
 from tqdm.auto import tqdm
 
-from ..inference.importance import latent_sites, log_mean_exp, log_weights, max_plate_nesting
-from ..inference.predictive import observed_site
+from ..inference.importance import (
+    is_enumerated,
+    latent_sites,
+    log_mean_exp,
+    log_weights,
+    max_plate_nesting,
+    rng_untouched,
+)
+from ..inference.params import local_params
+from ..inference.predictive import element_mask, observed_sites, site_mean
 from .statistics import mean_se
 
-__all__ = ["PointEstimates", "importance_sample", "psis_khat", "active_units", "summarize", "ACTIVE_THRESHOLD"]
+__all__ = [
+    "PointEstimates",
+    "importance_sample",
+    "enumeration_size",
+    "classify",
+    "psis_khat",
+    "active_units",
+    "summarize",
+    "ACTIVE_THRESHOLD",
+]
 
 ACTIVE_THRESHOLD = 0.01
 ROWS_PER_CHUNK = 1 << 13  # particles x points decoded at once: bounds memory, stays cache-friendly
@@ -46,10 +70,12 @@ class PointEstimates:
     log_px: torch.Tensor  # (N,) IWAE-K
     elbo: torch.Tensor  # (N,)
     kl: torch.Tensor  # (N,) Monte Carlo rate
-    distortion: torch.Tensor  # (N,) -E_q log p(x|z)
-    mse: torch.Tensor  # (N,) E_q mean_d (x_d - E[x_d|z])^2
-    latent_mean: torch.Tensor  # (N, total latent dims) E_q[z], all latent sites concatenated
+    distortion: torch.Tensor  # (N,) -E_q log p(x|z), all observed sites
+    mse: torch.Tensor  # (N,) E_q of the mean squared error of the decodings, over every modelled observed element
+    latent_mean: torch.Tensor  # (N, total latent dims) E_q[z], continuous latent sites concatenated
     latent_var: torch.Tensor  # (N, total latent dims) Var_q[z]
+    distortion_by_site: dict[str, torch.Tensor] = field(default_factory=dict)  # {site: (N,)}
+    mse_by_site: dict[str, torch.Tensor] = field(default_factory=dict)  # {site: (N,)}
 
     @property
     def k(self) -> int:
@@ -62,6 +88,96 @@ def _chunk_sizes(n: int, k: int, rows: int) -> tuple[int, int]:
     return n_chunk, k_chunk
 
 
+def _rows(inputs: dict, rows: slice) -> dict:
+    """The inputs of the points ``rows`` (tensors are sliced; ``None`` stays ``None``)."""
+    return {k: v[rows] if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+
+
+def enumeration_size(model, guide, x: torch.Tensor, nesting: int, **inputs) -> int:
+    """How many combinations of enumerated values a draw carries (1 without enumerated sites; draws nothing).
+
+    Traces one particle of the rows ``x`` (give few).
+    """
+    with rng_untouched(x):
+        frame = log_weights(model, guide, x, 1, nesting, return_traces=True, **inputs).frame
+    return 1 if frame.weights is None else frame.weights.numel() // (frame.K * frame.B)
+
+
+class _Moments:
+    """Running sums over particles of per-point, per-site quantities (float64, on the CPU)."""
+
+    def __init__(self, n: int):
+        self.n, self.sums = n, {}
+
+    def add(self, key, rows: slice, value: torch.Tensor) -> None:  # value (b, ...) already summed over particles
+        if key not in self.sums:
+            self.sums[key] = torch.zeros((self.n,) + value.shape[1:], dtype=torch.float64)
+        self.sums[key][rows] += value.double().cpu()
+
+    def get(self, key, default: torch.Tensor) -> torch.Tensor:
+        return self.sums.get(key, default)
+
+
+def _observed_moments(traced, xb_rows: slice, moments: _Moments) -> None:
+    """Σ over particles of each observed site's log-likelihood, squared error and modelled-element count.
+
+    With one observed site (and no model-enumerated site summed with it) its log-likelihood is
+    the distortion's already: it is not computed twice.
+    """
+    frame, model_trace = traced.frame, traced.model_trace
+    sites = observed_sites(model_trace)
+    alone = len(sites) == 1 and frame.weights is None
+    for site in sites:
+        name, value = site["name"], site["value"]
+        log_lik = -traced.weights.log_lik if alone else -frame.expect(frame.term(site)).expand(frame.K, frame.B)
+        moments.add(("distortion", name), xb_rows, log_lik.sum(0))
+        mean = site_mean(site)
+        if mean is None or not torch.is_floating_point(mean):
+            continue
+        mask = element_mask(site)
+        error = (mean - value).square_()  # (E..., K, B, ...) squared error of the decoding
+        events = tuple(range(-site["fn"].event_dim, 0))
+        if mask is None:  # every element modelled: the count is the size of one point's value
+            n_el = torch.full((frame.K, frame.B), value.numel() / frame.B, dtype=torch.float64)
+        else:
+            count = mask.to(error.dtype).expand_as(error)
+            error = error * count
+            n_el = frame.expect(frame.term(site, count.sum(events) if events else count))
+        sse = frame.expect(frame.term(site, error.sum(events) if events else error))  # (K, B)
+        moments.add(("sse", name), xb_rows, sse.expand(frame.K, frame.B).sum(0))
+        moments.add(("count", name), xb_rows, n_el.expand(frame.K, frame.B).sum(0))
+
+
+def _latent_moments(traced, xb_rows: slice, moments: _Moments) -> None:
+    """Σ over particles of E_q[z | upstream draws], its square and Var_q[z | upstream draws], per continuous site.
+
+    The guide's own means and variances are used where its distribution has them (exact for
+    a Gaussian encoder, whatever K); draws where it does not (flows).
+    """
+    frame, parts = traced.frame, []
+    for site in latent_sites(traced.guide_trace):
+        if is_enumerated(site) or not torch.is_floating_point(site["value"]):
+            continue
+        event = site["fn"].event_dim
+        mean = site_mean(site)
+        try:
+            var = site["fn"].variance if mean is not None else None
+        except (NotImplementedError, AttributeError):
+            var = None
+        if mean is None or var is None:
+            mean, var = site["value"], torch.zeros_like(site["value"])
+        shape = site["value"].shape
+        m = frame.by_datapoint(mean.expand(shape), site, event)  # (E..., K, B, F)
+        v = frame.by_datapoint(var.expand(shape), site, event)
+        parts.append([frame.expect(t).expand(frame.K, frame.B, -1) for t in (m, m.square(), v)])
+    if not parts:
+        return
+    first, second, within = (parts[0][i] if len(parts) == 1 else torch.cat([p[i] for p in parts], -1) for i in range(3))
+    moments.add("z", xb_rows, first.sum(0))
+    moments.add("z2", xb_rows, second.sum(0))  # E[m²]: with E[m], the spread between draws
+    moments.add("within", xb_rows, within.sum(0))  # E[Var(z | upstream draws)]
+
+
 @torch.inference_mode()
 def importance_sample(
     model,
@@ -71,21 +187,22 @@ def importance_sample(
     rows: int = ROWS_PER_CHUNK,
     progress: bool = False,
     split_points: bool = True,
+    **inputs,
 ) -> PointEstimates:
     """Run K importance draws for every row of ``x``, in chunks of about ``rows`` particle-rows.
 
+    ``inputs`` are the points' other inputs (labels ``y`` ``(N,)``, or ``y=None``), sliced with
+    ``x``. Enumerated sites multiply the work of a draw; chunks shrink to keep memory bounded.
     ``split_points=False`` keeps all points in every chunk (for per-datapoint guides whose
     parameters are tied to the rows of ``x``) and chunks over particles only.
     """
     n = x.shape[0]
+    first = slice(0, min(n, 2) if split_points else n)  # a per-datapoint guide runs on all its rows only
+    nesting = max_plate_nesting(model, guide, x[first], **_rows(inputs, first))
+    rows = max(1, rows // enumeration_size(model, guide, x[first], nesting, **_rows(inputs, first)))
     n_chunk, k_chunk = _chunk_sizes(n, k, rows) if split_points else (n, max(1, min(k, rows // n)))
-    nesting = max_plate_nesting(model, guide, x[:n_chunk])
     log_w = torch.empty(n, k, dtype=torch.float64)
-    log_lik_sum = torch.zeros(n, dtype=torch.float64)
-    log_ratio_sum = torch.zeros(n, dtype=torch.float64)
-    sse_sum = torch.zeros(n, dtype=torch.float64)
-    z_sum: torch.Tensor | None = None
-    z2_sum: torch.Tensor | None = None
+    moments = _Moments(n)
     bar = tqdm(
         total=n * k,
         desc=f"importance sampling (K={k})",
@@ -97,35 +214,66 @@ def importance_sample(
     for start in range(0, n, n_chunk):
         xb = x[start : start + n_chunk]
         b = xb.shape[0]
+        rows_ = slice(start, start + b)
+        chunk_inputs = _rows(inputs, rows_)
         for k0 in range(0, k, k_chunk):
             kk = min(k_chunk, k - k0)
             # shapes and supports are checked on the first chunk; the rest repeat its shapes
             with pyro.validation_enabled(is_validation_enabled() and start == 0 and k0 == 0):
-                lw, guide_trace, model_trace = log_weights(model, guide, xb, kk, nesting, return_traces=True)
-            rows_ = slice(start, start + b)
+                traced = log_weights(model, guide, xb, kk, nesting, return_traces=True, **chunk_inputs)
+            lw = traced.weights
             log_w[rows_, k0 : k0 + kk] = lw.total.T.double().cpu()
-            log_lik_sum[rows_] += lw.log_lik.sum(0).double().cpu()
-            log_ratio_sum[rows_] += lw.log_ratio.sum(0).double().cpu()
-            mean = observed_site(model_trace)["fn"].mean  # (kk, b, D) decodings E[x|z]
-            sse_sum[rows_] += (mean - xb).square_().mean(-1).expand(kk, b).sum(0).double().cpu()
-            z = torch.cat([s["value"].reshape(kk, b, -1) for s in latent_sites(guide_trace)], dim=-1)  # (kk, b, Z)
-            if z_sum is None:
-                z_sum = torch.zeros(n, z.shape[-1], dtype=torch.float64)
-                z2_sum = torch.zeros(n, z.shape[-1], dtype=torch.float64)
-            z_sum[rows_] += z.sum(0).double().cpu()
-            z2_sum[rows_] += z.square().sum(0).double().cpu()
+            moments.add("log_lik", rows_, lw.log_lik.sum(0))
+            moments.add("log_ratio", rows_, lw.log_ratio.sum(0))
+            _observed_moments(traced, rows_, moments)
+            _latent_moments(traced, rows_, moments)
             bar.update(b * kk)
     bar.close()
+    zeros = torch.zeros(n, dtype=torch.float64)
+    names = [key[1] for key in moments.sums if isinstance(key, tuple) and key[0] == "distortion"]
+    with_error = [name for name in names if ("sse", name) in moments.sums]
+    sse = sum((moments.get(("sse", s), zeros) for s in with_error), zeros)
+    count = sum((moments.get(("count", s), zeros) for s in with_error), zeros)
+    z_sum = moments.get("z", torch.zeros(n, 0, dtype=torch.float64))
+    between = (moments.get("z2", z_sum) / k - (z_sum / k) ** 2).clamp(min=0) * (k / max(k - 1, 1))
     return PointEstimates(
         log_w=log_w,
         log_px=log_mean_exp(log_w, dim=1),
-        elbo=log_w.mean(1),
-        kl=-log_ratio_sum / k,
-        distortion=-log_lik_sum / k,
-        mse=sse_sum / k,
+        elbo=(moments.sums["log_lik"] + moments.sums["log_ratio"]) / k,
+        kl=-moments.sums["log_ratio"] / k,
+        distortion=-moments.sums["log_lik"] / k,
+        mse=sse / count.clamp(min=1) if with_error else torch.full((n,), float("nan"), dtype=torch.float64),
         latent_mean=z_sum / k,
-        latent_var=(z2_sum / k - (z_sum / k) ** 2).clamp(min=0) * (k / max(k - 1, 1)),
+        latent_var=moments.get("within", z_sum) / k + between,
+        distortion_by_site={s: moments.sums[("distortion", s)] / k for s in names},
+        mse_by_site={s: moments.sums[("sse", s)] / moments.sums[("count", s)].clamp(min=1) for s in with_error},
     )
+
+
+@torch.inference_mode()
+def classify(guide, x: torch.Tensor, site: str = "y", batch_size: int = 1024, **inputs) -> torch.Tensor | None:
+    """The most probable value of the guide's discrete site ``site`` for each row of ``x``, as a class index ``(N,)``.
+
+    ``None`` if the guide has no such latent site, or its distribution has no finite support.
+    One-hot values are read as the index of their 1. Draws nothing from the RNG (the guide's
+    other sites are sampled on a forked generator), so the analysis after it draws what it did.
+    """
+    out = []
+    with rng_untouched(x):
+        for start in range(0, x.shape[0], batch_size):
+            rows = slice(start, start + batch_size)
+            trace = poutine.trace(local_params(guide)).get_trace(x[rows], **_rows(inputs, rows))
+            node = trace.nodes.get(site)
+            if node is None or node["type"] != "sample" or node["is_observed"]:
+                return None
+            fn = node["fn"]
+            if not getattr(fn, "has_enumerate_support", False):
+                return None
+            support = fn.enumerate_support(expand=False)  # (C, 1..., event)
+            best = fn.log_prob(support).reshape(support.shape[0], -1).argmax(0)  # (b,)
+            values = support.reshape((support.shape[0],) + support.shape[1 + len(fn.batch_shape) :])[best]
+            out.append(values.argmax(-1) if fn.event_dim == 1 else values.reshape(-1).long())
+    return torch.cat(out)
 
 
 CONSTANT_SPREAD = 1e-8  # nats: log-weights this flat are equal up to rounding
@@ -153,7 +301,9 @@ def psis_khat(log_w: torch.Tensor) -> np.ndarray:
 
 def active_units(latent_mean: torch.Tensor, threshold: float = ACTIVE_THRESHOLD) -> tuple[int, np.ndarray]:
     """Burda et al.'s active units: the variance over points of E_q[z_u] above ``threshold``."""
-    variance = latent_mean.var(dim=0, unbiased=True).numpy() if len(latent_mean) > 1 else np.zeros(latent_mean.shape[1])
+    if len(latent_mean) < 2 or not latent_mean.shape[1]:
+        return 0, np.zeros(latent_mean.shape[1])
+    variance = latent_mean.var(dim=0, unbiased=True).numpy()
     return int((variance > threshold).sum()), variance
 
 
@@ -169,10 +319,12 @@ def summarize(est: PointEstimates, khat: np.ndarray) -> dict:
         "elbo_se": elbo_se,
         "kl": float(est.kl.mean()),
         "distortion": float(est.distortion.mean()),
-        "mse": float(est.mse.mean()),
+        "mse": float(est.mse.mean()) if est.mse_by_site else None,
         "active_units": n_active,
         "latent_variance": [float(v) for v in variance],
         "posterior_variance": [float(v) for v in est.latent_var.mean(0)],
+        "distortion_by_site": {name: float(v.mean()) for name, v in est.distortion_by_site.items()},
+        "mse_by_site": {name: float(v.mean()) for name, v in est.mse_by_site.items()},
         "khat_mean": float(np.mean(khat)),
         "khat_max": float(np.max(khat)),
         "khat_frac_gt_0_7": float(np.mean(khat > 0.7)),

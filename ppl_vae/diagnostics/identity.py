@@ -17,7 +17,7 @@ import torch
 
 from ..inference.importance import latent_sites, max_plate_nesting, replayed_traces
 from ..inference.params import local_params
-from ..inference.predictive import observed_site, prior_decode
+from ..inference.predictive import data_site, prior_decode
 from .statistics import interval95
 
 __all__ = ["train_classifier", "identity_preservation"]
@@ -48,7 +48,7 @@ def identity_preservation(
     labels = np.asarray(labels)
     k = max(draws, mean_draws)
     guide_trace, model_trace = replayed_traces(model, guide, x, k, max_plate_nesting(model, guide, x))
-    decodings = observed_site(model_trace)["fn"].mean.expand((k,) + x.shape)[:draws]  # (S, N, D)
+    decodings = data_site(model_trace, x)["fn"].mean.expand((k,) + x.shape)[:draws]  # (S, N, D)
     posterior = _predict(classifier, decodings) == labels[None, :]  # (S, N)
     means = {s["name"]: s["value"].mean(0) for s in latent_sites(guide_trace)}  # E_q[z] per site
     at_mean = _predict(classifier, _decode_at(model, x, means)) == labels
@@ -66,4 +66,4 @@ def identity_preservation(
 def _decode_at(model, x: torch.Tensor, values: dict[str, torch.Tensor]) -> torch.Tensor:
     """E[x | z = values]: the model run with its latent sites conditioned."""
     trace = poutine.trace(poutine.condition(local_params(model), values)).get_trace(x)
-    return observed_site(trace, set(values))["fn"].mean
+    return data_site(trace, x)["fn"].mean

@@ -2,8 +2,11 @@ r"""ArviZ ``InferenceData`` for a trained program, from traces alone.
 
 Groups: ``posterior`` (every latent site, dims ``obs`` × its own coordinate dims: independent draws
 :math:`z_s \sim q(z|x_i)` of each point's *own* local latent; one chain, not MCMC),
-``posterior_predictive`` (``x``), ``observed_data``, ``prior`` and ``prior_predictive`` (draws from
-p(z) p(x|z)), and ``conditional_log_likelihood``: :math:`\log p(x_i \mid z_s)` at those draws.
+``posterior_predictive`` (every observed site), ``observed_data``, ``prior`` and
+``prior_predictive`` (draws from p(z) p(x|z)), and ``conditional_log_likelihood``:
+:math:`\log p(x_i \mid z_s)` at those draws, per observed site. The data site (the observed site
+holding x) has dims ``obs`` × ``pixel``; other observed sites ``obs`` × ``<site>_dim``. The
+program's inputs (labels) reach the guide and the model.
 
 There is deliberately **no** ``log_likelihood`` group. ArviZ reads that group as the pointwise
 log-likelihood :math:`\log p(x_i \mid \theta_s)` at posterior draws :math:`\theta_s` of parameters
@@ -26,7 +29,7 @@ import arviz as az
 import numpy as np
 import torch
 
-from ..inference.predictive import posterior_predictive, prior_predictive
+from ..inference.predictive import posterior_predictive, simulate
 
 __all__ = ["to_inference_data", "CONDITIONAL_GROUP"]
 
@@ -58,8 +61,10 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def to_inference_data(model, guide, x: torch.Tensor, draws: int = 20) -> az.InferenceData:
+def to_inference_data(model, guide, x: torch.Tensor, draws: int = 20, **inputs) -> az.InferenceData:
     """Posterior draws for the rows of ``x`` ``(N, D)`` and prior draws, as one ``InferenceData``.
+
+    ``inputs`` (labels) reach the guide and the model.
 
     Example:
         >>> idata = to_inference_data(model, guide, x[:10])  # doctest: +SKIP
@@ -67,24 +72,39 @@ def to_inference_data(model, guide, x: torch.Tensor, draws: int = 20) -> az.Infe
         TypeError: log likelihood not found in inference data object
     """
     n, data_dim = x.shape
-    latents, x_rep, log_lik = posterior_predictive(model, guide, x, draws)  # (S, N, ...)
-    prior_latents, prior_x = prior_predictive(model, draws, data_dim, x.device, x.dtype)  # (S, ...)
+    post = posterior_predictive(model, guide, x, draws, **inputs)  # (S, N, ...)
+    prior_inputs = {k: v[:draws] if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    sim = simulate(model, draws, data_dim, x.device, x.dtype, like=x, **prior_inputs)  # (S, ...)
     coords = {"obs": np.arange(n), "pixel": np.arange(data_dim)}
-    dims = {"x": ["obs", "pixel"]}
-    prior_dims = {"x": ["pixel"]}
+    dims, prior_dims = {}, {}
+    observed, replicated, log_lik, prior_observed = {}, {}, {}, {}
+    for name, value in post.observed.items():
+        if name == post.data:
+            value, site_coords = value.reshape(n, data_dim), {"pixel": coords["pixel"]}
+        else:
+            site_coords = _site_dims(name, tuple(value.shape[1:]))
+        coords.update(site_coords)
+        dims[name], prior_dims[name] = ["obs", *site_coords], list(site_coords)
+        observed[name] = _numpy(value)
+        replicated[name] = _numpy(post.replicates[name].reshape((1, draws) + value.shape))
+        log_lik[name] = _numpy(post.log_lik[name][None])
+        if name in sim.observed:
+            prior_observed[name] = _numpy(sim.observed[name].reshape((1, draws) + value.shape[1:]))
     posterior, prior = {}, {}
-    for name, prior_value in prior_latents.items():
+    for name, prior_value in sim.latents.items():
+        if name not in post.latents:
+            continue
         event = tuple(prior_value.shape[1:])
         site_coords = _site_dims(name, event)
         coords.update(site_coords)
-        posterior[name] = _numpy(latents[name].reshape((1, draws, n) + event))
+        posterior[name] = _numpy(post.latents[name].reshape((1, draws, n) + event))
         prior[name] = _numpy(prior_value.reshape((1, draws) + event))
         dims[name] = ["obs", *site_coords]
         prior_dims[name] = list(site_coords)
     idata = az.from_dict(
         posterior=posterior,
-        posterior_predictive={"x": _numpy(x_rep[None])},
-        observed_data={"x": _numpy(x)},
+        posterior_predictive=replicated,
+        observed_data=observed,
         coords=coords,
         dims=dims,
         posterior_attrs=POSTERIOR_ATTRS,
@@ -92,13 +112,13 @@ def to_inference_data(model, guide, x: torch.Tensor, draws: int = 20) -> az.Infe
     idata.extend(
         az.from_dict(
             prior=prior,
-            prior_predictive={"x": _numpy(prior_x[None])},
+            prior_predictive=prior_observed,
             coords={k: v for k, v in coords.items() if k != "obs"},
             dims=prior_dims,
         )
     )
     conditional = az.dict_to_dataset(
-        {"x": _numpy(log_lik[None])}, attrs=CONDITIONAL_ATTRS, coords={"obs": coords["obs"]}, dims={"x": ["obs"]}
+        log_lik, attrs=CONDITIONAL_ATTRS, coords={"obs": coords["obs"]}, dims={name: ["obs"] for name in log_lik}
     )
     idata.add_groups({CONDITIONAL_GROUP: conditional})
     idata.attrs.update(FILE_ATTRS)

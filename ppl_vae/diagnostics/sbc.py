@@ -5,6 +5,12 @@ each coordinate of z among the :math:`z'` is uniform on {0..L} for every coordin
 the exact posterior. Over-confident guides pile ranks at the ends (a U shape), biased ones at
 one end. The uniformity statistic is a χ² test per latent coordinate, combined with a
 Bonferroni correction.
+
+Discrete coordinates (a class label y, one-hot or an index) tie with many of the draws; the
+rank is then randomised over the ties, :math:`r = \#\{l: z'_l < z\} + U\{0, \dots, \#\{l: z'_l = z\}\}`,
+which is uniform on {0..L} under an exact posterior as well (Talts et al. 2018, section 4.1;
+without it an exact discrete posterior fails the test). The tie-breaking noise comes from its
+own generator, so the program's draws are those of a run without ties.
 """
 
 from __future__ import annotations
@@ -18,9 +24,9 @@ from scipy import stats
 
 from ..inference.importance import latent_sites, max_plate_nesting, vectorize
 from ..inference.params import local_params
-from ..inference.predictive import prior_predictive
+from ..inference.predictive import repeat_rows, simulate
 
-__all__ = ["SBCResult", "simulation_based_calibration"]
+__all__ = ["SBCResult", "simulation_based_calibration", "ranks_with_ties"]
 
 
 @dataclass
@@ -41,19 +47,53 @@ def _uniformity_pvalue(ranks: np.ndarray, num_draws: int, bins: int) -> float:
     return float(stats.chisquare(counts).pvalue)
 
 
+def ranks_with_ties(true: torch.Tensor, draws: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Rank of ``true`` ``(M, d)`` among ``draws`` ``(L, M, d)``, ties broken uniformly at random: ``(M, d)``."""
+    less = (draws < true).sum(0)
+    ties = (draws == true).sum(0)
+    if not bool(ties.any()):
+        return less
+    u = torch.rand(ties.shape, generator=generator, dtype=torch.float64).to(ties.device)
+    return less + torch.floor(u * (ties + 1).double()).long()
+
+
 @torch.no_grad()
 def simulation_based_calibration(
-    model, guide, data_dim: int, simulations: int = 500, num_draws: int = 99, bins: int = 10, device="cpu", dtype=None
-) -> SBCResult:
-    """Ranks of prior draws among guide draws for ``simulations`` simulated data sets of one point."""
-    latents, x = prior_predictive(model, simulations, data_dim, device, dtype)  # z ~ p(z), x ~ p(x|z)
-    nesting = max_plate_nesting(model, guide, x)
-    guide_trace = poutine.trace(vectorize(local_params(guide), num_draws, nesting)).get_trace(x)
+    model,
+    guide,
+    data_dim: int,
+    simulations: int = 500,
+    num_draws: int = 99,
+    bins: int = 10,
+    device="cpu",
+    dtype=None,
+    like: torch.Tensor | None = None,
+    seed: int = 0,
+    **inputs,
+) -> SBCResult | None:
+    """Ranks of prior draws among guide draws for ``simulations`` simulated data sets of one point.
+
+    ``like`` are data rows the model runs on (what a conditional program conditions on; the
+    elements its observed sites model are simulated), ``inputs`` the programs' other inputs.
+    ``None`` if the model has no observed site holding x (nothing to hand the guide) or no latents.
+    """
+    sim = simulate(model, simulations, data_dim, device, dtype, like, **inputs)  # z ~ p(z), x ~ p(x|z)
+    if sim.x is None:
+        return None
+    rows = repeat_rows(inputs, simulations)
+    x = sim.x
+    nesting = max_plate_nesting(model, guide, x, **rows)
+    guide_trace = poutine.trace(vectorize(local_params(guide), num_draws, nesting)).get_trace(x, **rows)
+    generator = torch.Generator().manual_seed(seed)
     ranks = []
     for site in latent_sites(guide_trace):
-        true = latents[site["name"]].reshape(simulations, -1)  # (M, d)
-        draws = site["value"].reshape(num_draws, simulations, -1)  # (L, M, d)
-        ranks.append((draws < true).sum(0))
+        if site["name"] not in sim.latents:
+            continue
+        true = sim.latents[site["name"]].reshape(simulations, -1)  # (M, d)
+        draws = site["value"].expand((num_draws,) + site["value"].shape[1:]).reshape(num_draws, simulations, -1)
+        ranks.append(ranks_with_ties(true, draws, generator))  # (M, d)
+    if not ranks:
+        return None
     ranks_np = torch.cat(ranks, dim=-1).cpu().numpy()
     pvalues = np.array([_uniformity_pvalue(ranks_np[:, j], num_draws, bins) for j in range(ranks_np.shape[1])])
     return SBCResult(ranks_np, num_draws, pvalues)

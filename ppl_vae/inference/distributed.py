@@ -35,8 +35,8 @@ class ProgramLoss(nn.Module):
         self.program = program
         self.objective = objective
 
-    def forward(self, x: torch.Tensor, scale: float, beta: float) -> torch.Tensor:
-        return self.objective(self.program.model, self.program.guide, x, scale=scale, beta=beta)
+    def forward(self, x: torch.Tensor, scale: float, beta: float, **inputs) -> torch.Tensor:
+        return self.objective(self.program.model, self.program.guide, x, scale=scale, beta=beta, **inputs)
 
 
 @dataclass(frozen=True)

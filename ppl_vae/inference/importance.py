@@ -13,6 +13,22 @@ run with their module parameters answered locally
 (:func:`~ppl_vae.inference.params.local_params`), so the global param store is left alone. The
 ELBO is the mean of :math:`\log w`, the IWAE bound is :math:`\log \frac1K \sum_k w_k`
 (Burda et al. 2016, arXiv:1509.00519), PSIS smooths the same weights.
+
+Discrete sites marked ``infer={"enumerate": "parallel"}`` are summed out exactly, in the
+guide (:math:`y \sim q(y \mid x)`, one :math:`z_{k,y} \sim q(z \mid x, y)` per value) and in
+the model (sites the guide does not sample):
+
+.. math::
+
+    \log w_{ki} = \log \sum_y \frac{p(x_i, y, z_{k,y})}{q(z_{k,y} \mid x_i, y)},
+    \qquad
+    \mathrm{ELBO}_{ki} = \sum_y q(y \mid x_i)\,\big[\log p(x_i, y, z_{k,y})
+                         - \log q(y \mid x_i) - \log q(z_{k,y} \mid x_i, y)\big],
+
+the first the Rao–Blackwellised importance weight (:math:`q(y|x)` cancels; an unbiased
+estimate of :math:`p(x_i)`), the second the per-datapoint value of Pyro's ``TraceEnum_ELBO``
+(Kingma et al. 2014, arXiv:1406.5298, eq. 7). Model-enumerated sites are log-sum-exp'd out
+inside :math:`\log p`.
 """
 
 from __future__ import annotations
@@ -20,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import pyro
@@ -32,27 +49,38 @@ from .params import local_params
 
 __all__ = [
     "LogWeights",
+    "Frame",
+    "Traced",
     "log_weights",
     "max_plate_nesting",
     "log_mean_exp",
     "replayed_traces",
+    "enumerated_traces",
     "trace_pair",
     "rng_untouched",
     "vectorize",
     "latent_sites",
     "sample_sites",
+    "is_enumerated",
     "DATA_PLATE",
 ]
 
 
 class LogWeights(NamedTuple):
-    """Per-particle, per-datapoint terms, each ``(K, B)``."""
+    """Per-particle, per-datapoint terms, each ``(K, B)``.
 
-    log_lik: torch.Tensor  # Σ over observed sites of log p(x | z)
-    log_ratio: torch.Tensor  # Σ over latent sites of log p(z) - log q(z | x)
+    Without enumerated sites ``total = log_lik + log_ratio``; with them ``total`` sums the
+    enumerated values inside the weight and ``log_lik``, ``log_ratio`` are their expectations
+    under q (see the module docstring), so ``elbo = log_lik + log_ratio <= total``.
+    """
+
+    log_lik: torch.Tensor  # E_q(y) of Σ over observed sites of log p(x | z, y)
+    log_ratio: torch.Tensor  # E_q(y) of Σ over latent sites of log p(z, y) - log q(z, y | x)
+    total: torch.Tensor  # log w: the importance log-weight
 
     @property
-    def total(self) -> torch.Tensor:
+    def elbo(self) -> torch.Tensor:
+        """The per-particle ELBO terms ``(K, B)``: their mean over particles is the Monte Carlo ELBO."""
         return self.log_lik + self.log_ratio
 
 
@@ -71,10 +99,16 @@ def latent_sites(trace) -> list[dict]:
     return [s for s in sample_sites(trace) if not s["is_observed"]]
 
 
-def trace_pair(model: Callable, guide: Callable, *args):
+def is_enumerated(site: dict) -> bool:
+    """Whether an enumeration handler summed this site out (its values sit in an enumeration dim)."""
+    return site["infer"].get("_enumerate_dim") is not None
+
+
+def trace_pair(model: Callable, guide: Callable, *args, **inputs):
     """Trace the guide, then the model replayed against it: ``(guide_trace, model_trace)``."""
-    guide_trace = poutine.trace(local_params(guide)).get_trace(*args)
-    return guide_trace, poutine.trace(poutine.replay(local_params(model), trace=guide_trace)).get_trace(*args)
+    guide_trace = poutine.trace(local_params(guide)).get_trace(*args, **inputs)
+    model = poutine.replay(local_params(model), trace=guide_trace)
+    return guide_trace, poutine.trace(model).get_trace(*args, **inputs)
 
 
 @contextlib.contextmanager
@@ -88,10 +122,10 @@ def rng_untouched(x: torch.Tensor):
         yield
 
 
-def max_plate_nesting(model: Callable, guide: Callable, x: torch.Tensor) -> int:
+def max_plate_nesting(model: Callable, guide: Callable, x: torch.Tensor, **inputs) -> int:
     """How many plate dimensions the pair uses (traces guide and model once, RNG state untouched)."""
     with rng_untouched(x):
-        guide_trace, model_trace = trace_pair(model, guide, x)
+        guide_trace, model_trace = trace_pair(model, guide, x, **inputs)
     dims = [
         -f.dim
         for tr in (guide_trace, model_trace)
@@ -105,33 +139,148 @@ def max_plate_nesting(model: Callable, guide: Callable, x: torch.Tensor) -> int:
 def vectorize(fn: Callable, num_particles: int, nesting: int) -> Callable:
     """Run ``fn`` inside a particle plate left of the program's own ``nesting`` plate dims."""
 
-    def run(*args):
+    def run(*args, **kwargs):
         with pyro.plate("_particles", num_particles, dim=-(nesting + 1)):
-            return fn(*args)
+            return fn(*args, **kwargs)
 
     return run
 
 
-def replayed_traces(model: Callable, guide: Callable, x: torch.Tensor, num_particles: int, nesting: int):
-    """Trace the guide under a particle plate, then the model replayed against it."""
-    return trace_pair(vectorize(model, num_particles, nesting), vectorize(guide, num_particles, nesting), x)
+def replayed_traces(model: Callable, guide: Callable, x: torch.Tensor, num_particles: int, nesting: int, **inputs):
+    """Trace the guide under a particle plate, then the model replayed against it (every site sampled)."""
+    return trace_pair(vectorize(model, num_particles, nesting), vectorize(guide, num_particles, nesting), x, **inputs)
 
 
-def _per_datapoint(site, full_rank: int, K: int, B: int, plate: str) -> torch.Tensor:
-    """Sum a site's log-density over all batch dims but (particle, data): ``(K, B)``."""
-    frames = [f for f in site["cond_indep_stack"] if f.name == plate]
-    if not frames:
-        raise ValueError(
-            f"site {site['name']!r} is outside the plate {plate!r}; per-datapoint log-weights need "
-            "every sample site inside the data plate"
-        )
-    lp = site["log_prob"]
-    lp = lp.reshape((1,) * (full_rank - lp.dim()) + lp.shape)  # left-pad to (particle, ..., data, ...)
-    keep = (0, full_rank + frames[0].dim)
-    others = [d for d in range(full_rank) if d not in keep]
-    if others:
-        lp = lp.sum(others)
-    return lp.expand(K, B)
+def enumerated_traces(model: Callable, guide: Callable, x: torch.Tensor, num_particles: int, nesting: int, **inputs):
+    """:func:`replayed_traces` with sites marked ``infer={"enumerate": "parallel"}`` enumerated.
+
+    As in Pyro's ``TraceEnum_ELBO``: the guide's enumeration dims start left of the particle
+    plate, the model's own enumerated sites take the dims left of the guide's.
+    """
+    guide = poutine.enum(vectorize(guide, num_particles, nesting), first_available_dim=-(nesting + 2))
+    model = poutine.enum(vectorize(model, num_particles, nesting))  # continues the guide's dim allocation
+    return trace_pair(model, guide, x, **inputs)
+
+
+@dataclass(frozen=True)
+class Frame:
+    """How a pair's site tensors line up: ``(enumeration dims..., particle, the program's plates...)``.
+
+    ``weights`` are the probabilities of the enumerated values given each draw, ``(E..., K, B)``
+    (q(y|x) for guide-enumerated sites times p(y'|x, z, y) for model-enumerated ones), or
+    ``None`` when nothing is enumerated.
+    """
+
+    nesting: int  # the program's plate dims
+    n_enum: int  # enumeration dims left of the particle dim
+    K: int
+    B: int
+    plate: str = DATA_PLATE
+    weights: torch.Tensor | None = None
+
+    @property
+    def rank(self) -> int:
+        return self.n_enum + 1 + self.nesting
+
+    def data_dim(self, site: dict) -> int:
+        frames = [f for f in site["cond_indep_stack"] if f.name == self.plate]
+        if not frames:
+            raise ValueError(
+                f"site {site['name']!r} is outside the plate {self.plate!r}; per-datapoint log-weights need "
+                "every sample site inside the data plate"
+            )
+        return frames[0].dim
+
+    def by_datapoint(self, t: torch.Tensor, site: dict, event_dim: int = 0) -> torch.Tensor:
+        """``t`` (a site's batch shape, then ``event_dim`` dims) as ``(E..., K, B, F)``; F: the rest, flattened.
+
+        Enumeration, particle and data dims may keep size 1 where ``t`` does not vary along them.
+        """
+        batch_rank = t.dim() - event_dim
+        if batch_rank > self.rank:
+            raise ValueError(
+                f"site {site['name']!r} has {batch_rank} batch dims where the pair's plates and enumeration allow "
+                f"{self.rank}; declare event dims with .to_event(n)"
+            )
+        t = t.reshape((1,) * (self.rank - batch_rank) + t.shape)  # left-pad to (E..., K, plates...)
+        head = self.n_enum + 1  # where the data dim goes: right of the particle dim
+        position = self.rank + self.data_dim(site)
+        if position != head:
+            t = t.movedim(position, head)
+        return t.flatten(head + 1) if t.dim() > head + 1 else t.unsqueeze(-1)
+
+    def term(self, site: dict, t: torch.Tensor | None = None) -> torch.Tensor:
+        """A site's log-density (or ``t``, shaped like it) summed over all but (E..., K, B)."""
+        t = site["log_prob"] if t is None else t
+        t = self.by_datapoint(t, site)
+        return t.squeeze(-1) if t.shape[-1] == 1 else t.sum(-1)
+
+    def expect(self, t: torch.Tensor) -> torch.Tensor:
+        """Average ``t`` ``(E..., K, B, ...)`` over the enumerated values: ``(K, B, ...)``."""
+        if self.weights is None:
+            return t
+        extra = t.dim() - (self.n_enum + 2)
+        w = self.weights.reshape(self.weights.shape + (1,) * extra)
+        t = torch.where(w > 0, t, torch.zeros((), dtype=t.dtype, device=t.device))  # 0 · (-inf) is 0 here
+        return (w * t).sum(tuple(range(self.n_enum)))
+
+
+class Traced(NamedTuple):
+    """The log-weights with the traces they came from and the :class:`Frame` their tensors live in."""
+
+    weights: LogWeights
+    guide_trace: object
+    model_trace: object
+    frame: Frame
+
+
+def _frame(guide_trace, model_trace, nesting: int, K: int, B: int, plate: str) -> Frame:
+    dims = [
+        -s["infer"]["_enumerate_dim"] for tr in (guide_trace, model_trace) for s in sample_sites(tr) if is_enumerated(s)
+    ]
+    return Frame(nesting, max(dims, default=nesting + 1) - (nesting + 1), K, B, plate)
+
+
+def _sum(terms: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    total = like.new_zeros(())
+    for t in terms:
+        total = total + t
+    return total
+
+
+def _enumerated(frame: Frame, guide_trace, model_trace) -> tuple[LogWeights, Frame]:
+    """Sum enumerated sites out exactly (module docstring): log-weights and the enumeration weights."""
+    R, K, B = frame.rank, frame.K, frame.B
+    x_like = sample_sites(model_trace)[0]["log_prob"]  # dtype and device of the sums
+    guide_dims = {R + s["infer"]["_enumerate_dim"] for s in sample_sites(guide_trace) if is_enumerated(s)}
+    model_dims = {
+        R + s["infer"]["_enumerate_dim"]
+        for s in sample_sites(model_trace)
+        if is_enumerated(s) and s["name"] not in guide_trace.nodes
+    }
+    observed = _sum([frame.term(s) for s in sample_sites(model_trace) if s["is_observed"]], x_like)
+    latent = _sum([frame.term(s) for s in sample_sites(model_trace) if not s["is_observed"]], x_like)
+    log_q = _sum([frame.term(s) for s in sample_sites(guide_trace) if not is_enumerated(s)], x_like)
+    log_q_y = _sum([frame.term(s) for s in sample_sites(guide_trace) if is_enumerated(s)], x_like)
+    joint = observed + latent  # (E..., K, B): log p(x, y, z) for every enumerated value
+    M, G = tuple(sorted(model_dims)), tuple(sorted(guide_dims))
+    log_p = torch.logsumexp(joint, M, keepdim=True) if M else joint  # model-enumerated sites summed out
+    log_prior = torch.logsumexp(latent, M, keepdim=True) if M else latent
+    total = torch.logsumexp(log_p - log_q, G, keepdim=True) if G else log_p - log_q
+    q_y = log_q_y.exp()
+    weights = q_y * (joint - log_p).exp()  # joint posterior over every enumerated value, sums to 1
+    frame = Frame(frame.nesting, frame.n_enum, K, B, frame.plate, weights.expand(weights.shape[:-2] + (K, B)))
+    G_only = Frame(frame.nesting, frame.n_enum, K, B, frame.plate, q_y.expand(q_y.shape[:-2] + (K, B)))
+
+    def flat(t: torch.Tensor) -> torch.Tensor:  # drop the enumeration dims (size 1 by now): (K, B)
+        return t.reshape(t.shape[frame.n_enum :]).expand(K, B)
+
+    if G:
+        log_lik = G_only.expect(log_p - log_prior).expand(K, B)
+        log_ratio = G_only.expect(log_prior - log_q - log_q_y).expand(K, B)
+    else:
+        log_lik, log_ratio = flat(log_p - log_prior), flat(log_prior - log_q)
+    return LogWeights(log_lik, log_ratio, flat(total)), frame
 
 
 def log_weights(
@@ -142,18 +291,20 @@ def log_weights(
     nesting: int | None = None,
     plate: str = DATA_PLATE,
     return_traces: bool = False,
+    **inputs,
 ):
-    """Importance log-weights of ``num_particles`` draws from ``guide(x)`` under ``model(x)``.
+    """Importance log-weights of ``num_particles`` draws from ``guide(x, **inputs)`` under ``model(x, **inputs)``.
 
     Args:
-        model, guide: Pyro programs ``f(x)`` sharing a plate named ``plate`` over ``x.shape[0]``.
+        model, guide: Pyro programs ``f(x, **inputs)`` sharing a plate named ``plate`` over ``x.shape[0]``.
         x: a batch ``(B, D)``.
         num_particles: K, vectorized in one plate left of every plate of the programs.
         nesting: the pair's :func:`max_plate_nesting` (computed when not given).
+        inputs: the batch's other inputs (labels ``y``, or ``y=None`` for an unlabelled batch).
 
     Returns:
         :class:`LogWeights` with ``(K, B)`` tensors (with gradients, unless called under no_grad);
-        with ``return_traces``, also the guide and model traces they came from.
+        with ``return_traces``, a :class:`Traced` with the guide and model traces and their :class:`Frame`.
 
     Example:
         >>> import pyro.distributions as dist
@@ -169,22 +320,24 @@ def log_weights(
         True
     """
     if nesting is None:
-        nesting = max_plate_nesting(model, guide, x)
+        nesting = max_plate_nesting(model, guide, x, **inputs)
     K, B = num_particles, x.shape[0]
-    guide_trace, model_trace = replayed_traces(model, guide, x, K, nesting)
+    guide_trace, model_trace = enumerated_traces(model, guide, x, K, nesting, **inputs)
     guide_trace.compute_log_prob()
     model_trace.compute_log_prob()
-
-    full_rank = nesting + 1
-    log_lik = x.new_zeros(K, B)
-    log_ratio = x.new_zeros(K, B)
-    for site in sample_sites(model_trace):
-        term = _per_datapoint(site, full_rank, K, B, plate)
-        if site["is_observed"]:
-            log_lik = log_lik + term
-        else:
-            log_ratio = log_ratio + term
-    for site in sample_sites(guide_trace):
-        log_ratio = log_ratio - _per_datapoint(site, full_rank, K, B, plate)
-    weights = LogWeights(log_lik, log_ratio)
-    return (weights, guide_trace, model_trace) if return_traces else weights
+    frame = _frame(guide_trace, model_trace, nesting, K, B, plate)
+    if frame.n_enum:
+        weights, frame = _enumerated(frame, guide_trace, model_trace)
+    else:
+        log_lik = x.new_zeros(K, B)
+        log_ratio = x.new_zeros(K, B)
+        for site in sample_sites(model_trace):
+            term = frame.term(site).expand(K, B)
+            if site["is_observed"]:
+                log_lik = log_lik + term
+            else:
+                log_ratio = log_ratio + term
+        for site in sample_sites(guide_trace):
+            log_ratio = log_ratio - frame.term(site).expand(K, B)
+        weights = LogWeights(log_lik, log_ratio, log_lik + log_ratio)
+    return Traced(weights, guide_trace, model_trace, frame) if return_traces else weights

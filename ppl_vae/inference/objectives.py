@@ -1,18 +1,26 @@
 r"""Training objectives: which ELBO, how many particles, and the KL weight β.
 
 All objectives return a differentiable loss ``-ELBO`` summed over the batch and multiplied
-by ``scale = N / B``, so a minibatch stands for the whole data set.
+by ``scale = N / B``, so a minibatch stands for the whole data set (for a semi-supervised
+run, N is the size of the batch's part: labelled or unlabelled points).
 
 - ``trace``: Pyro's :class:`~pyro.infer.Trace_ELBO` (Monte Carlo KL).
 - ``meanfield``: :class:`~pyro.infer.TraceMeanField_ELBO` (analytic KL where it exists).
+- ``traceenum``: :class:`~pyro.infer.TraceEnum_ELBO`: discrete sites marked
+  ``infer={"enumerate": "parallel"}`` (in the guide, or in the model and absent from the
+  guide) are summed out exactly, the rest sampled as by ``trace``.
 - ``iwae``: :math:`\sum_i \log \frac1K \sum_k w_{ki}` from :func:`~ppl_vae.inference.importance.log_weights`
   — the per-datapoint IWAE bound, the same estimator as ``RenyiELBO(alpha=0)`` with
   vectorized particles, but with the minibatch scale applied outside the log-mean-exp where
-  it belongs.
+  it belongs. Model-enumerated sites are summed inside every weight.
 
 β multiplies the log-densities of every latent site in model and guide,
 :math:`\mathcal L_\beta = \mathbb E_q[\log p(x|z)] - \beta\, \mathrm{KL}(q \,\|\, p)`, as a
 Pyro handler (:class:`ScaleLatent`); annealing makes β a function of training progress.
+
+Every objective's gradient must be sound for the program's non-reparameterized sites;
+:meth:`Objective.check` refuses, before training, a pairing that would train on a biased or
+needlessly noisy gradient (see :func:`unsound_site`).
 """
 
 from __future__ import annotations
@@ -22,14 +30,14 @@ from collections.abc import Callable
 import pyro.poutine as poutine
 import torch
 from pyro.distributions.kl import kl_divergence
-from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 from pyro.poutine.messenger import Messenger
 
 from ..errors import UserError
 from .importance import latent_sites, log_mean_exp, log_weights, max_plate_nesting, rng_untouched, trace_pair
 from .params import local_params
 
-__all__ = ["ScaleLatent", "Objective", "ELBOS"]
+__all__ = ["ScaleLatent", "Objective", "ELBOS", "unsound_site"]
 
 
 class ScaleLatent(Messenger):
@@ -56,7 +64,7 @@ def with_handlers(fn: Callable, scale: float, beta: float | torch.Tensor) -> Cal
 
 
 class Objective:
-    """``objective(model, guide, x, scale, beta) -> loss`` for one of the ELBOs in :data:`ELBOS`."""
+    """``objective(model, guide, x, scale, beta, **inputs) -> loss`` for one of the ELBOs in :data:`ELBOS`."""
 
     def __init__(self, name: str, particles: int = 1):
         if name not in ELBOS:
@@ -65,55 +73,126 @@ class Objective:
         self._elbo = None
         self._nesting: int | None = None
 
-    def nesting(self, model, guide, x: torch.Tensor) -> int:
+    def nesting(self, model, guide, x: torch.Tensor, **inputs) -> int:
         """The pair's plate nesting, found once, without drawing from the RNG.
 
         A resumed run must draw what the original drew, so finding the nesting cannot draw.
         """
         if self._nesting is None:
-            self._nesting = max_plate_nesting(model, guide, x)
+            self._nesting = max_plate_nesting(model, guide, x, **inputs)
             elbo = ELBOS[self.name]
+            options = {"strict_enumeration_warning": False} if elbo is TraceEnum_ELBO else {}
             self._elbo = elbo and elbo(
-                num_particles=self.particles, vectorize_particles=self.particles > 1, max_plate_nesting=self._nesting
+                num_particles=self.particles,
+                vectorize_particles=self.particles > 1,
+                max_plate_nesting=self._nesting,
+                **options,
             )
         return self._nesting
 
-    def __call__(self, model, guide, x: torch.Tensor, scale: float = 1.0, beta: float = 1.0) -> torch.Tensor:
-        self.nesting(model, guide, x)
+    def __call__(self, model, guide, x: torch.Tensor, scale: float = 1.0, beta: float = 1.0, **inputs) -> torch.Tensor:
+        self.nesting(model, guide, x, **inputs)
         if self._elbo is None:  # iwae, on the shared log-weights
             lw = log_weights(
-                with_handlers(model, 1.0, beta), with_handlers(guide, 1.0, beta), x, self.particles, self._nesting
+                with_handlers(model, 1.0, beta),
+                with_handlers(guide, 1.0, beta),
+                x,
+                self.particles,
+                self._nesting,
+                **inputs,
             )
             return -scale * log_mean_exp(lw.total, dim=0).sum()
-        return self._elbo.differentiable_loss(with_handlers(model, scale, beta), with_handlers(guide, scale, beta), x)
+        return self._elbo.differentiable_loss(
+            with_handlers(model, scale, beta), with_handlers(guide, scale, beta), x, **inputs
+        )
 
-    def check(self, model, guide, x: torch.Tensor) -> None:
-        """Raise :class:`UserError` if this objective cannot be computed for the pair."""
+    def check(self, model, guide, x: torch.Tensor, **inputs) -> None:
+        """Raise :class:`UserError` if this objective cannot be computed for the pair, or has no sound gradient."""
         x = x[:2]
+        inputs = {k: v[:2] if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
         with rng_untouched(x):
+            guide_trace, model_trace = trace_pair(model, guide, x, **inputs)
+            reason = unsound_site(self.name, guide_trace, model_trace)
+            if reason:
+                raise UserError(reason)
             if self.name == "meanfield":
                 # TraceMeanField_ELBO silently falls back to Monte Carlo; an analytic ELBO was asked for
-                missing = _sites_without_closed_form_kl(model, guide, x)
+                missing = _sites_without_closed_form_kl(guide_trace, model_trace)
                 if missing:
                     raise UserError(
                         f"the meanfield ELBO needs a closed-form KL between guide and prior, which site(s) "
                         f"{', '.join(missing)} do not have; use --elbo trace"
                     )
-            loss = self(model, guide, x)
+            with torch.enable_grad():  # TraceEnum_ELBO refuses a loss that cannot be differentiated
+                loss = self(model, guide, x, **inputs).detach()
         if not torch.isfinite(loss):
             raise UserError(f"the {self.name!r} ELBO is not finite at initialisation")
 
 
-def _sites_without_closed_form_kl(model, guide, x: torch.Tensor) -> list[str]:
-    guide_trace, model_trace = trace_pair(model, guide, x)
+def unsound_site(elbo: str, guide_trace, model_trace) -> str | None:
+    """Why ``elbo`` has no sound gradient for a site of the pair (one line), or ``None``.
+
+    - A discrete guide site that could be enumerated but is not would be trained on
+      score-function noise (``trace``, ``traceenum``) or on no gradient at all (``iwae``):
+      mark it for enumeration and use ``traceenum``.
+    - A guide site marked for enumeration is sampled by ``trace`` and ``meanfield``; ``iwae``
+      sums it out inside every weight, where q(y|x) cancels and gets no gradient.
+    - A non-reparameterized site without finite support has only the score-function
+      estimator, which ``iwae`` and ``meanfield`` do not compute.
+    - A model site marked for enumeration (absent from the guide) is summed out by
+      ``traceenum`` and ``iwae`` only.
+    """
+    for site in latent_sites(guide_trace):
+        name, fn, how = site["name"], site["fn"], site["infer"].get("enumerate")
+        if how == "sequential" or (how == "parallel" and site["infer"].get("num_samples")):
+            return (
+                f"guide site {name!r}: only exact parallel enumeration is supported; "
+                "use infer={'enumerate': 'parallel'}"
+            )
+        if how == "parallel":
+            if not getattr(fn, "has_enumerate_support", False):
+                return f"guide site {name!r} is marked for enumeration but {type(fn).__name__} has no finite support"
+            if elbo in ("trace", "meanfield"):
+                return (
+                    f"guide site {name!r} is marked for enumeration, which the {elbo} ELBO ignores (it would sample "
+                    "it, with score-function noise); use --elbo traceenum"
+                )
+            if elbo == "iwae":
+                return (
+                    f"--elbo iwae sums the enumerated guide site {name!r} out inside every weight, where q({name}|x) "
+                    "cancels and gets no gradient; use --elbo traceenum"
+                )
+        elif not fn.has_rsample:
+            if getattr(fn, "has_enumerate_support", False):
+                return (
+                    f"guide site {name!r} is discrete and not enumerated: the {elbo} ELBO would train it on "
+                    f"{'no gradient' if elbo == 'iwae' else 'score-function noise'}; mark it "
+                    "infer={'enumerate': 'parallel'} and use --elbo traceenum"
+                )
+            if elbo in ("iwae", "meanfield"):
+                return (
+                    f"guide site {name!r} ({type(fn).__name__}) has no reparameterized sampler and the {elbo} ELBO "
+                    "computes no score-function term; use --elbo trace"
+                )
+    for site in latent_sites(model_trace):
+        if site["name"] not in guide_trace.nodes and site["infer"].get("enumerate") == "parallel":
+            if elbo in ("trace", "meanfield"):
+                return (
+                    f"model site {site['name']!r} is marked for enumeration, which the {elbo} ELBO cannot sum out; "
+                    "use --elbo traceenum or iwae"
+                )
+    return None
+
+
+def _sites_without_closed_form_kl(guide_trace, model_trace) -> list[str]:
     missing = []
     for site in latent_sites(model_trace):
         try:
             kl_divergence(guide_trace.nodes[site["name"]]["fn"], site["fn"])
-        except NotImplementedError:
+        except (NotImplementedError, KeyError):
             missing.append(site["name"])
     return missing
 
 
-ELBOS = {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO, "iwae": None}
+ELBOS = {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO, "traceenum": TraceEnum_ELBO, "iwae": None}
 """ELBO name -> Pyro ELBO class (``None``: IWAE on the shared log-weights)."""

@@ -113,7 +113,7 @@ class _EveryParam(Messenger):
         self.values.setdefault(msg["name"], unconstrained() if unconstrained is not None else value)
 
 
-def foreign_params(model: Callable, guide: Callable, module: nn.Module, *args) -> list[str]:
+def foreign_params(model: Callable, guide: Callable, module: nn.Module, *args, **kwargs) -> list[str]:
     """Names of the ``pyro.param`` sites of the pair whose tensor is not a parameter of ``module``.
 
     Runs the guide and the model replayed against it once; every ``param`` statement with an initial
@@ -122,8 +122,8 @@ def foreign_params(model: Callable, guide: Callable, module: nn.Module, *args) -
     """
     sites = _EveryParam()
     try:
-        guide_trace = poutine.trace(sites(guide)).get_trace(*args)
-        poutine.replay(sites(model), trace=guide_trace)(*args)
+        guide_trace = poutine.trace(sites(guide)).get_trace(*args, **kwargs)
+        poutine.replay(sites(model), trace=guide_trace)(*args, **kwargs)
     except _NoInitialValue:
         pass
     own = {id(p) for p in module.parameters()}

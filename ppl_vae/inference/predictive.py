@@ -1,67 +1,231 @@
-"""Decodings and predictive draws, read off program traces (never off a model's attributes).
+r"""Decodings and predictive draws, read off program traces (never off a model's attributes).
 
-The mean of the observed site's distribution in a replayed model trace is the decoding
-f(z); for the Normal likelihood it is the x̂ whose squared distance to x is the MSE.
+A model may observe any number of sites; the one whose value *is* the batch ``x`` is the
+**data site** (for the canonical program, ``"x"``): the mean of its distribution in a replayed
+model trace is the decoding f(z), the x̂ whose squared distance to x is the MSE, and the
+pictures show it. ``pyro.deterministic`` sites and ``pyro.factor`` terms are not observations.
+
+Elements an observed site does not model — masked by ``poutine.mask``, ``obs_mask`` or a
+distribution's ``.mask(m)`` (a conditional VAE observing three quadrants of an image) — are
+given, not predicted: decodings and predictive draws keep the observed value there.
 """
 
 from __future__ import annotations
 
+import contextlib
+from typing import NamedTuple
+
+import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
+from pyro.distributions.torch_distribution import MaskedDistribution
 
-from .importance import latent_sites, max_plate_nesting, replayed_traces
+from .importance import Frame, latent_sites, max_plate_nesting, replayed_traces, sample_sites
 from .params import local_params
 
-__all__ = ["observed_site", "reconstruct", "prior_decode", "prior_predictive", "posterior_predictive"]
+__all__ = [
+    "observed_sites",
+    "data_site",
+    "element_mask",
+    "site_mean",
+    "reconstruct",
+    "prior_decode",
+    "prior_predictive",
+    "posterior_predictive",
+    "simulate",
+    "Predictive",
+    "Simulated",
+    "repeat_rows",
+    "default_dtype",
+]
 
 
-def observed_site(trace, conditioned: frozenset | set = frozenset()) -> dict:
-    """The (single) observed sample site of a model trace, not counting ``conditioned`` latents."""
-    sites = [
-        s for s in trace.nodes.values() if s["type"] == "sample" and s["is_observed"] and s["name"] not in conditioned
+def _is_data_bearing(site: dict) -> bool:
+    return not site["infer"].get("_deterministic") and not isinstance(site["fn"], dist.Unit)
+
+
+def observed_sites(trace) -> list[dict]:
+    """The observed sample sites that carry data: not ``pyro.deterministic``, not ``pyro.factor``."""
+    return [
+        s for s in sample_sites(trace) if (s["is_observed"] or s["infer"].get("was_observed")) and _is_data_bearing(s)
     ]
-    if len(sites) != 1:
-        raise ValueError(f"expected one observed site, found {[s['name'] for s in sites]}")
-    return sites[0]
 
 
-@torch.no_grad()
-def _replayed(model, guide, x: torch.Tensor, num_particles: int):
-    return replayed_traces(model, guide, x, num_particles, max_plate_nesting(model, guide, x))
+def _value(site: dict) -> torch.Tensor:
+    """The observed value of a site (also after ``poutine.uncondition`` drew a new one)."""
+    return site["infer"]["obs"] if site["infer"].get("was_observed") else site["value"]
 
 
-def reconstruct(model, guide, x: torch.Tensor, num_particles: int = 1) -> torch.Tensor:
-    """Decodings E[x | z] of ``num_particles`` draws z ~ q(z | x): ``(K, B, D)``."""
-    _, model_trace = _replayed(model, guide, x, num_particles)
-    return observed_site(model_trace)["fn"].mean.expand((num_particles,) + x.shape)
+def data_site(trace, x: torch.Tensor) -> dict | None:
+    """The observed site whose value is ``x`` (the same tensor, or equal values in any shape), or ``None``."""
+    candidates = [s for s in observed_sites(trace) if _value(s) is x]
+    if not candidates:
+        candidates = [
+            s
+            for s in observed_sites(trace)
+            if _value(s).numel() == x.numel() and torch.equal(_value(s).reshape(x.shape), x)
+        ]
+    named = [s for s in candidates if s["name"] == "x"]
+    return (named or candidates or [None])[0]
 
 
-@torch.no_grad()
-def posterior_predictive(model, guide, x: torch.Tensor, num_particles: int = 1):
-    """Draws z ~ q(z|x) (a dict by site), x' ~ p(x | z) ``(K, B, D)`` and log p(x | z) ``(K, B)``."""
-    guide_trace, model_trace = _replayed(model, guide, x, num_particles)
-    site = observed_site(model_trace)
-    shape = (num_particles,) + x.shape
-    latents = {s["name"]: s["value"] for s in latent_sites(guide_trace)}
-    return latents, site["fn"].sample().expand(shape), site["fn"].log_prob(x).expand(shape[:2])
+def element_mask(site: dict) -> torch.Tensor | None:
+    """Where the site's value is modelled: a bool tensor broadcastable to the value, or ``None`` (everywhere).
 
-
-@torch.no_grad()
-def prior_decode(model, n: int, data_dim: int, device="cpu", dtype=None) -> torch.Tensor:
-    """Decodings E[x | z] of n draws z ~ p(z): ``(n, D)``."""
-    trace = poutine.trace(local_params(model)).get_trace(torch.zeros(n, data_dim, device=device, dtype=dtype))
-    return observed_site(trace)["fn"].mean.expand(n, data_dim)
-
-
-@torch.no_grad()
-def prior_predictive(model, n: int, data_dim: int, device="cpu", dtype=None):
-    """Draws z ~ p(z) (a dict by site) and x ~ p(x | z) ``(n, D)``, the observation released.
-
-    The model is run on a placeholder batch of zeros (of ``dtype``) only for its shape.
+    Combines ``poutine.mask``/``obs_mask`` (over the batch) with ``.mask(m)`` of a distribution
+    inside ``.to_event(n)`` (which may cover event elements, e.g. pixels).
     """
-    placeholder = torch.zeros(n, data_dim, device=device, dtype=dtype)
-    model = local_params(model)
-    name = observed_site(poutine.trace(model).get_trace(placeholder[:1]))["name"]
-    trace = poutine.trace(poutine.uncondition(model)).get_trace(placeholder)
-    latents = {s["name"]: s["value"] for s in latent_sites(trace) if s["name"] != name}
-    return latents, trace.nodes[name]["value"]
+    fn, masks = site["fn"], []
+    if isinstance(site["mask"], torch.Tensor):
+        masks.append(site["mask"].reshape(site["mask"].shape + (1,) * fn.event_dim))
+    elif site["mask"] is False:
+        masks.append(torch.tensor(False))
+    while True:
+        if isinstance(fn, MaskedDistribution):
+            mask = fn._mask if isinstance(fn._mask, torch.Tensor) else torch.tensor(bool(fn._mask))
+            masks.append(mask.reshape(mask.shape + (1,) * fn.event_dim))
+            fn = fn.base_dist
+        elif isinstance(fn, torch.distributions.Independent):
+            fn = fn.base_dist
+        else:
+            break
+    if not masks:
+        return None
+    mask = masks[0]
+    for m in masks[1:]:
+        mask = mask & m
+    return mask
+
+
+def site_mean(site: dict) -> torch.Tensor | None:
+    """The mean of the site's distribution, or ``None`` where it has none in closed form."""
+    try:
+        return site["fn"].mean
+    except (NotImplementedError, AttributeError):
+        return None
+
+
+def _given_where_masked(site: dict, predicted: torch.Tensor) -> torch.Tensor:
+    """``predicted`` where the site is modelled, the observed value elsewhere."""
+    mask = element_mask(site)
+    return predicted if mask is None else torch.where(mask.to(predicted.device), predicted, _value(site))
+
+
+@torch.no_grad()
+def _replayed(model, guide, x: torch.Tensor, num_particles: int, **inputs):
+    return replayed_traces(model, guide, x, num_particles, max_plate_nesting(model, guide, x, **inputs), **inputs)
+
+
+def reconstruct(model, guide, x: torch.Tensor, num_particles: int = 1, **inputs) -> torch.Tensor | None:
+    """Decodings E[x | z] of ``num_particles`` draws z ~ q(z | x): ``(K, B, D)`` (``None`` without a data site)."""
+    _, model_trace = _replayed(model, guide, x, num_particles, **inputs)
+    site = data_site(model_trace, x)
+    if site is None:
+        return None
+    value = _value(site)
+    mean = _given_where_masked(site, site["fn"].mean.expand((num_particles,) + value.shape))
+    return mean.reshape((num_particles,) + x.shape)
+
+
+class Predictive(NamedTuple):
+    """Posterior draws: latents ``{site: (K, B, ...)}``, replicated observed sites and their log-likelihoods."""
+
+    latents: dict[str, torch.Tensor]
+    replicates: dict[str, torch.Tensor]  # {site: (K, B, ...)} x' ~ p(x | z)
+    log_lik: dict[str, torch.Tensor]  # {site: (K, B)} log p(x | z) of the observed values
+    observed: dict[str, torch.Tensor]  # {site: (B, ...)} the observed values
+    data: str | None  # the name of the data site
+
+
+@torch.no_grad()
+def posterior_predictive(model, guide, x: torch.Tensor, num_particles: int = 1, **inputs) -> Predictive:
+    """Draws z ~ q(z|x), then x' ~ p(x | z) and log p(x | z) for every observed site, with the program's inputs."""
+    nesting = max_plate_nesting(model, guide, x, **inputs)
+    guide_trace, model_trace = replayed_traces(model, guide, x, num_particles, nesting, **inputs)
+    model_trace.compute_log_prob()
+    frame = Frame(nesting, 0, num_particles, x.shape[0])
+    replicates, log_lik, observed = {}, {}, {}
+    for site in observed_sites(model_trace):
+        shape = (num_particles,) + _value(site).shape
+        replicates[site["name"]] = _given_where_masked(site, site["fn"].sample().expand(shape))
+        log_lik[site["name"]] = frame.term(site).expand(num_particles, x.shape[0])
+        observed[site["name"]] = _value(site)
+    latents = {s["name"]: s["value"] for s in latent_sites(guide_trace)}
+    data = data_site(model_trace, x)
+    return Predictive(latents, replicates, log_lik, observed, data and data["name"])
+
+
+def _placeholder(n: int, data_dim: int, device, dtype, like: torch.Tensor | None) -> torch.Tensor:
+    """``n`` rows of ``like`` (repeated as needed), or zeros: what the model runs on for its shape and its givens."""
+    if like is None:
+        return torch.zeros(n, data_dim, device=device, dtype=dtype)
+    return repeat_rows({"x": like}, n)["x"]
+
+
+def repeat_rows(inputs: dict, n: int) -> dict:
+    """The inputs repeated (cycling through their rows) to ``n`` rows; ``None`` stays ``None``."""
+    return {
+        k: v.repeat((-(-n // len(v)),) + (1,) * (v.dim() - 1))[:n] if isinstance(v, torch.Tensor) else v
+        for k, v in inputs.items()
+    }
+
+
+class Simulated(NamedTuple):
+    """Draws from the prior predictive: latents by site, the data site's x (or ``None``) and every observed site."""
+
+    latents: dict[str, torch.Tensor]
+    x: torch.Tensor | None  # (n, D)
+    observed: dict[str, torch.Tensor]
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype | None):
+    """Run with torch's default dtype set to ``dtype`` (the data's).
+
+    Sampling from a Pyro autoregressive flow inverts it on tensors built with the default dtype,
+    so a float64 program could not draw from a flow prior otherwise.
+    """
+    if dtype is None or dtype == torch.get_default_dtype():
+        yield
+        return
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
+
+
+@torch.no_grad()
+def simulate(model, n: int, data_dim: int, device="cpu", dtype=None, like=None, **inputs) -> Simulated:
+    """Draws z ~ p(z) and every observed site from p(· | z), elements the model does not model kept from ``like``.
+
+    The model runs on ``like`` (data rows, repeated to ``n``) or on zeros; ``inputs`` (labels…)
+    are repeated to ``n`` rows too.
+    """
+    placeholder = _placeholder(n, data_dim, device, dtype, like)
+    with default_dtype(placeholder.dtype):
+        trace = poutine.trace(poutine.uncondition(local_params(model))).get_trace(placeholder, **repeat_rows(inputs, n))
+    observed = {s["name"]: _given_where_masked(s, s["value"]) for s in observed_sites(trace)}
+    data = data_site(trace, placeholder)
+    x = None if data is None else observed[data["name"]].reshape(placeholder.shape)
+    latents = {s["name"]: s["value"] for s in latent_sites(trace) if not s["infer"].get("was_observed")}
+    return Simulated(latents, x, observed)
+
+
+def prior_predictive(model, n: int, data_dim: int, device="cpu", dtype=None, like=None, **inputs):
+    """Draws z ~ p(z) (a dict by site) and x ~ p(x | z) ``(n, D)`` of the data site, the observation released."""
+    sim = simulate(model, n, data_dim, device, dtype, like, **inputs)
+    return sim.latents, sim.x
+
+
+@torch.no_grad()
+def prior_decode(model, n: int, data_dim: int, device="cpu", dtype=None, like=None, **inputs) -> torch.Tensor | None:
+    """Decodings E[x | z] of n draws z ~ p(z): ``(n, D)`` (``None`` without a data site)."""
+    placeholder = _placeholder(n, data_dim, device, dtype, like)
+    with default_dtype(placeholder.dtype):
+        trace = poutine.trace(local_params(model)).get_trace(placeholder, **repeat_rows(inputs, n))
+    site = data_site(trace, placeholder)
+    if site is None:
+        return None
+    return _given_where_masked(site, site["fn"].mean.expand(_value(site).shape)).reshape(placeholder.shape)

@@ -1,4 +1,4 @@
-"""Stochastic variational inference on in-memory minibatches.
+r"""Stochastic variational inference on in-memory minibatches.
 
 Each epoch draws one permutation of the training rows (from a generator seeded by the run
 seed and the epoch, so a resumed run sees the same order), slices minibatches off it and
@@ -10,6 +10,22 @@ The optimizer steps the parameters of the program's modules; the programs' ``pyr
 statements are answered with those tensors (:mod:`ppl_vae.inference.params`), so training
 leaves Pyro's global param store alone, and ``pyro.infer.SVI`` on the same program and
 minibatches steps the same tensors.
+
+With labels for part of the training set (semi-supervised, Kingma et al. 2014,
+arXiv:1406.5298), each epoch permutes the labelled and the unlabelled points separately and
+interleaves their batches evenly; a batch is all-labelled (the program gets ``y``, class
+indices ``(B,)``) or all-unlabelled (``y=None``), and is scaled to its own part of the data,
+
+.. math::
+
+    \mathcal J = \frac{N_l}{B} \sum_{i \in \text{labelled batch}} \mathcal L(x_i, y_i)
+    \quad\text{or}\quad \frac{N_u}{B} \sum_{i \in \text{unlabelled batch}} \mathcal U(x_i),
+
+so that each step's gradient is unbiased for :math:`\sum_l \mathcal L + \sum_u \mathcal U`
+and every point is visited once an epoch.
+
+Before anything is written, :func:`~ppl_vae.inference.trial.check_program` runs the program on
+a trial batch of each kind the run will feed it.
 """
 
 from __future__ import annotations
@@ -33,11 +49,12 @@ from .importance import log_weights, max_plate_nesting, rng_untouched
 from .objectives import Objective
 from .params import foreign_params
 from .schedules import ANNEALING, LR_SCHEDULES
+from .trial import check_program
 
 if TYPE_CHECKING:  # the config layer sits above this one: read by attribute, imported for types only
     from ..config import Config
 
-__all__ = ["Trainer", "TrainingDiverged", "Interrupted", "epoch_permutation", "elbo_per_datapoint"]
+__all__ = ["Trainer", "TrainingDiverged", "Interrupted", "epoch_permutation", "epoch_batches", "elbo_per_datapoint"]
 
 
 class TrainingDiverged(UserError):
@@ -58,19 +75,47 @@ def epoch_permutation(n: int, seed: int, epoch: int, device="cpu") -> torch.Tens
     return torch.randperm(n, generator=generator).to(device)
 
 
+def epoch_batches(
+    n: int, batch_size: int, seed: int, epoch: int, labelled: torch.Tensor | None = None, device="cpu"
+) -> list[tuple[torch.Tensor, bool]]:
+    """The batches of ``epoch``, ``(row indices, labelled?)``: a function of (seed, epoch, the labelled rows) alone.
+
+    Without labelled rows, the slices of :func:`epoch_permutation`. With them (a bool mask
+    ``(n,)``), the labelled and the unlabelled rows are permuted separately (each a sub-order
+    of the epoch's permutation) and their batches interleaved evenly.
+    """
+    if labelled is None or not bool(labelled.any()):
+        return [(idx, False) for idx in epoch_permutation(n, seed, epoch, device).split(batch_size)]
+    order = epoch_permutation(n, seed, epoch)
+    is_labelled = labelled.cpu()[order]
+    parts = {
+        kind: rows.split(batch_size) if len(rows) else ()
+        for kind, rows in ((True, order[is_labelled]), (False, order[~is_labelled]))
+    }
+    keyed = [((j + 0.5) / len(batches), kind, idx) for kind, batches in parts.items() for j, idx in enumerate(batches)]
+    keyed.sort(key=lambda item: (item[0], not item[1]))
+    return [(idx.to(device), kind) for _, kind, idx in keyed]
+
+
+def _rows(inputs: dict, rows) -> dict:
+    return {k: v[rows] if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+
+
 @torch.no_grad()
 def elbo_per_datapoint(
-    program, x: torch.Tensor, batch_size: int = 1024, num_particles: int = 1, nesting: int | None = None
+    program, x: torch.Tensor, batch_size: int = 1024, num_particles: int = 1, nesting: int | None = None, **inputs
 ) -> torch.Tensor:
     """Monte Carlo ELBO of each row of ``x``: ``(N,)``, from the shared log-weights.
 
-    ``nesting`` is the pair's plate nesting, when known.
+    ``nesting`` is the pair's plate nesting, when known; ``inputs`` the rows' inputs (labels ``y``, or ``y=None``).
     """
     if nesting is None:
-        nesting = max_plate_nesting(program.model, program.guide, x[:batch_size])
+        nesting = max_plate_nesting(program.model, program.guide, x[:batch_size], **_rows(inputs, slice(0, batch_size)))
     parts = [
-        log_weights(program.model, program.guide, xb, num_particles, nesting).total.mean(0)
-        for xb in x.split(batch_size)
+        log_weights(
+            program.model, program.guide, xb, num_particles, nesting, **_rows(inputs, slice(i, i + len(xb)))
+        ).elbo.mean(0)
+        for i, xb in zip(range(0, len(x), batch_size), x.split(batch_size))
     ]
     return torch.cat(parts)
 
@@ -87,12 +132,20 @@ class Trainer:
     ``on_epoch(trainer)`` is called after each epoch and ``on_step(trainer)`` after each
     step (checkpointing); ``history`` holds one dict a completed epoch. The counters are
     everything a checkpoint needs to resume mid-epoch with the same data order.
+
+    ``labels`` ``(N,)`` int64 are the training labels the program sees (-1: unlabelled), or
+    ``None`` for a program that gets no ``y``; ``test_labels`` are passed with the test rows
+    (a program conditioned on y), else the test rows are unlabelled. ``name`` names the
+    program in refusals.
     """
 
     program: torch.nn.Module
     config: Config
     train: torch.Tensor
     test: torch.Tensor
+    labels: torch.Tensor | None = None
+    test_labels: torch.Tensor | None = None
+    name: str = "the program"
     on_epoch: Callable[[Trainer], None] | None = None
     on_step: Callable[[Trainer], None] | None = None
     on_interrupt: Callable[[Trainer], None] | None = None
@@ -110,10 +163,16 @@ class Trainer:
         self.objective = Objective(t.elbo, t.particles)
         if t.compile == "on" and self.cluster.world > 1:
             raise UserError("--compile trains one process; DDP needs the eager step (drop --compile or --distributed)")
+        if t.compile == "on" and self.labels is not None:
+            raise UserError("--compile records steps on x alone; a program given labels (--labels) trains without it")
+        self._labelled = None if self.labels is None else self.labels >= 0
+        self.n_labelled = 0 if self._labelled is None else int(self._labelled.sum())
         self._check_params()
+        beta = t.beta if t.anneal == "none" else 0.5  # annealing: β other than 1, whatever β is
+        self.nesting = check_program(self.program, self.objective, self.trial_batches(), self.name, beta)
         self.loss = self.cluster.wrap(ProgramLoss(self.program, self.objective), self.train.device)
         # a program that cannot be recorded is refused (--compile) or trained eagerly (auto) before anything is written
-        mode = "off" if self.cluster.world > 1 else (self.step_kind or t.compile)
+        mode = "off" if self.cluster.world > 1 or self.labels is not None else (self.step_kind or t.compile)
         n, b = len(self.train), t.batch_size
         steps = (t.epochs - self.epoch) * -(-n // b)
         shapes = 1 if n % b == 0 or n < b else 2
@@ -134,9 +193,9 @@ class Trainer:
 
     def _check_params(self) -> None:
         """Refuse ``pyro.param`` sites that the optimizer, holding the modules' parameters, would never step."""
-        x = self.train[: min(2, len(self.train))]
+        _, x, inputs = self.trial_batches()[0]
         with rng_untouched(x):
-            foreign = foreign_params(self.program.model, self.program.guide, self.program, x)
+            foreign = foreign_params(self.program.model, self.program.guide, self.program, x, **inputs)
         if foreign:
             raise UserError(
                 f"pyro.param site(s) {', '.join(foreign)} are not parameters of the program's modules, so training "
@@ -152,20 +211,53 @@ class Trainer:
         t = self.config.train
         return self._lr(t.lr, t.lr_final, epoch_fraction / t.epochs)
 
-    def _nesting(self) -> int:
-        return self.objective.nesting(self.program.model, self.program.guide, self.train[:2])
+    def _inputs(self, idx: torch.Tensor, labelled: bool) -> dict:
+        """What the program gets beside x for the rows ``idx``: ``y`` for a labelled batch, ``y=None`` otherwise."""
+        if self.labels is None:
+            return {}
+        return {"y": self.labels[idx.to(self.labels.device)].to(self.train.device) if labelled else None}
+
+    def test_inputs(self) -> dict:
+        """The inputs of the test rows: their labels for a program conditioned on y, else ``y=None``."""
+        if self.test_labels is not None:
+            return {"y": self.test_labels.to(self.test.device)}
+        return {} if self.labels is None else {"y": None}
+
+    def trial_batches(self) -> list[tuple[str, torch.Tensor, dict]]:
+        """Two rows of each kind of batch this run feeds the program: labelled, unlabelled, test."""
+        binary = self.config.data.binarize
+        rows = lambda x, idx: (x[idx] > 0.5).to(x.dtype) if binary else x[idx]  # binarized without drawing
+        batches = []
+        if self.n_labelled:
+            idx = self._labelled.nonzero().flatten()[:2]
+            batches.append(("labelled", rows(self.train, idx), self._inputs(idx, True)))
+        if self.n_labelled < len(self.train):
+            idx = (
+                torch.arange(min(2, len(self.train))) if self._labelled is None else (~self._labelled).nonzero()[:2, 0]
+            )
+            kind = "unlabelled" if self.labels is not None else ""
+            batches.append((kind, rows(self.train, idx), self._inputs(idx, False)))
+        if self.test_labels is not None and not self.n_labelled:
+            batches.append(("labelled test", self.test[:2], _rows(self.test_inputs(), slice(0, 2))))
+        return batches
+
+    def batches(self) -> list[tuple[torch.Tensor, bool]]:
+        """This epoch's batches: ``(row indices, labelled?)``."""
+        t = self.config.train
+        return epoch_batches(len(self.train), t.batch_size, t.seed, self.epoch, self._labelled, self.train.device)
 
     def run_epoch(self) -> dict:
         """Finish the current epoch (from ``batch_index`` on, after a resume) and return its row."""
         t, n = self.config.train, len(self.train)
         start = time.perf_counter()
-        batches = epoch_permutation(n, t.seed, self.epoch, self.train.device).split(t.batch_size)
+        batches = self.batches()
         with pyro.validation_enabled(t.pyro_validation):
             self._steps(batches)
+        test_elbo = elbo_per_datapoint(self.program, self.test, nesting=self.nesting, **self.test_inputs())
         row = {
             "epoch": self.epoch + 1,
             "train_objective": -self.cluster.sum(self.epoch_loss) / n,
-            "test_elbo": elbo_per_datapoint(self.program, self.test, nesting=self._nesting()).mean().item(),
+            "test_elbo": test_elbo.mean().item(),
             "beta": self.beta(self.epoch + 1),
             "seconds": time.perf_counter() - start,
         }
@@ -181,15 +273,18 @@ class Trainer:
             leave=False,
             disable=not self.progress,
         )
+        part = {True: self.n_labelled, False: n - self.n_labelled}  # N_l or N_u: the batch's part of the data
         with bar:  # closed however the epoch ends: divergence and interruption included
             for i in range(self.batch_index, len(batches)):
-                x = self.train[self.cluster.shard(batches[i])]
+                idx, labelled = batches[i]
+                rows = self.cluster.shard(idx)
+                x = self.train[rows]
                 if self.config.data.binarize:
                     x = binarize(x)
                 # N·W/B: on one process N/B; across W ranks DDP's average restores the union batch's gradient
-                scale = n * world / len(batches[i])
+                scale = part[labelled] * world / len(idx)
                 progress = self.epoch + i / len(batches)  # in epochs
-                value = self._loss_and_grads(x, scale, self.beta(progress))
+                value = self._loss_and_grads(x, scale, self.beta(progress), self._inputs(rows, labelled))
                 if not math.isfinite(value):
                     raise TrainingDiverged(
                         f"the loss became {value} at epoch {self.epoch + 1}, step {i + 1}; "
@@ -209,11 +304,11 @@ class Trainer:
                         self.on_interrupt(self)
                     raise Interrupted(self._signal)
 
-    def _loss_and_grads(self, x: torch.Tensor, scale: float, beta: float) -> float:
-        """The objective's value on ``x``, with its gradient left in the parameters' ``.grad``."""
+    def _loss_and_grads(self, x: torch.Tensor, scale: float, beta: float, inputs: dict | None = None) -> float:
+        """The objective's value on ``x`` (and its ``inputs``), with its gradient left in the parameters' ``.grad``."""
         if self.compiled is not None:
             return self.compiled(x, scale, beta).item()
-        loss = self.loss(x, scale, beta)
+        loss = self.loss(x, scale, beta, **(inputs or {}))
         value = loss.item()
         if math.isfinite(value):
             self.optimizer.zero_grad(set_to_none=True)
@@ -221,10 +316,8 @@ class Trainer:
         return value
 
     def fit(self) -> list[dict]:
+        """Train until ``config.train.epochs`` (the program was checked when the trainer was made)."""
         t = self.config.train
-        check = self.train[: min(2, len(self.train))]
-        with pyro.validation_enabled(True):  # shape and support errors surface here, once
-            self.objective.check(self.program.model, self.program.guide, check)
         previous = (
             {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if _main_thread() else {}
         )

@@ -1,17 +1,40 @@
 """Checking a program against :mod:`ppl_vae.contracts` before any work is done.
 
-Every refusal is a :class:`~ppl_vae.errors.UserError` whose one line names the program, the
-contract and what is missing, so a user sees it before a run directory exists.
+:func:`check_program` runs the pair on one small trial batch of each kind training and
+evaluation will feed it (labelled, unlabelled): the guide and the model replayed against it,
+the structure the bench relies on (the data plate, matching latent site names, where
+enumerated sites sit, where parameters live), one evaluation step with K = 2 particles in one
+vectorized pass (the per-datapoint log-weights every estimator uses), and the objective with
+its soundness check. Every refusal is a :class:`~ppl_vae.errors.UserError` whose one line
+names the program, the site and the reason, so a user sees it before a run directory exists
+— never after training.
+
+Programs that cannot broadcast over a leading particle dimension are refused here rather than
+run particle by particle: the contract asks for it (as Pyro's vectorized ELBOs do), the fix is
+local to the program (leading dims from ``z.shape[:-1]``, not ``x.shape[0]``), and a silent
+particle-by-particle fallback would make every K = 1000 evaluation a thousand sequential passes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
 from torch import nn
 
-from ..contracts import Guide, Model
+from ..contracts import DATA_PLATE, Guide, Model
 from ..errors import UserError
+from .importance import latent_sites, log_weights, max_plate_nesting, replayed_traces, rng_untouched, sample_sites
+from .params import local_params
+from .predictive import default_dtype
 
-__all__ = ["check_module"]
+__all__ = ["check_module", "check_program", "TRIAL_PARTICLES"]
+
+TRIAL_PARTICLES = 2  # K of the trial evaluation step: enough to expose a missing particle broadcast
 
 
 def check_module(module: object, role: str, where: str) -> nn.Module:
@@ -24,3 +47,145 @@ def check_module(module: object, role: str, where: str) -> nn.Module:
             f"{where} does not satisfy ppl_vae.contracts.{contract.__name__}: it has no method {role}(x, **inputs)"
         )
     return module
+
+
+class _LastSite(Messenger):
+    """Remember the name of the last site a program reached, to say where it failed."""
+
+    def __init__(self):
+        super().__init__()
+        self.name: str | None = None
+
+    def _postprocess_message(self, msg):
+        if msg["type"] in ("sample", "param") and not site_is_subsample(msg) and not str(msg["name"]).startswith("_"):
+            self.name = msg["name"]
+
+
+def _failure(where: str, what: str, last: _LastSite, err: Exception) -> UserError:
+    text = " ".join(str(err).split()) or type(err).__name__
+    at = f" after site {last.name!r}" if last.name else " before its first site"
+    return UserError(f"{where}: {what} fails{at}: {type(err).__name__}: {text[:300]}")
+
+
+def _run(where: str, what: str, fn: Callable, *args, **kwargs):
+    last = _LastSite()
+    try:
+        with last:
+            return fn(*args, **kwargs)
+    except UserError as err:  # the bench's own refusal (an objective's soundness check): say whose
+        raise UserError(f"{where}: {err}") from None
+    except Exception as err:  # noqa: BLE001 - whatever the user's program raises becomes one line
+        raise _failure(where, what, last, err) from None
+
+
+def _structure(where: str, guide_trace, model_trace, batch: int, parameters: set[int]) -> None:
+    """The rules of :mod:`ppl_vae.contracts` that a trace can show."""
+    for role, trace in (("guide", guide_trace), ("model", model_trace)):
+        plate = trace.nodes.get(DATA_PLATE)
+        if plate is not None and site_is_subsample(plate) and plate["fn"].size != batch:
+            raise UserError(
+                f"{where}: the {role}'s plate {DATA_PLATE!r} has size {plate['fn'].size} on a batch of {batch}; "
+                f"use pyro.plate({DATA_PLATE!r}, x.shape[0]) (the bench scales minibatches itself)"
+            )
+        for site in sample_sites(trace):
+            frames = [f for f in site["cond_indep_stack"] if f.name == DATA_PLATE]
+            if not frames:
+                raise UserError(
+                    f"{where}: {role} site {site['name']!r} is outside pyro.plate({DATA_PLATE!r}, x.shape[0]); "
+                    "every sample site must be inside it"
+                )
+            if frames[0].size not in (batch, -1, None):  # -1: pyro.plate("data") without a size broadcasts
+                raise UserError(
+                    f"{where}: the {role}'s plate {DATA_PLATE!r} has size {frames[0].size} on a batch of {batch}; "
+                    f"use pyro.plate({DATA_PLATE!r}, x.shape[0]) (the bench scales minibatches itself)"
+                )
+            if site["infer"].get("enumerate") == "parallel" and not site["is_observed"]:
+                nested = [f.name for f in site["cond_indep_stack"] if f.vectorized and f.name != DATA_PLATE]
+                if nested:
+                    raise UserError(
+                        f"{where}: enumerated {role} site {site['name']!r} sits in plate(s) {', '.join(nested)} "
+                        f"inside {DATA_PLATE!r}; the bench sums out enumerated sites of the data plate only"
+                    )
+        for site in trace.nodes.values():
+            if site["type"] != "param":
+                continue
+            value = site["value"]
+            unconstrained = value.unconstrained() if hasattr(value, "unconstrained") else None
+            if id(value) not in parameters and id(unconstrained) not in parameters:
+                raise UserError(
+                    f"{where}: pyro.param site {site['name']!r} is not a parameter of the program's modules, so it "
+                    "would be neither trained nor saved; make it an nn.Parameter of the module (or use pyro.module)"
+                )
+    guide_latents = {s["name"] for s in latent_sites(guide_trace)}
+    model_latents = {
+        s["name"]
+        for s in latent_sites(model_trace)
+        if not (s["infer"].get("enumerate") == "parallel" and s["name"] not in guide_trace.nodes)
+    }
+    extra, missing = sorted(guide_latents - model_latents), sorted(model_latents - guide_latents)
+    if extra or missing:
+        parts = []
+        if missing:
+            parts.append(f"the model's latent site(s) {', '.join(map(repr, missing))} are not sampled by the guide")
+        if extra:
+            parts.append(f"the guide samples {', '.join(map(repr, extra))}, which the model does not have as latents")
+        raise UserError(
+            f"{where}: {'; '.join(parts)}; model and guide must share latent site names "
+            "(or mark a model-only discrete site infer={'enumerate': 'parallel'})"
+        )
+
+
+def check_program(
+    program: nn.Module,
+    objective,
+    batches: list[tuple[str, torch.Tensor, dict]],
+    where: str = "the program",
+    beta: float = 1.0,
+) -> int:
+    """Run ``program`` on trial batches ``(kind, x, inputs)``; a one-line :class:`UserError` if it breaks the contract.
+
+    ``kind`` names the batch in messages ("labelled", "unlabelled"); ``x`` needs two rows at
+    least (only the first two are used); ``objective`` is an :class:`~ppl_vae.inference.objectives.Objective`;
+    ``beta`` a KL weight other than 1 the run will use, so that the objective is tried with it.
+    Nothing is drawn from the RNG. Returns the pair's plate nesting.
+    """
+    model, guide = local_params(program.model), local_params(program.guide)  # the param store left alone
+    parameters = {id(p) for p in program.parameters()}
+    nesting = 0
+    for kind, x, inputs in batches:
+        x = x[:2]
+        inputs = {k: v[:2] if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+        on = f"on a {kind} trial batch" if kind else "on a trial batch"
+        with rng_untouched(x), pyro.validation_enabled(True):
+            guide_trace = _run(where, f"the guide {on}", poutine.trace(guide).get_trace, x, **inputs)
+            replayed = poutine.trace(poutine.replay(model, trace=guide_trace))
+            model_trace = _run(where, f"the model {on}", replayed.get_trace, x, **inputs)
+            _structure(where, guide_trace, model_trace, x.shape[0], parameters)
+            nesting = max_plate_nesting(model, guide, x, **inputs)
+            lw = _run(
+                where,
+                f"the importance sampler {on} with K = {TRIAL_PARTICLES} particles in one pass "
+                "(programs must broadcast over a leading particle dimension)",
+                log_weights,
+                model,
+                guide,
+                x,
+                TRIAL_PARTICLES,
+                nesting,
+                **inputs,
+            )
+            for name, value in (("log-weight", lw.total), ("ELBO", lw.elbo)):
+                if not torch.isfinite(value).all():
+                    raise UserError(f"{where}: the {name} is not finite {on}; check the likelihood's support")
+            # what pictures and predictive checks run: sampled draws (discrete sites drawn, not summed), prior draws
+            what = f"the guide and model with K = {TRIAL_PARTICLES} sampled draws {on}"
+            _run(where, what, replayed_traces, model, guide, x, TRIAL_PARTICLES, nesting, **inputs)
+            prior = poutine.trace(poutine.uncondition(model)).get_trace
+            with default_dtype(x.dtype):
+                _run(where, f"the model drawing from its prior {on}", prior, x, **inputs)
+            _run(where, f"the {objective.name} objective {on}", objective.check, model, guide, x, **inputs)
+            if beta != 1.0:
+                what = f"the {objective.name} objective with beta = {beta:g} {on}"
+                with torch.enable_grad():
+                    _run(where, what, objective, model, guide, x, beta=beta, **inputs)
+    return nesting

@@ -9,7 +9,7 @@ from scipy import stats
 
 from .figures import new_figure, save_figure
 
-__all__ = ["khat_per_point", "ppc_image_statistics", "sbc_rank_ecdf", "image_statistics"]
+__all__ = ["khat_per_point", "ppc_image_statistics", "sbc_rank_ecdf", "image_statistics", "data_variable"]
 
 
 def khat_per_point(khat: np.ndarray, path: str | Path) -> Path:
@@ -34,12 +34,18 @@ def image_statistics(x: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
+def data_variable(idata) -> str:
+    """The observed variable holding the images (the one with a ``pixel`` dim)."""
+    return next(name for name, v in idata.observed_data.data_vars.items() if "pixel" in v.dims)
+
+
 def ppc_image_statistics(idata, path: str | Path) -> Path:
     """ArviZ's posterior predictive check (``arviz.plot_ppc``) on image statistics of an ``InferenceData``."""
     import arviz as az
 
-    observed = image_statistics(idata.observed_data["x"].values)  # (N,)
-    replicated = image_statistics(idata.posterior_predictive["x"].values)  # (1, S, N)
+    name = data_variable(idata)
+    observed = image_statistics(idata.observed_data[name].values)  # (N,)
+    replicated = image_statistics(idata.posterior_predictive[name].values)  # (1, S, N)
     check = az.from_dict(posterior_predictive=dict(replicated), observed_data=observed)
     fig, axes = new_figure((11, 3.2), 1, len(observed))
     az.plot_ppc(check, num_pp_samples=min(20, replicated["mean_intensity"].shape[1]), random_seed=0, ax=axes)

@@ -1,8 +1,9 @@
 """Build the model/guide pair a config names: registries for the parts, or the user's own program.
 
 The bench only ever sees a :class:`Program`: a module holding a model module and a guide
-module, with ``model(x)`` and ``guide(x)``. Everything it does with them goes through
-Pyro's effect handlers.
+module, with ``model(x, **inputs)`` and ``guide(x, **inputs)``; each part gets the inputs its
+own signature names (:func:`ppl_vae.contracts.accepted_inputs`). Everything the bench does
+with them goes through Pyro's effect handlers.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from ..config import Config, is_program_spec
+from ..contracts import accepted_inputs, select_inputs
 from ..errors import UserError
 from ..guides import GUIDES, AmortizedGuide, Encoder, posterior_head
 from ..inference.trial import check_module
@@ -31,12 +33,18 @@ class Program(nn.Module):
         super().__init__()
         self.model_module = model_module
         self.guide_module = guide_module
+        self._model_inputs = accepted_inputs(model_module.model)
+        self._guide_inputs = accepted_inputs(guide_module.guide)
 
-    def model(self, x: torch.Tensor) -> None:
-        return self.model_module.model(x)
+    def model(self, x: torch.Tensor, **inputs) -> None:
+        return self.model_module.model(x, **select_inputs(self._model_inputs, inputs))
 
-    def guide(self, x: torch.Tensor) -> None:
-        return self.guide_module.guide(x)
+    def guide(self, x: torch.Tensor, **inputs) -> None:
+        return self.guide_module.guide(x, **select_inputs(self._guide_inputs, inputs))
+
+    def takes(self, name: str) -> bool:
+        """Whether the model or the guide names the input ``name`` (``y``: labels)."""
+        return any(accepted is None or name in accepted for accepted in (self._model_inputs, self._guide_inputs))
 
 
 def _pick(registry: dict, name: str, what: str):
@@ -70,24 +78,37 @@ def load_factory(spec: str, role: str) -> Callable:
     return factory
 
 
-def _user_module(spec: str, role: str, data_dim: int, latent_dim: int) -> nn.Module:
-    return check_module(load_factory(spec, role)(data_dim, latent_dim), role, spec)
+def _user_module(spec: str, role: str, data_dim: int, latent_dim: int, **facts) -> nn.Module:
+    """The module ``factory(data_dim, latent_dim, **facts)`` returns, ``facts`` limited to those it names."""
+    factory = load_factory(spec, role)
+    facts = select_inputs(accepted_inputs(factory), facts)
+    try:
+        module = factory(data_dim, latent_dim, **facts)
+    except Exception as err:  # noqa: BLE001 - whatever the user's factory raises becomes one line
+        raise UserError(f"{spec}: building the {role} failed: {type(err).__name__}: {err}") from None
+    return check_module(module, role, spec)
 
 
 def build_program(
-    cfg: Config, data_dim: int, image_shape: tuple[int, ...], init_data: torch.Tensor | None = None
+    cfg: Config,
+    data_dim: int,
+    image_shape: tuple[int, ...],
+    init_data: torch.Tensor | None = None,
+    num_classes: int | None = None,
 ) -> Program:
     """Build the :class:`Program` described by ``cfg`` for data of ``data_dim`` values.
 
     Args:
         init_data: training rows used to initialise data-dependent parameters (the VampPrior's
             pseudo-inputs); ``None`` when the weights will be loaded from a checkpoint anyway.
+        num_classes: C of a labelled data set, for user factories that name ``num_classes``.
     """
     m, g = cfg.model, cfg.guide
-    model_module = _user_module(m.program, "model", data_dim, m.latent_dim) if m.program else None
+    facts = {"num_classes": num_classes, "image_shape": tuple(image_shape)}
+    model_module = _user_module(m.program, "model", data_dim, m.latent_dim, **facts) if m.program else None
     encoder_net, decoder_net = _pick(NETWORKS, m.network, "network")
     if is_program_spec(g.name):
-        guide_module = _user_module(g.name, "guide", data_dim, m.latent_dim)
+        guide_module = _user_module(g.name, "guide", data_dim, m.latent_dim, **facts)
     elif model_module is not None:  # a user's model brings its own guide (its latent sites)
         guide_module = check_module(model_module, "guide", f"{m.program} (give a guide with --guide file.py:factory)")
     else:

@@ -1,10 +1,17 @@
 """The Bayesian-workflow analysis of a trained run: ``ppl-vae evaluate``.
 
 Everything goes through the program's traces, so a user's own program gets the same
-analysis: importance-sampled log p(x) with PSIS k̂, rate/distortion/MSE, active units, the
-amortization and approximation gaps, simulation-based calibration, predictive checks, and
-an ArviZ ``InferenceData``. :func:`evaluate` computes an :class:`Evaluation`;
-:func:`write_evaluation` writes it into the run directory; :func:`evaluate_run` does both.
+analysis: importance-sampled log p(x) with PSIS k̂, rate/distortion/MSE (also per observed
+site), active units, the amortization and approximation gaps, simulation-based calibration,
+predictive checks, an ArviZ ``InferenceData``, and — for a guide with a latent site ``y`` on
+labelled test data — the classification accuracy. :func:`evaluate` computes an
+:class:`Evaluation`; :func:`write_evaluation` writes it into the run directory;
+:func:`evaluate_run` does both.
+
+The test points get the inputs the program was trained to take (:meth:`Run.inputs`): a
+program conditioned on labels (``--labels all``) gets the test labels, and log p(x) is then
+log p(x | y) or log p(x, y); a program that takes y otherwise gets ``y=None`` and y is summed
+out. Enumerated discrete sites are summed out exactly everywhere.
 """
 
 from __future__ import annotations
@@ -19,9 +26,10 @@ import pyro
 import torch
 
 from ..config import EvalConfig
+from ..data.datasets import is_class_labels
 from ..data.rowfile import as_tensor
 from ..diagnostics.elpd import heldout_elpd, point_hashes
-from ..diagnostics.estimators import PointEstimates, importance_sample, psis_khat, summarize
+from ..diagnostics.estimators import PointEstimates, classify, importance_sample, psis_khat, summarize
 from ..diagnostics.gaps import refine_local_guide
 from ..diagnostics.inference_data import to_inference_data
 from ..diagnostics.sbc import SBCResult, simulation_based_calibration
@@ -52,54 +60,107 @@ class Evaluation:
     summary: dict[str, Any]  # the numbers of evaluation.json
     estimates: PointEstimates  # per test point: IWAE log p(x), ELBO, KL, ... (K log-weights each)
     khat: np.ndarray  # (N,) PSIS k̂ per test point
-    sbc: SBCResult
+    sbc: SBCResult | None  # None: skipped (--sbc-simulations 0, or nothing to simulate)
     idata: Any  # arviz.InferenceData of the first idata_points points
     x: torch.Tensor  # (N, D) the evaluated points
-    prior_x: torch.Tensor  # (16, D) prior predictive draws
+    prior_x: torch.Tensor | None  # (16, D) prior predictive draws
 
 
-def inference_gaps(model, guide, x: torch.Tensor, amortized, k: int, steps: int, progress: bool = False) -> dict:
+def inference_gaps(
+    model, guide, x: torch.Tensor, amortized, k: int, steps: int, progress: bool = False, **inputs
+) -> dict:
     """Cremer et al.'s split of log p(x) - ELBO on the rows of ``x`` (see :mod:`ppl_vae.diagnostics.gaps`).
 
     ``amortized`` are the amortized guide's estimates for the same rows. log p(x) is the
     tighter of the two IWAE-K lower bounds (amortized and refined proposal), point by point.
+    ``gap_sites`` says what the refined guide did with each latent site.
     """
-    local = refine_local_guide(model, guide, x, steps=steps, progress=progress)
-    refined = importance_sample(model, local.guide, x, k, split_points=False)
+    local = refine_local_guide(model, guide, x, steps=steps, progress=progress, **inputs)
+    if local is None:
+        return _gaps_skipped(
+            "no latent sites, or a discrete latent site neither enumerated nor Categorical/OneHotCategorical/Bernoulli"
+        )
+    refined = importance_sample(model, local.guide, x, k, split_points=False, **inputs)
     log_px = torch.maximum(amortized.log_px, refined.log_px)
     return {
         "approximation_gap": float((log_px - refined.elbo).mean()),
         "amortization_gap": float((refined.elbo - amortized.elbo).mean()),
         "gap_points": int(len(x)),
+        "gap_sites": dict(local.notes),
     }
 
 
-def evaluate(run, config: EvalConfig | None = None, x: torch.Tensor | None = None, progress: bool = True) -> Evaluation:
-    """Run the whole analysis on the run's test split (or on ``x``); nothing is written."""
+def _gaps_skipped(reason: str) -> dict:
+    return {"approximation_gap": None, "amortization_gap": None, "gap_points": 0, "gaps_skipped": reason}
+
+
+def _rows(inputs: dict, n: int) -> dict:
+    return {k: v[:n] if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+
+
+def evaluate(
+    run,
+    config: EvalConfig | None = None,
+    x: torch.Tensor | None = None,
+    progress: bool = True,
+    labels: np.ndarray | None = None,
+) -> Evaluation:
+    """Run the whole analysis on the run's test split (or on ``x``, with its ``labels``); nothing is written."""
     config = (config or EvalConfig()).validate()
-    x = as_tensor(run.dataset().test if x is None else x).to(run.device)
+    if x is None:
+        x, labels = run.dataset().test, run.dataset().test_labels
+    x = as_tensor(x).to(run.device)
     if config.points:
         x = x[: config.points]
+        labels = None if labels is None else labels[: config.points]
+    inputs = run.inputs(labels)
     model, guide = run.program.model, run.program.guide
     pyro.set_rng_seed(config.seed)
     start = time.perf_counter()
 
-    est = importance_sample(model, guide, x, config.k, progress=progress)
+    est = importance_sample(model, guide, x, config.k, progress=progress, **inputs)
     khat = psis_khat(est.log_w)
     summary = summarize(est, khat)
+    summary["inputs"] = sorted(k for k, v in inputs.items() if v is not None)
+    if labels is not None and is_class_labels(np.asarray(labels)):
+        predicted = classify(guide, x, "y", **inputs)
+        if predicted is not None:
+            summary["accuracy"] = float((predicted.cpu().numpy() == np.asarray(labels)).mean())
 
     n_gap = min(config.gap_points, len(x))
-    summary.update(inference_gaps(model, guide, x[:n_gap], _first(est, n_gap), config.k, config.gap_steps, progress))
+    if n_gap:
+        summary.update(
+            inference_gaps(
+                model,
+                guide,
+                x[:n_gap],
+                _first(est, n_gap),
+                config.k,
+                config.gap_steps,
+                progress,
+                **_rows(inputs, n_gap),
+            )
+        )
+    else:
+        summary.update(_gaps_skipped("--gap-points 0"))
 
-    sbc = simulation_based_calibration(
-        model, guide, run.data_dim, config.sbc_simulations, config.sbc_draws, device=run.device
-    )
-    summary["sbc_pvalue"] = sbc.pvalue
-    summary["sbc_pvalues"] = [float(p) for p in sbc.pvalues]
+    sbc = None
+    if config.sbc_simulations:
+        settings = dict(device=run.device, like=x, seed=config.seed)
+        sbc = simulation_based_calibration(
+            model, guide, run.data_dim, config.sbc_simulations, config.sbc_draws, **settings, **inputs
+        )
+    summary["sbc_pvalue"] = None if sbc is None else sbc.pvalue
+    summary["sbc_pvalues"] = [] if sbc is None else [float(p) for p in sbc.pvalues]
+    if sbc is None:
+        summary["sbc_skipped"] = (
+            "--sbc-simulations 0" if not config.sbc_simulations else "no latent sites, or no observed site holds x"
+        )
     summary["seconds"] = time.perf_counter() - start
 
-    idata = to_inference_data(model, guide, x[: config.idata_points], draws=config.idata_draws)
-    _, prior_x = prior_predictive(model, 16, run.data_dim, run.device)
+    n_idata = min(config.idata_points, len(x))
+    idata = to_inference_data(model, guide, x[:n_idata], draws=config.idata_draws, **_rows(inputs, n_idata))
+    _, prior_x = prior_predictive(model, 16, run.data_dim, run.device, like=x, **inputs)
     return Evaluation(summary, est, khat, sbc, idata, x, prior_x)
 
 
@@ -118,17 +179,21 @@ def write_evaluation(run_dir: str | Path, ev: Evaluation, image_shape: tuple[int
         figures / "khat_worst.png",
         title="largest k̂: " + ", ".join(f"{ev.khat[i]:.2f}" for i in worst),
     )
-    plot_images(ev.prior_x.cpu(), image_shape, figures / "prior_predictive.png", title="x ~ p(x|z), z ~ p(z)")
-    x_rep = ev.idata.posterior_predictive["x"].values[0, :4, :8]  # (4 draws, 8 points, D)
-    plot_reconstructions(
-        ev.x[:8].cpu(),
-        torch.from_numpy(x_rep),
-        image_shape,
-        figures / "posterior_predictive.png",
-        title="x' ~ p(x|z), z ~ q(z|x)",
-    )
-    diagnostic_plots.ppc_image_statistics(ev.idata, figures / "ppc.png")
-    diagnostic_plots.sbc_rank_ecdf(ev.sbc, figures / "sbc.png")
+    if ev.prior_x is not None:
+        plot_images(ev.prior_x.cpu(), image_shape, figures / "prior_predictive.png", title="x ~ p(x|z), z ~ p(z)")
+    if any("pixel" in v.dims for v in ev.idata.observed_data.data_vars.values()):
+        name = diagnostic_plots.data_variable(ev.idata)
+        x_rep = ev.idata.posterior_predictive[name].values[0, :4, :8]  # (4 draws, 8 points, D)
+        plot_reconstructions(
+            ev.x[:8].cpu(),
+            torch.from_numpy(x_rep),
+            image_shape,
+            figures / "posterior_predictive.png",
+            title="x' ~ p(x|z), z ~ q(z|x)",
+        )
+        diagnostic_plots.ppc_image_statistics(ev.idata, figures / "ppc.png")
+    if ev.sbc is not None:
+        diagnostic_plots.sbc_rank_ecdf(ev.sbc, figures / "sbc.png")
 
     est = ev.estimates
     with atomic_path(out / "pointwise.npz") as tmp:
@@ -146,9 +211,15 @@ def write_evaluation(run_dir: str | Path, ev: Evaluation, image_shape: tuple[int
     write_report(out)
 
 
-def evaluate_run(run, config: EvalConfig | None = None, x: torch.Tensor | None = None, progress: bool = True) -> dict:
+def evaluate_run(
+    run,
+    config: EvalConfig | None = None,
+    x: torch.Tensor | None = None,
+    progress: bool = True,
+    labels: np.ndarray | None = None,
+) -> dict:
     """:func:`evaluate` the run, :func:`write_evaluation` it into its directory, and return the summary."""
-    ev = evaluate(run, config, x, progress)
+    ev = evaluate(run, config, x, progress, labels)
     write_evaluation(run.path, ev, run.image_shape)
     return ev.summary
 
@@ -174,4 +245,7 @@ def read_heldout_elpd(run_dir: str | Path):
 
 
 def _first(est: PointEstimates, n: int) -> PointEstimates:
-    return replace(est, **{f.name: getattr(est, f.name)[:n] for f in fields(est)})
+    def head(value):
+        return {k: v[:n] for k, v in value.items()} if isinstance(value, dict) else value[:n]
+
+    return replace(est, **{f.name: head(getattr(est, f.name)) for f in fields(est)})

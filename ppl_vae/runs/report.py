@@ -18,6 +18,7 @@ TRAIN_FIGURES = [
     ("elbo.png", "ELBO per datapoint during training"),
     ("reconstructions.png", "Test images (top) and decodings of several z ~ q(z|x)"),
     ("samples.png", "Decodings of z ~ p(z)"),
+    ("samples_by_class.png", "Decodings of z ~ p(z), one row per class y"),
 ]
 WORKFLOW_FIGURES = [
     ("khat.png", "PSIS k̂ per test point (Yao et al. 2018): < 0.5 good, 0.5–0.7 usable, > 0.7 unreliable"),

@@ -7,7 +7,7 @@
       checkpoint/        weights, buffers, optimizer and RNG states (safetensors + JSON)
       metrics.json       final numbers (nats per datapoint)
       history.csv        one row an epoch
-      figures/           elbo.png, reconstructions.png, samples.png
+      figures/           elbo.png, reconstructions.png, samples.png (samples_by_class.png for programs taking y)
       report.md/.html    the numbers and pictures
 """
 
@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyro
 import torch
 
@@ -30,7 +31,7 @@ from ..errors import CheckpointError, UserError
 from ..inference.distributed import SINGLE, init_cluster
 from ..inference.predictive import prior_decode, reconstruct
 from ..inference.trainer import Trainer
-from ..plots.figures import plot_history, plot_images, plot_reconstructions
+from ..plots.figures import image_grid, plot_history, plot_images, plot_reconstructions, save_figure
 from ..storage.atomic import write_csv, write_json, write_text
 from ..storage.checkpoint import load_checkpoint, read_state, save_checkpoint
 from .build import Program, build_program, check_support
@@ -80,6 +81,7 @@ class Run:
     history: list[dict] = field(default_factory=list)
     data: Dataset | None = None
     step_kind: str = ""  # the training step fit() took: compiled or eager
+    num_classes: int | None = None
 
     @property
     def device(self) -> torch.device:
@@ -90,13 +92,34 @@ class Run:
             self.data = load_data(self.config.data)
         return self.data
 
-    def reconstruct(self, x: torch.Tensor, num_particles: int = 1) -> torch.Tensor:
-        """Decodings of ``num_particles`` draws z ~ q(z|x): ``(K, B, D)``."""
-        return reconstruct(self.program.model, self.program.guide, x.to(self.device), num_particles)
+    @property
+    def conditional(self) -> bool:
+        """Whether the program is conditioned on labels: it takes y and saw them for every point (``--labels all``)."""
+        return self.config.data.labels == "all" and self.program.takes("y")
 
-    def sample(self, n: int) -> torch.Tensor:
-        """Decodings of n draws z ~ p(z): ``(n, D)``."""
-        return prior_decode(self.program.model, n, self.data_dim, self.device)
+    def inputs(self, labels=None) -> dict:
+        """What the program gets beside rows whose labels are ``labels`` when it is evaluated.
+
+        A program conditioned on y gets the labels; one that takes y otherwise gets ``y=None``
+        (the rows count as unlabelled: y is summed out); others get nothing.
+        """
+        if not self.program.takes("y"):
+            return {}
+        if not self.conditional:
+            return {"y": None}
+        if labels is None:
+            raise UserError("this run's program is conditioned on labels (--labels all); the data set has none")
+        return {"y": torch.as_tensor(np.asarray(labels), dtype=torch.int64, device=self.device)}
+
+    def reconstruct(self, x: torch.Tensor, num_particles: int = 1, **inputs) -> torch.Tensor | None:
+        """Decodings of ``num_particles`` draws z ~ q(z|x): ``(K, B, D)`` (``None``: no observed site holds x)."""
+        return reconstruct(self.program.model, self.program.guide, x.to(self.device), num_particles, **inputs)
+
+    def sample(self, n: int, like: torch.Tensor | None = None, **inputs) -> torch.Tensor | None:
+        """Decodings of n draws z ~ p(z): ``(n, D)``, given ``inputs`` (``y`` ``(n,)``) and rows ``like`` (a given
+        quadrant: what the model conditions on); ``None`` if no observed site holds x."""
+        like = None if like is None else like.to(self.device)
+        return prior_decode(self.program.model, n, self.data_dim, self.device, like=like, **inputs)
 
     def heldout_elpd(self):
         """The held-out elpd ``ppl-vae evaluate`` measured, as ``arviz.ELPDData``: ``az.compare``'s input.
@@ -132,6 +155,7 @@ def _write_outputs(run: Run, seconds: float, first_test_elbo: float) -> None:
         "data": data.name,
         "n_train": len(data.train),
         "n_test": len(data.test),
+        "n_labelled": 0 if data.labelled is None else len(data.labelled),
         "parameters": sum(p.numel() for p in run.program.parameters()),
         "step": run.step_kind,  # compiled or eager; why is printed when training starts
     }
@@ -140,9 +164,41 @@ def _write_outputs(run: Run, seconds: float, first_test_elbo: float) -> None:
     figures = out / "figures"
     plot_history(run.history, figures / "elbo.png")
     x = data.test[:N_FIGURE].to(run.device)
-    plot_reconstructions(x, run.reconstruct(x, K_FIGURE), data.image_shape, figures / "reconstructions.png")
-    plot_images(run.sample(32), data.image_shape, figures / "samples.png")
+    labels = None if data.test_labels is None else data.test_labels[:N_SAMPLES]
+    decodings = run.reconstruct(x, K_FIGURE, **_head(run.inputs(labels), N_FIGURE))
+    if decodings is not None:
+        plot_reconstructions(x, decodings, data.image_shape, figures / "reconstructions.png")
+    samples = run.sample(N_SAMPLES, like=data.test[:N_SAMPLES], **run.inputs(labels))
+    if samples is not None:
+        plot_images(samples, data.image_shape, figures / "samples.png")
+    if run.program.takes("y") and run.num_classes:
+        _samples_by_class(run, data.test[:SAMPLES_PER_CLASS], data.image_shape, figures / "samples_by_class.png")
     write_report(out)
+
+
+N_SAMPLES = 32
+
+
+def _head(inputs: dict, n: int) -> dict:
+    return {k: v[:n] if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+
+
+SAMPLES_PER_CLASS = 8
+
+
+def _samples_by_class(run: Run, like: torch.Tensor, image_shape: tuple[int, ...], path: Path) -> None:
+    """One row of decodings of z ~ p(z) for each class y = 0..C-1 (a picture: skipped if the program cannot)."""
+    rows = []
+    for c in range(run.num_classes):
+        y = torch.full((SAMPLES_PER_CLASS,), c, dtype=torch.int64, device=run.device)
+        try:
+            rows.append(run.sample(SAMPLES_PER_CLASS, like=like, y=y))
+        except Exception:  # noqa: BLE001 - a program trained without labels may not take a given y
+            return
+    if any(r is None for r in rows):
+        return
+    labels = [f"y={c}" for c in range(run.num_classes)]
+    save_figure(image_grid([r.cpu() for r in rows], image_shape, labels, "x ~ p(x | y, z), z ~ p(z)"), path)
 
 
 def _absolute(spec: str) -> str:
@@ -198,15 +254,22 @@ def fit(
     if device.type == "cuda" and cluster.world > 1:
         device = torch.device("cuda", torch.cuda.current_device())
     pyro.set_rng_seed(config.train.seed)
-    program = build_program(config, data.data_dim, data.image_shape, init_data=data.train).to(device)
+    num_classes = data.num_classes
+    program = build_program(config, data.data_dim, data.image_shape, init_data=data.train, num_classes=num_classes).to(
+        device
+    )
     if cluster.world > 1:
         pyro.set_rng_seed(config.train.seed + cluster.rank)  # each rank its own Monte Carlo noise
-    run = Run(out, config, program, data.data_dim, tuple(data.image_shape), data=data)
+    run = Run(out, config, program, data.data_dim, tuple(data.image_shape), data=data, num_classes=num_classes)
+    labels, test_labels = _labels_for(run, data, config)
     trainer = Trainer(
         program,
         config,
         data.train.to(device),
         data.test.to(device),
+        labels=labels,
+        test_labels=test_labels,
+        name=config.model.program or (config.guide.name if is_program_spec(config.guide.name) else "the program"),
         cluster=cluster,
         step_kind=state["extra"].get("step_kind") if resume else None,  # a resumed run keeps its step
     )
@@ -241,6 +304,7 @@ def fit(
                 "history": t.history,
                 "data_dim": data.data_dim,
                 "image_shape": list(data.image_shape),
+                "num_classes": num_classes,
             },
         )
 
@@ -266,6 +330,26 @@ def fit(
     return run
 
 
+def _labels_for(run: Run, data: Dataset, config: Config) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The training labels the program sees (-1: unlabelled) and the test labels it is given, if any."""
+    takes_y = run.program.takes("y")
+    if config.data.labels != "0" and not takes_y:
+        raise UserError(
+            f"--labels {config.data.labels}: the program's model and guide take no input y, so labels would be ignored"
+        )
+    if not takes_y:
+        return None, None
+    labels = data.label_tensor()
+    if labels is None:
+        labels = torch.full((len(data.train),), -1, dtype=torch.int64)
+    test_labels = None
+    if run.conditional:
+        if data.test_labels is None:
+            raise UserError(f"--labels all: the test split of {data.name} has no labels to condition on")
+        test_labels = torch.as_tensor(np.asarray(data.test_labels), dtype=torch.int64)
+    return labels, test_labels
+
+
 def load(run_dir: str | Path, device: str = "auto") -> Run:
     """Load a run directory: the program with its weights and buffers, and its numbers.
 
@@ -288,7 +372,10 @@ def load(run_dir: str | Path, device: str = "auto") -> Run:
         or not all(isinstance(s, int) for s in image_shape)
     ):
         raise CheckpointError(f"{run_dir}: the checkpoint does not record the data shape")
-    program = build_program(config, data_dim, tuple(image_shape)).to(dev)
+    num_classes = state["extra"].get("num_classes")
+    if num_classes is not None and not isinstance(num_classes, int):
+        raise CheckpointError(f"{run_dir}: the checkpoint's num_classes is not a number")
+    program = build_program(config, data_dim, tuple(image_shape), num_classes=num_classes).to(dev)
     load_checkpoint(run_dir / "checkpoint", program, device=str(dev))
     program.eval()
     metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
@@ -300,4 +387,5 @@ def load(run_dir: str | Path, device: str = "auto") -> Run:
         tuple(image_shape),
         metrics=metrics,
         history=state["extra"].get("history", []),
+        num_classes=num_classes,
     )

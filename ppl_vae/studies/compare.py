@@ -133,11 +133,11 @@ class Comparison:
                 f"{r['diff_to_best']:.2f} ± {r['diff_se']:.2f}",
                 f"{r['elbo']:.2f}",
                 f"{r['kl']:.2f}",
-                f"{r['mse']:.4f}",
+                _cell(r["mse"], ".4f"),
                 f"{r['active_units']:g}",
                 f"{r['khat_mean']:.2f}",
                 f"{r['khat_frac_gt_0_7']:.0%}",
-                f"{r['amortization_gap']:.2f}",
+                _cell(r["amortization_gap"], ".2f"),
                 str(r["parameters"]),
                 f"{r['train_seconds']:.1f}",
             ]
@@ -161,6 +161,15 @@ class Comparison:
             notes += ["", "![arviz.plot_compare of the held-out elpd](figures/elpd_compare.png)"]
         notes.append("")
         return markdown_table(head, table) + "\n".join(notes)
+
+
+def _cell(value, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def _mean(values: list) -> float | None:
+    """The mean over seeds; ``None`` where an evaluation skipped the number (``--gap-points 0``)."""
+    return None if any(v is None for v in values) else float(np.mean(values))
 
 
 MEANS = (
@@ -214,7 +223,7 @@ def compare(
         evs = [ev for _, ev in per_seed]
         rows[name] = {
             "variant": name,
-            **{key: float(np.mean([ev[key] for ev in evs])) for key in MEANS},
+            **{key: _mean([ev.get(key) for ev in evs]) for key in MEANS},
             "parameters": int(per_seed[0][0].metrics["parameters"]),
             "train_seconds": float(np.mean([run.metrics["seconds"] for run, _ in per_seed])),
             "n_points": int(len(pointwise[name])),
@@ -242,8 +251,15 @@ def compare(
     }
     compare_plots.khat_boxes(khats, figures / "khat.png")
     x = data.test[:8]
-    recon = {name: results[runs[(name, 0)]][0].reconstruct(x)[0] for name in variants}
-    compare_plots.reconstructions_side_by_side(x, recon, data.image_shape, figures / "reconstructions.png")
+    labels = None if data.test_labels is None else data.test_labels[:8]
+    recon = {}
+    for name in variants:
+        run = results[runs[(name, 0)]][0]
+        decodings = run.reconstruct(x, **run.inputs(labels))  # None for a program with no observed site holding x
+        if decodings is not None:
+            recon[name] = decodings[0]
+    if recon:
+        compare_plots.reconstructions_side_by_side(x, recon, data.image_shape, figures / "reconstructions.png")
     return comparison
 
 

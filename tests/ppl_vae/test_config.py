@@ -63,7 +63,7 @@ def _other_value(section: str, name: str, kind: type, opt) -> object:
     if opt.names is not None:
         return next(n for n in opt.names() if n != default)
     if kind is str:
-        return "x.py:make" if opt.also == "program" else "some/folder"
+        return {"program": "x.py:make", "count": "all"}.get(opt.also, "some/folder")
     if kind is int:
         return default + 1
     return default * 0.5 if default > 0 else 1e-4

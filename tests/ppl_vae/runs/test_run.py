@@ -7,12 +7,12 @@ import torch
 from pyro.infer import SVI, Predictive, Trace_ELBO
 
 import ppl_vae
+from ppl_vae.config import EvalConfig
 from ppl_vae.runs.build import build_program
-from ppl_vae.runs.evaluation import WorkflowConfig
 from ppl_vae.storage.checkpoint import read_state, save_checkpoint
 from tests.conftest import tiny_config
 
-SMALL_WORKFLOW = WorkflowConfig(
+SMALL_WORKFLOW = EvalConfig(
     k=16, points=40, gap_points=4, gap_steps=2, sbc_simulations=20, sbc_draws=9, idata_points=8, idata_draws=4
 )
 
