@@ -225,8 +225,8 @@ def main(argv=None) -> int:
     p.add_argument("--smoke", action="store_true", help="tiny sizes on the embedded digits data")
     args = p.parse_args(argv)
     if args.smoke:
-        args.epochs_mnist = args.epochs_caltech = 2
-        args.k, args.test_points, args.data, args.patience = 10, 50, ["mnist"], 1
+        args.epochs_mnist = args.epochs_caltech = 1
+        args.k, args.test_points, args.data, args.patience, args.jobs = 10, 50, ["mnist"], 1, 1
     elif not all((Path(args.data_root) / SUBDIR[d]).is_dir() for d in args.data):
         print(
             f"data not found under {args.data_root}; pass --data-root (the folder holding {', '.join(SUBDIR.values())})"
