@@ -57,7 +57,7 @@ mnist-nll: $(STAMP)
 	cd benchmarks && ../$(PY) mnist_nll.py
 
 ## make priors-table: the VampPrior paper's priors on dynamic MNIST and Caltech 101 Silhouettes (hours; resumable)
-PRIORS_ARGS ?= --epochs-mnist 100 --epochs-caltech 500
+PRIORS_ARGS ?= --epochs-mnist 40 --epochs-caltech 300
 priors-table: $(STAMP)
 	cd benchmarks && OMP_NUM_THREADS=1 nice -n 19 ../$(PY) priors_table.py $(PRIORS_ARGS) --resume
 
