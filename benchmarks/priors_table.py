@@ -46,7 +46,7 @@ PAPER = {
     ("mnist", "standard"): (84.50, "unverified; Exemplar VAE's re-run: 84.45"),
     ("mnist", "vamp"): (82.38, "unverified; Exemplar VAE's re-run: 82.43"),
     ("mnist", "hvae-vamp"): (81.24, "quoted from Table 2 by a third-party summary"),
-    ("caltech101", "standard"): (None, "not found"),
+    ("caltech101", "standard"): (123.43, "unverified"),
     ("caltech101", "vamp"): (108.28, "unverified (a third-party summary quotes 108.28 without its row)"),
     ("caltech101", "hvae-vamp"): (104.68, "unverified"),
 }

@@ -170,9 +170,10 @@ def read_state(directory: str | Path) -> dict[str, Any]:
 def _check_safetensors_header(file: Path) -> None:
     with open(file, "rb") as f:
         head = f.read(9)
-    if head[:1] == b"\x80" or head[:2] == b"PK":
-        raise CheckpointError(f"{file} is a pickle/zip file, not safetensors; refusing to load it")
+    # the layout first: a safetensors header length whose low byte is 0x80 looks like a pickle's first opcode
     if len(head) < 9 or head[8:9] != b"{":
+        if head[:1] == b"\x80" or head[:2] == b"PK":
+            raise CheckpointError(f"{file} is a pickle/zip file, not safetensors; refusing to load it")
         raise CheckpointError(f"{file} is not a safetensors file")
     (n,) = struct.unpack("<Q", head[:8])
     if n > MAX_HEADER_BYTES or n + 8 > file.stat().st_size:
