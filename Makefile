@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 RUN    ?= runs/digits
 PIP_QUIET := -q --disable-pip-version-check
 
-.PHONY: install run test test-slow lint sigma-sweep compare benchmarks benchmarks-gpu mnist-nll m2 cvae conditional examples clean
+.PHONY: install run test test-slow lint sigma-sweep compare benchmarks benchmarks-gpu mnist-nll m2 cvae conditional examples priors-table clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,11 @@ benchmarks: $(STAMP)
 ## make mnist-nll: test NLL of the diagonal and IAF guides on binarized MNIST (~1.5 h on two cores)
 mnist-nll: $(STAMP)
 	cd benchmarks && ../$(PY) mnist_nll.py
+
+## make priors-table: the VampPrior paper's priors on dynamic MNIST and Caltech 101 Silhouettes (hours; resumable)
+PRIORS_ARGS ?= --epochs-mnist 40 --epochs-caltech 300
+priors-table: $(STAMP)
+	cd benchmarks && OMP_NUM_THREADS=1 nice -n 19 ../$(PY) priors_table.py $(PRIORS_ARGS) --resume
 
 ## make benchmarks-gpu: the training-speed comparison on CUDA (benchmarks/gpu_check.sh)
 benchmarks-gpu: $(STAMP)

@@ -1,6 +1,8 @@
 r"""Heads that turn an encoder's hidden state h(x) into a distribution q(z | x).
 
-- :class:`DiagonalNormal`: :math:`q(z|x) = \mathcal N(\mu(h), \operatorname{diag} s(h)^2)`.
+- :class:`DiagonalNormal`: :math:`q(z|x) = \mathcal N(\mu(h), \operatorname{diag} s(h)^2)`, the scale a
+  softplus, or :math:`s = e^{v/2}` with the log-variance :math:`v` clipped by a hardtanh (the
+  VampPrior paper's heads, :data:`PAPER_LOG_VAR_RANGE`).
 - :class:`LowRankNormal`: :math:`\mathcal N(\mu(h), W(h) W(h)^\top + \operatorname{diag} d(h))`.
 - :class:`FlowPosterior`: a base head :math:`q_0(z_0|x)` pushed through N conditional
   transforms :math:`z = T_N(\cdots T_1(z_0; h) \cdots; h)` fed by the same hidden state
@@ -21,21 +23,46 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DiagonalNormal", "LowRankNormal", "FlowPosterior", "FLOWS", "GUIDES", "posterior_head"]
+__all__ = [
+    "DiagonalNormal",
+    "LowRankNormal",
+    "FlowPosterior",
+    "FLOWS",
+    "GUIDES",
+    "posterior_head",
+    "PAPER_LOG_VAR_RANGE",
+]
 
 MIN_SCALE = 1e-4
+PAPER_LOG_VAR_RANGE = (-6.0, 2.0)
+"""The log-variance range of the VampPrior paper's Gaussian heads (``Hardtanh(-6, 2)``): s in [0.050, 2.72]."""
 
 
 class DiagonalNormal(nn.Module):
-    """:math:`q(z|x) = \\mathcal N(\\mu(h), \\operatorname{diag} s(h)^2)` from one linear layer."""
+    r""":math:`q(z|x) = \mathcal N(\mu(h), \operatorname{diag} s(h)^2)` from one linear layer.
 
-    def __init__(self, hidden_dim: int, latent_dim: int):
+    .. math::
+
+        s = \operatorname{softplus}(a(h)) + 10^{-4}
+        \quad\text{or, with a log-variance range } [v_0, v_1],\quad
+        s = \exp\big(\tfrac12 \operatorname{hardtanh}_{[v_0, v_1]}(a(h))\big).
+
+    Args:
+        log_var_range: clip the log-variance to this interval (``None``: the softplus scale).
+    """
+
+    def __init__(self, hidden_dim: int, latent_dim: int, log_var_range: tuple[float, float] | None = None):
         super().__init__()
         self.linear = nn.Linear(hidden_dim, 2 * latent_dim)
+        self.log_var_range = log_var_range
 
     def forward(self, h: torch.Tensor) -> dist.Distribution:
         loc, raw_scale = self.linear(h).chunk(2, dim=-1)  # (..., L) each
-        return dist.Normal(loc, F.softplus(raw_scale) + MIN_SCALE).to_event(1)
+        if self.log_var_range is None:
+            scale = F.softplus(raw_scale) + MIN_SCALE
+        else:
+            scale = (0.5 * F.hardtanh(raw_scale, *self.log_var_range)).exp()
+        return dist.Normal(loc, scale).to_event(1)
 
     base = forward
 
@@ -92,22 +119,36 @@ FLOWS: dict[str, Callable[[int, int], nn.Module]] = {
 """Guide name -> constructor of one conditional transform ``(latent_dim, context_dim)``."""
 
 GUIDES: dict[str, Callable[..., nn.Module]] = {
-    "diagonal": lambda hidden_dim, latent_dim, **_: DiagonalNormal(hidden_dim, latent_dim),
+    "diagonal": lambda hidden_dim, latent_dim, log_var_range=None, **_: DiagonalNormal(
+        hidden_dim, latent_dim, log_var_range
+    ),
     "lowrank": lambda hidden_dim, latent_dim, rank=2, **_: LowRankNormal(hidden_dim, latent_dim, rank),
     **{
         name: (
-            lambda hidden_dim, latent_dim, flows=2, _make=make, **_: FlowPosterior(
-                DiagonalNormal(hidden_dim, latent_dim), [_make(latent_dim, hidden_dim) for _ in range(flows)]
+            lambda hidden_dim, latent_dim, flows=2, log_var_range=None, _make=make, **_: FlowPosterior(
+                DiagonalNormal(hidden_dim, latent_dim, log_var_range),
+                [_make(latent_dim, hidden_dim) for _ in range(flows)],
             )
         )
         for name, make in FLOWS.items()
     },
 }
-"""Guide name -> constructor of a posterior head ``(hidden_dim, latent_dim, flows, rank)``."""
+"""Guide name -> constructor of a posterior head ``(hidden_dim, latent_dim, flows, rank, log_var_range)``.
+
+``log_var_range`` clips the diagonal Gaussian head (of a flow: its base); the low-rank head ignores it."""
 
 
-def posterior_head(name: str, hidden_dim: int, latent_dim: int, flows: int = 2, rank: int = 2) -> nn.Module:
+def posterior_head(
+    name: str,
+    hidden_dim: int,
+    latent_dim: int,
+    flows: int = 2,
+    rank: int = 2,
+    log_var_range: tuple[float, float] | None = None,
+) -> nn.Module:
     """Build the posterior head registered under ``name``."""
     if name not in GUIDES:
         raise ValueError(f"unknown guide {name!r}; choose one of {', '.join(GUIDES)}")
-    return GUIDES[name](hidden_dim=hidden_dim, latent_dim=latent_dim, flows=flows, rank=rank)
+    return GUIDES[name](
+        hidden_dim=hidden_dim, latent_dim=latent_dim, flows=flows, rank=rank, log_var_range=log_var_range
+    )

@@ -1,13 +1,28 @@
 """Generative programs p(z) p(x | z) and their parts (installed as ``ppl_vae.models``)."""
 
+from .hierarchical import HierarchicalVAE
 from .likelihoods import LIKELIHOODS, IsotropicNormal, Likelihood, LocScale, Logits, check_scale
-from .networks import MLP, NETWORKS, ConvDecoder, ConvEncoder
-from .priors import PRIORS, FlowPrior, MixtureOfGaussians, StandardNormal, VampPrior
+from .networks import LAYERS, MLP, NETWORKS, ConvDecoder, ConvEncoder, GatedDense, Join, stack
+from .priors import (
+    PRIORS,
+    PSEUDO_INPUTS,
+    DiagonalNormalMixture,
+    FlowPrior,
+    MixtureOfGaussians,
+    PseudoInputs,
+    StandardNormal,
+    VampPrior,
+)
 from .vae import VAE
 
 __all__ = [
     "VAE",
+    "HierarchicalVAE",
     "MLP",
+    "GatedDense",
+    "Join",
+    "stack",
+    "LAYERS",
     "ConvDecoder",
     "ConvEncoder",
     "NETWORKS",
@@ -20,6 +35,9 @@ __all__ = [
     "StandardNormal",
     "MixtureOfGaussians",
     "VampPrior",
+    "DiagonalNormalMixture",
     "FlowPrior",
     "PRIORS",
+    "PseudoInputs",
+    "PSEUDO_INPUTS",
 ]

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-__all__ = ["MLP", "ConvDecoder", "ConvEncoder", "NETWORKS"]
+__all__ = ["MLP", "GatedDense", "Join", "ConvDecoder", "ConvEncoder", "NETWORKS", "LAYERS", "stack"]
 
 
 class MLP(nn.Sequential):
@@ -38,6 +38,81 @@ class MLP(nn.Sequential):
                 layers.append(nn.ReLU())
         super().__init__(*layers)
         self.out_features = sizes[-1]
+
+
+class GatedDense(nn.Module):
+    r"""A gated dense layer: an affine map gated elementwise by a second one.
+
+    .. math::
+
+        \mathrm{GatedDense}(x) = (W_h x + b_h) \odot \sigma(W_g x + b_g)
+
+    The layer of the VampPrior paper's networks; weights start He-normal,
+    :math:`W \sim \mathcal N(0, 2 / \text{fan-in})`, as there. ``W_h`` and ``W_g`` are the two halves
+    of one matrix, so a layer is one matrix product.
+
+    References:
+        Dauphin et al. 2017, "Language modeling with gated convolutional networks", arXiv:1612.08083.
+        Tomczak & Welling 2018, "VAE with a VampPrior", arXiv:1705.07120.
+
+    Example:
+        >>> GatedDense(4, 3)(torch.zeros(2, 5, 4)).shape
+        torch.Size([2, 5, 3])
+    """
+
+    def __init__(self, n_in: int, n_out: int):
+        super().__init__()
+        self.linear = nn.Linear(n_in, 2 * n_out)
+        nn.init.kaiming_normal_(self.linear.weight)
+        self.out_features = n_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, g = self.linear(x).chunk(2, dim=-1)  # (..., out) each
+        return h * torch.sigmoid(g)
+
+
+def _relu_layer(n_in: int, n_out: int) -> nn.Module:
+    layer = nn.Sequential(nn.Linear(n_in, n_out), nn.ReLU())
+    layer.out_features = n_out
+    return layer
+
+
+LAYERS: dict[str, Callable[[int, int], nn.Module]] = {"mlp": _relu_layer, "gated": GatedDense}
+"""Network name -> one hidden layer ``(in, out)``: what the two-layer hierarchical programs are built from."""
+
+
+def stack(layer: Callable[[int, int], nn.Module], sizes: Sequence[int]) -> nn.Sequential:
+    """Hidden layers ``sizes[0] -> sizes[1] -> ...``, each made by ``layer(in, out)``."""
+    if len(sizes) < 2:
+        raise ValueError(f"a stack of layers needs at least input and output sizes, got {list(sizes)}")
+    net = nn.Sequential(*(layer(n_in, n_out) for n_in, n_out in zip(sizes[:-1], sizes[1:])))
+    net.out_features = sizes[-1]
+    return net
+
+
+class Join(nn.Module):
+    r"""Two inputs, each through its own layer, concatenated and passed through ``body``.
+
+    ``forward(u, v) = body([left(u), right(v)])``, with the leading batch dimensions of the two
+    broadcast: ``u`` of shape ``(B, D)`` meets ``v`` of shape ``(K, B, L)`` under a particle plate,
+    and ``left(u)`` is computed once for all K particles. Used for :math:`q(z_1 \mid x, z_2)` and
+    :math:`p(x \mid z_1, z_2)` in the two-layer hierarchical VAE.
+
+    Example:
+        >>> join = Join(GatedDense(4, 3), GatedDense(2, 3), GatedDense(6, 5))
+        >>> join(torch.zeros(7, 4), torch.zeros(10, 7, 2)).shape
+        torch.Size([10, 7, 5])
+    """
+
+    def __init__(self, left: nn.Module, right: nn.Module, body: nn.Module):
+        super().__init__()
+        self.left, self.right, self.body = left, right, body
+        self.out_features = body.out_features
+
+    def forward(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        hu, hv = self.left(u), self.right(v)
+        batch = torch.broadcast_shapes(hu.shape[:-1], hv.shape[:-1])
+        return self.body(torch.cat([hu.expand(batch + hu.shape[-1:]), hv.expand(batch + hv.shape[-1:])], dim=-1))
 
 
 def _flat_batch(fn, x: torch.Tensor, event_dims: int) -> torch.Tensor:
@@ -116,6 +191,18 @@ def _mlp_decoder(latent_dim, data_dim, image_shape, hidden_dim, layers, params_p
     return MLP([latent_dim] + [hidden_dim] * layers + [data_dim * params_per_pixel])
 
 
+def _gated_encoder(data_dim, image_shape, hidden_dim, layers):
+    return stack(GatedDense, [data_dim] + [hidden_dim] * layers)
+
+
+def _gated_decoder(latent_dim, data_dim, image_shape, hidden_dim, layers, params_per_pixel):
+    net = nn.Sequential(
+        stack(GatedDense, [latent_dim] + [hidden_dim] * layers), nn.Linear(hidden_dim, data_dim * params_per_pixel)
+    )
+    net.out_features = data_dim * params_per_pixel
+    return net
+
+
 class _Identity(nn.Identity):
     """The identity with the ``out_features`` a posterior head reads."""
 
@@ -131,6 +218,8 @@ NETWORKS: dict[str, tuple[Callable, Callable]] = {
         lambda data_dim, image_shape, hidden_dim, layers: _Identity(data_dim),
         lambda latent_dim, data_dim, image_shape, hidden_dim, layers, ppp: nn.Linear(latent_dim, data_dim * ppp),
     ),
+    # gated dense layers (the VampPrior paper's MLPs): encoder D -> h -> ... -> h, decoder L -> h -> ... -> h -> D
+    "gated": (_gated_encoder, _gated_decoder),
     "conv": (
         lambda data_dim, image_shape, hidden_dim, layers: ConvEncoder(image_shape, hidden_dim),
         lambda latent_dim, data_dim, image_shape, hidden_dim, layers, ppp: ConvDecoder(latent_dim, image_shape, ppp),

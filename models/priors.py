@@ -4,25 +4,40 @@ r"""Priors p(z): modules whose ``forward()`` returns a distribution with event s
 - :class:`MixtureOfGaussians`: :math:`p(z) = \sum_c \pi_c \mathcal N(z; \mu_c, \operatorname{diag}\sigma_c^2)`,
   all learned.
 - :class:`VampPrior`: :math:`p(z) = \frac1C \sum_c q(z \mid u_c)` at learned pseudo-inputs
-  (Tomczak & Welling 2018, arXiv:1705.07120).
+  (Tomczak & Welling 2018, arXiv:1705.07120); with Gaussian components its density is the
+  :class:`DiagonalNormalMixture`, two matrix products per batch of z.
 - :class:`FlowPrior`: a masked autoregressive flow over :math:`\mathcal N(0, I)`
   (Papamakarios et al. 2017, arXiv:1705.07057).
 
 The registry :data:`PRIORS` maps a command-line name to a constructor taking
-``(latent_dim, encoder, pseudo_inputs, n_components, flows)``; each constructor uses the
+``(latent_dim, encoder, pseudo_inputs, n_components, flows, squash)``; each constructor uses the
 arguments it needs (``pseudo_inputs`` is a function, called only by the VampPrior).
+:data:`PSEUDO_INPUTS` names the ways the VampPrior's pseudo-inputs are parameterised.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import pyro.distributions as dist
 import pyro.distributions.transforms as T
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.distributions import constraints
 
-__all__ = ["StandardNormal", "MixtureOfGaussians", "VampPrior", "FlowPrior", "PRIORS"]
+__all__ = [
+    "StandardNormal",
+    "MixtureOfGaussians",
+    "DiagonalNormalMixture",
+    "VampPrior",
+    "FlowPrior",
+    "PRIORS",
+    "PseudoInputs",
+    "PSEUDO_INPUTS",
+]
 
 
 class StandardNormal(nn.Module):
@@ -51,12 +66,94 @@ class MixtureOfGaussians(nn.Module):
         return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), components)
 
 
+class DiagonalNormalMixture(dist.TorchDistribution):
+    r"""An equal-weight mixture of C diagonal Normals, its density computed by matrix products.
+
+    .. math::
+
+        \log p(z) = \log \frac1C \sum_c \exp\Big(-\tfrac12 \big[z^2 \cdot \pi_c
+            - 2 z \cdot (\mu_c \pi_c) + \mu_c^2 \cdot \pi_c\big]
+            - \textstyle\sum_d \log s_{cd} - \tfrac L2 \log 2\pi\Big),
+        \qquad \pi_c = s_c^{-2}.
+
+    The same density as ``MixtureSameFamily(Categorical, Normal(loc, scale).to_event(1))``, which
+    materialises a ``(..., C, L)`` tensor for every batch of z: with C = 500 pseudo-inputs and
+    thousands of importance samples that tensor, not the networks, dominates the evaluation.
+    Here the quadratic form is expanded into two ``(..., L) @ (L, C)`` products, done in float64
+    because the expansion subtracts large terms. The batch shape is virtual: ``loc`` and
+    ``scale`` stay ``(C, L)`` whatever plates expand the distribution to.
+
+    Args:
+        loc, scale: the components' means and standard deviations, ``(C, L)``.
+
+    Example:
+        >>> loc, scale = torch.randn(3, 2), torch.rand(3, 2) + 0.5
+        >>> components = dist.Normal(loc, scale).to_event(1)
+        >>> reference = dist.MixtureSameFamily(dist.Categorical(logits=torch.zeros(3)), components)
+        >>> z = torch.randn(4, 2)
+        >>> torch.allclose(DiagonalNormalMixture(loc, scale).log_prob(z), reference.log_prob(z), atol=1e-5)
+        True
+    """
+
+    arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
+    support = constraints.real_vector
+    has_rsample = False
+
+    def __init__(self, loc: torch.Tensor, scale: torch.Tensor, batch_shape=torch.Size(), validate_args=None):
+        self.loc, self.scale = loc, scale  # (C, L)
+        super().__init__(torch.Size(batch_shape), loc.shape[-1:], validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        return DiagonalNormalMixture(self.loc, self.scale, batch_shape, validate_args=self._validate_args)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        z = value.double()  # (..., L)
+        precision = self.scale.double().pow(-2)  # (C, L)
+        mu = self.loc.double()
+        quadratic = z.square() @ precision.T - 2.0 * (z @ (mu * precision).T) + (mu.square() * precision).sum(-1)
+        log_norm = self.scale.double().log().sum(-1) + 0.5 * self.loc.shape[-1] * math.log(2 * math.pi)  # (C,)
+        components = -0.5 * quadratic - log_norm  # (..., C)
+        log_mix = torch.logsumexp(components, dim=-1) - math.log(self.loc.shape[0])
+        return log_mix.to(value.dtype).expand(torch.broadcast_shapes(value.shape[:-1], self.batch_shape))
+
+    def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
+        shape = torch.Size(sample_shape) + self.batch_shape
+        with torch.no_grad():
+            c = torch.randint(self.loc.shape[0], shape, device=self.loc.device)
+            eps = torch.randn(shape + self.event_shape, dtype=self.loc.dtype, device=self.loc.device)
+            return self.loc[c] + self.scale[c] * eps
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.loc.mean(0).expand(self.batch_shape + self.event_shape)
+
+    @property
+    def variance(self) -> torch.Tensor:
+        second = (self.scale.square() + self.loc.square()).mean(0)
+        return (second - self.loc.mean(0).square()).expand(self.batch_shape + self.event_shape)
+
+
 class VampPrior(nn.Module):
-    """The variational mixture of posteriors: an equal-weight mixture of ``q(z | u_c)``.
+    r"""The variational mixture of posteriors: an equal-weight mixture of ``q(z | u_c)``.
+
+    .. math::
+
+        p(z) = \frac1C \sum_{c=1}^C q(z \mid u_c), \qquad
+        u_c = \operatorname{hardtanh}_{[0, 1]}(w_c) \text{ (squash) or } u_c = w_c,
+
+    with the pseudo-inputs :math:`w_c` learned. The paper writes them as
+    ``hardtanh(Linear(C -> D)(I_C))``: the rows of the linear map's weight, which is what
+    ``squash=True`` learns directly (no product with an identity matrix).
 
     This prior shares the guide's encoder by design: ``encoder.base(u)`` must return a
     distribution with batch shape ``(C,)`` (for flow guides this is the flow's base
-    ``q0(z | u)``, whose density is available in closed form).
+    ``q0(z | u)``, whose density is available in closed form). Diagonal Gaussian components give
+    a :class:`DiagonalNormalMixture`; other families a ``MixtureSameFamily``.
+
+    References:
+        Tomczak & Welling 2018, "VAE with a VampPrior", AISTATS, arXiv:1705.07120.
 
     Under ``pyro.infer.SVI`` the encoder's parameters are registered by the model
     (``model$$$prior.encoder.…``) and by the guide (``guide$$$encoder.…``): two names for each
@@ -65,16 +162,25 @@ class VampPrior(nn.Module):
 
     Args:
         encoder: the guide's encoder (a module with a ``base(x)`` method).
-        pseudo_inputs: initial pseudo-inputs ``(C, D)``, learned.
+        pseudo_inputs: initial pseudo-inputs ``(C, D)`` (before the hardtanh when ``squash``), learned.
+        squash: pass the pseudo-inputs through hardtanh to [0, 1], the paper's parameterisation.
     """
 
-    def __init__(self, encoder: nn.Module, pseudo_inputs: torch.Tensor):
+    def __init__(self, encoder: nn.Module, pseudo_inputs: torch.Tensor, squash: bool = False):
         super().__init__()
         self.encoder = encoder
         self.pseudo_inputs = nn.Parameter(pseudo_inputs.clone())
+        self.squash = squash
+
+    def inputs(self) -> torch.Tensor:
+        """The pseudo-inputs :math:`u_c` the encoder sees: ``(C, D)``."""
+        return F.hardtanh(self.pseudo_inputs, 0.0, 1.0) if self.squash else self.pseudo_inputs
 
     def forward(self) -> dist.Distribution:
-        components = self.encoder.base(self.pseudo_inputs)  # batch (C,), event (L,)
+        components = self.encoder.base(self.inputs())  # batch (C,), event (L,)
+        base = getattr(components, "base_dist", None)
+        if isinstance(base, torch.distributions.Normal) and components.reinterpreted_batch_ndims == 1:
+            return DiagonalNormalMixture(base.loc, base.scale)
         n = self.pseudo_inputs.shape[0]
         mixing = dist.Categorical(logits=torch.zeros(n, device=self.pseudo_inputs.device))
         return dist.MixtureSameFamily(mixing, components)
@@ -102,10 +208,31 @@ class FlowPrior(nn.Module):
 PRIORS: dict[str, Callable[..., nn.Module]] = {
     "standard": lambda latent_dim, **_: StandardNormal(latent_dim),
     "mog": lambda latent_dim, n_components, **_: MixtureOfGaussians(latent_dim, n_components),
-    "vamp": lambda latent_dim, encoder, pseudo_inputs, **_: VampPrior(encoder, pseudo_inputs()),
+    "vamp": lambda latent_dim, encoder, pseudo_inputs, squash=False, **_: VampPrior(encoder, pseudo_inputs(), squash),
     "flow": lambda latent_dim, flows, **_: FlowPrior(latent_dim, max(flows, 1)),
 }
-"""Name on the command line -> constructor ``(latent_dim, encoder, pseudo_inputs, n_components, flows)``.
+"""Name on the command line -> constructor ``(latent_dim, encoder, pseudo_inputs, n_components, flows, squash)``.
 
 ``pseudo_inputs`` is a function returning initial pseudo-inputs ``(C, D)``; only priors that need
 them call it (it draws from the RNG)."""
+
+
+@dataclass(frozen=True)
+class PseudoInputs:
+    """How the VampPrior's pseudo-inputs start and what they pass through.
+
+    Attributes:
+        from_data: start at training rows drawn at random (else at N(mean, std²), elementwise).
+        squash: pass them through hardtanh to [0, 1].
+    """
+
+    from_data: bool
+    squash: bool
+
+
+PSEUDO_INPUTS: dict[str, PseudoInputs] = {
+    "data": PseudoInputs(from_data=True, squash=False),
+    # the paper's: hardtanh(W) with W ~ N(mean, std²); its code starts MNIST at N(0.05, 0.01²), Caltech at N(0.8, 0.01²)
+    "hardtanh": PseudoInputs(from_data=False, squash=True),
+}
+"""Name on the command line -> how the VampPrior's pseudo-inputs are parameterised."""

@@ -37,7 +37,7 @@ from .errors import UserError
 from .guides import GUIDES
 from .inference.objectives import ELBOS
 from .inference.schedules import ANNEALING, LR_SCHEDULES
-from .models import LIKELIHOODS, NETWORKS, PRIORS
+from .models import LAYERS, LIKELIHOODS, NETWORKS, PRIORS, PSEUDO_INPUTS
 
 __all__ = [
     "Option",
@@ -134,7 +134,18 @@ class DataConfig:
         "programs taking y get them",
         also="count",
     )
-    binarize: bool = option(False, "dynamic binarization: x ~ Bernoulli(pixel) at every draw")
+    binarize: bool = option(
+        False,
+        "dynamic binarization: training rows x ~ Bernoulli(pixel) at every draw; test and validation rows once, "
+        "with a fixed seed",
+    )
+    validation: int = option(
+        0,
+        "hold out the last N training rows for validation (0 = none; a data set with its own validation split "
+        "uses that one)",
+        low=0,
+        high=2**40,
+    )
 
 
 @dataclass
@@ -152,6 +163,23 @@ class ModelConfig:
         16, "mixture components (mog) / pseudo-inputs (vamp)", flag="--components", low=1, high=100_000
     )
     flows: int = option(2, "transforms in the flow prior", flag="--prior-flows", low=0, high=64)
+    stochastic_layers: int = option(
+        1,
+        "stochastic layers: 1 (z) or 2 (z1, z2: the VampPrior paper's hierarchical VAE, the prior on z2)",
+        low=1,
+        high=2,
+    )
+    clip_logvar: bool = option(
+        False, "Gaussian heads' log-variance clipped to [-6, 2] by a hardtanh (the VampPrior paper's heads)"
+    )
+    pseudo_inputs: str = option(
+        "data",
+        "VampPrior pseudo-inputs: data (training rows) | hardtanh (hardtanh(W), W ~ N(mean, std²): the paper's)",
+        names=PSEUDO_INPUTS.keys,
+        noun="pseudo-input parameterisation",
+    )
+    pseudo_mean: float = option(0.05, "initial mean of W for hardtanh pseudo-inputs", low=-1e3, high=1e3)
+    pseudo_std: float = option(0.01, "initial standard deviation of W for hardtanh pseudo-inputs", low=0.0, high=1e3)
     program: str = option("", "a user's own model program, path/to/file.py:factory", flag="--model", also="program")
 
 
@@ -192,6 +220,13 @@ class TrainConfig:
         "record the training step as a tensor graph, compile and replay it: on, off, or auto (when it pays)",
         names=lambda: SWITCH,
         switch=True,
+    )
+    patience: int = option(
+        0,
+        "early stopping: stop when the validation ELBO has not improved for N epochs after the β warm-up, and "
+        "keep the best epoch's weights (0 = off; needs a validation split)",
+        low=0,
+        high=1_000_000,
     )
     checkpoint_every: int = option(1, "epochs between checkpoints", low=1, high=1_000_000)
     checkpoint_steps: int = option(0, "also checkpoint every N optimizer steps (0 = off)", low=0, high=2**40)
@@ -234,6 +269,14 @@ class Config:
             raise UserError(f"lr_final must lie in [0, lr = {t.lr}], got {t.lr_final}")
         if m.prior == "vamp" and (m.program or is_program_spec(g.name)):
             raise UserError("the vamp prior needs a built-in amortized guide (its encoder), not a user program")
+        if m.stochastic_layers == 2:
+            if m.program or is_program_spec(g.name):
+                raise UserError("--stochastic-layers 2 builds its own programs; drop --model/--guide file.py:factory")
+            if m.network not in LAYERS:
+                raise UserError(
+                    f"--stochastic-layers 2 is built from dense layers; use --network {' or '.join(LAYERS)}, "
+                    f"not {m.network!r}"
+                )
         return self
 
     def to_dict(self) -> dict[str, dict[str, Any]]:

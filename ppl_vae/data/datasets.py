@@ -3,13 +3,19 @@
 Every loader returns a :class:`Dataset` with a train and a test split, the image shape
 (for pictures and convolutional networks) and labels where the source has them (digits,
 MNIST, Fashion-MNIST, an ``.npz`` with ``y_train``/``y_test`` or ``y``). Data sets without a
-split get a fixed, seeded one. Everything is validated: NaN/inf, wrong rank, empty arrays and
-non-numeric dtypes are refused with a :class:`UserError`.
+split get a fixed, seeded one. A validation split is the data set's own (Caltech 101
+Silhouettes) or the last ``validation`` training rows. Everything is validated: NaN/inf, wrong
+rank, empty arrays and non-numeric dtypes are refused with a :class:`UserError`.
 
 ``--labels N`` keeps the labels of N training points for the program (:func:`labelled_subset`:
 a draw seeded by the split seed and balanced over classes, as in Kingma et al. 2014,
 arXiv:1406.5298); the rest of the training set is unlabelled. The test labels are always kept
 (accuracy, identity preservation).
+
+With ``binarize`` the training rows are re-binarized at every draw (by the trainer) and the
+test and validation rows here, once, with a fixed seed: every run and every evaluation scores
+the same binary images (dynamically binarized MNIST, as in Burda et al. 2016, arXiv:1509.00519,
+and Tomczak & Welling 2018, arXiv:1705.07120).
 """
 
 from __future__ import annotations
@@ -37,7 +43,11 @@ __all__ = [
     "shared_data_dir",
     "labelled_subset",
     "is_class_labels",
+    "BINARIZE_SEED",
 ]
+
+BINARIZE_SEED = 123
+"""Seed of the one binarization of the test and validation rows (the one benchmarks/mnist_nll.py has used)."""
 
 
 @dataclass
@@ -49,6 +59,7 @@ class Dataset:
     train_labels: np.ndarray | None = None
     test_labels: np.ndarray | None = None
     labelled: np.ndarray | None = None  # indices of the training points whose labels the program sees
+    val: torch.Tensor | RowFile | None = None  # (V, D), a validation split when there is one
 
     @property
     def data_dim(self) -> int:
@@ -247,6 +258,34 @@ def _frey(cfg: DataConfig) -> Dataset:
     return _make("frey", *_split(x, None, cfg))
 
 
+def _caltech101(cfg: DataConfig) -> Dataset:
+    """Caltech 101 Silhouettes, 28x28 (Marlin et al. 2010): 4100 train, 2264 validation, 2307 test binary images.
+
+    Read from Marlin's ``caltech101_silhouettes_28_split1.mat`` as the VampPrior paper's code reads
+    it: each row reshaped to 28x28 in Fortran order (the file stores images column by column)
+    and inverted, ``1 - x``, so the silhouette is 1 on a 0 background.
+    """
+    from scipy.io import loadmat
+
+    path = _find(cfg, "caltech101_silhouettes", "caltech101_silhouettes_28_split1.mat")
+    if path is None or not path.is_file():
+        raise UserError(
+            "caltech101: caltech101_silhouettes_28_split1.mat not found; pass --data-root PATH/TO/the .mat file"
+        )
+    try:
+        raw = loadmat(path)
+        splits = {k: raw[f"{k}_data"] for k in ("train", "val", "test")}
+        labels = {k: raw[f"{k}_labels"].reshape(-1).astype(np.int64) for k in ("train", "val", "test")}
+    except Exception as err:  # noqa: BLE001 - scipy raises several types for corrupt files
+        raise UserError(f"caltech101: cannot read {path}: {err}") from None
+    images = {k: 1.0 - v.reshape(-1, 28, 28).transpose(0, 2, 1).astype(np.float32) for k, v in splits.items()}
+    data = _make("caltech101", images["train"], images["test"], labels["train"], labels["test"])
+    data.val = torch.from_numpy(
+        np.ascontiguousarray(validate_array(images["val"], "caltech101 (val)").reshape(-1, 784))
+    )
+    return data
+
+
 def _user_file(path: Path, cfg: DataConfig) -> Dataset:
     if not path.is_file():
         raise UserError(f"data file not found: {path}")
@@ -270,8 +309,23 @@ DATASETS: dict[str, Callable[[DataConfig], Dataset]] = {
     "mnist": _mnist_like("mnist", "mnist", "MNIST"),
     "fashion-mnist": _mnist_like("fashion-mnist", "fashion_mnist", "FashionMNIST"),
     "frey": _frey,
+    "caltech101": _caltech101,
 }
 """Data set name -> loader ``(DataConfig) -> Dataset``; any other name is read as a file path."""
+
+
+def _binarized_once(test, val, name: str):
+    """``x ~ Bernoulli(pixel)`` once for the test rows, then the validation rows, from :data:`BINARIZE_SEED`."""
+    if isinstance(test, RowFile) or isinstance(val, RowFile):
+        raise UserError(f"{name}: --binarize needs the test rows in memory; give an .npz, not a streamed .npy")
+    for x in (test, val):
+        if x is not None and (float(x.min()) < 0.0 or float(x.max()) > 1.0):
+            raise UserError(
+                f"{name}: --binarize needs pixels in [0, 1], got [{float(x.min()):.3g}, {float(x.max()):.3g}]"
+            )
+    generator = torch.Generator().manual_seed(BINARIZE_SEED)
+    binary = lambda x: None if x is None else torch.bernoulli(x, generator=generator)
+    return binary(test), binary(val)
 
 
 def load_data(cfg: DataConfig) -> Dataset:
@@ -282,6 +336,18 @@ def load_data(cfg: DataConfig) -> Dataset:
         data = _user_file(Path(cfg.name), cfg)
     else:
         raise UserError(f"unknown data set {cfg.name!r}; choose one of {', '.join(DATASETS)} or give a .npy/.npz path")
+    if cfg.validation and data.val is None:
+        n = len(data.train)
+        if cfg.validation >= n:
+            raise UserError(f"--validation {cfg.validation} leaves no training rows ({data.name} has {n})")
+        keep, held_out = slice(0, n - cfg.validation), slice(n - cfg.validation, n)
+        if isinstance(data.train, RowFile):
+            data.train, data.val = data.train.subset(keep), data.train.subset(held_out)
+        else:
+            data.train, data.val = data.train[keep], data.train[held_out]
+        data.train_labels = None if data.train_labels is None else data.train_labels[keep]
+    if cfg.binarize:
+        data.test, data.val = _binarized_once(data.test, data.val, data.name)
     if cfg.limit:
         data.train = (
             data.train.subset(slice(0, cfg.limit)) if isinstance(data.train, RowFile) else data.train[: cfg.limit]

@@ -26,6 +26,11 @@ and every point is visited once an epoch.
 
 Before anything is written, :func:`~ppl_vae.inference.trial.check_program` runs the program on
 a trial batch of each kind the run will feed it.
+
+With a validation split, every epoch also records the validation ELBO (β = 1), and with
+``patience`` training stops once it has not improved for that many epochs after the β
+warm-up (the VampPrior paper's protocol, Tomczak & Welling 2018, arXiv:1705.07120). The
+decision reads the history alone, so a resumed run stops where the original would have.
 """
 
 from __future__ import annotations
@@ -146,6 +151,7 @@ class Trainer:
     labels: torch.Tensor | None = None
     test_labels: torch.Tensor | None = None
     name: str = "the program"
+    val: torch.Tensor | None = None  # a validation split: its ELBO each epoch, for early stopping
     on_epoch: Callable[[Trainer], None] | None = None
     on_step: Callable[[Trainer], None] | None = None
     on_interrupt: Callable[[Trainer], None] | None = None
@@ -261,8 +267,25 @@ class Trainer:
             "beta": self.beta(self.epoch + 1),
             "seconds": time.perf_counter() - start,
         }
+        if self.val is not None:
+            row["val_elbo"] = elbo_per_datapoint(self.program, self.val, nesting=self._nesting()).mean().item()
         self.epoch, self.batch_index, self.epoch_loss = self.epoch + 1, 0, 0.0
         return row
+
+    def best_epoch(self) -> int | None:
+        """The epoch (1-based) with the highest validation ELBO so far; None without a validation split."""
+        scores = [row.get("val_elbo", -math.inf) for row in self.history]
+        if self.val is None or not scores:
+            return None
+        return max(range(len(scores)), key=lambda i: (scores[i], -i)) + 1  # the first of equal scores
+
+    def stopped_early(self) -> bool:
+        """Whether ``patience`` epochs after the warm-up have passed without a better validation ELBO."""
+        t, best = self.config.train, self.best_epoch()
+        if not t.patience or best is None:
+            return False
+        warm_up = t.anneal_epochs if t.anneal != "none" else 0
+        return self.epoch - max(best, warm_up) >= t.patience
 
     def _steps(self, batches) -> None:
         t, n, world = self.config.train, len(self.train), self.cluster.world
@@ -328,7 +351,7 @@ class Trainer:
             ):
                 # a non-finite loss is reported once, as TrainingDiverged, not also as Pyro's warning
                 warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
-                while self.epoch < t.epochs:
+                while self.epoch < t.epochs and not self.stopped_early():
                     row = self.run_epoch()
                     self.history.append(row)
                     bar.update()

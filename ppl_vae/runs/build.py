@@ -19,9 +19,17 @@ from torch import nn
 from ..config import Config, is_program_spec
 from ..contracts import accepted_inputs, select_inputs
 from ..errors import UserError
-from ..guides import GUIDES, AmortizedGuide, Encoder, posterior_head
+from ..guides import (
+    GUIDES,
+    PAPER_LOG_VAR_RANGE,
+    AmortizedGuide,
+    ConditionalEncoder,
+    Encoder,
+    HierarchicalGuide,
+    posterior_head,
+)
 from ..inference.trial import check_module
-from ..models import LIKELIHOODS, NETWORKS, PRIORS, VAE
+from ..models import LAYERS, LIKELIHOODS, NETWORKS, PRIORS, PSEUDO_INPUTS, VAE, HierarchicalVAE, Join, stack
 
 __all__ = ["Program", "build_program", "check_support", "load_factory"]
 
@@ -105,6 +113,8 @@ def build_program(
     """
     m, g = cfg.model, cfg.guide
     facts = {"num_classes": num_classes, "image_shape": tuple(image_shape)}
+    if m.stochastic_layers == 2:
+        return _hierarchical_program(cfg, data_dim, image_shape, init_data)
     model_module = _user_module(m.program, "model", data_dim, m.latent_dim, **facts) if m.program else None
     encoder_net, decoder_net = _pick(NETWORKS, m.network, "network")
     if is_program_spec(g.name):
@@ -114,26 +124,73 @@ def build_program(
     else:
         _pick(GUIDES, g.name, "guide")
         net = encoder_net(data_dim, image_shape, m.hidden_dim, m.hidden_layers)
-        head = posterior_head(g.name, net.out_features, m.latent_dim, flows=g.flows, rank=g.rank)
-        guide_module = AmortizedGuide(Encoder(net, head))
+        guide_module = AmortizedGuide(Encoder(net, _head(cfg, g.name, net.out_features)))
 
     if model_module is None:
-        make_likelihood = _pick(LIKELIHOODS, m.likelihood, "likelihood")
-        make_prior = _pick(PRIORS, m.prior, "prior")
-        encoder = getattr(guide_module, "encoder", None)
-        likelihood = make_likelihood(data_dim=data_dim, sigma=m.sigma)
-        prior = make_prior(
-            latent_dim=m.latent_dim,
-            encoder=encoder,
-            pseudo_inputs=lambda: _pseudo_inputs(init_data, m.n_components, data_dim),
-            n_components=m.n_components,
-            flows=m.flows,
-        )
+        likelihood = _pick(LIKELIHOODS, m.likelihood, "likelihood")(data_dim=data_dim, sigma=m.sigma)
+        prior = _prior(cfg, getattr(guide_module, "encoder", None), init_data, data_dim)
         decoder = decoder_net(
             m.latent_dim, data_dim, image_shape, m.hidden_dim, m.hidden_layers, likelihood.params_per_pixel
         )
         model_module = VAE(prior, decoder, likelihood)
     return Program(model_module, guide_module)
+
+
+def _head(cfg: Config, name: str, hidden_dim: int) -> nn.Module:
+    """The posterior head ``name`` on ``hidden_dim`` features, clipped as the config says."""
+    m, g = cfg.model, cfg.guide
+    clip = PAPER_LOG_VAR_RANGE if m.clip_logvar else None
+    return posterior_head(name, hidden_dim, m.latent_dim, flows=g.flows, rank=g.rank, log_var_range=clip)
+
+
+def _prior(cfg: Config, encoder: nn.Module | None, init_data: torch.Tensor | None, data_dim: int) -> nn.Module:
+    """The prior of the (top) latent layer; a VampPrior mixes ``encoder``."""
+    m = cfg.model
+    kind = _pick(PSEUDO_INPUTS, m.pseudo_inputs, "pseudo-input parameterisation")
+    if kind.from_data:
+        pseudo_inputs = lambda: _pseudo_inputs(init_data, m.n_components, data_dim)
+    else:
+        pseudo_inputs = lambda: torch.randn(m.n_components, data_dim) * m.pseudo_std + m.pseudo_mean
+    return _pick(PRIORS, m.prior, "prior")(
+        latent_dim=m.latent_dim,
+        encoder=encoder,
+        pseudo_inputs=pseudo_inputs,
+        n_components=m.n_components,
+        flows=m.flows,
+        squash=kind.squash,
+    )
+
+
+def _hierarchical_program(
+    cfg: Config, data_dim: int, image_shape: tuple[int, ...], init_data: torch.Tensor | None
+) -> Program:
+    r"""The VampPrior paper's two-layer VAE, from the layers of ``cfg.model.network``.
+
+    With ``n`` = ``hidden_layers`` and ``h`` = ``hidden_dim`` (the paper: gated, n = 2, h = 300):
+    :math:`q(z_2|x)` is the network's encoder; :math:`q(z_1|x,z_2)` joins one layer on x and one on
+    :math:`z_2`, then ``n - 1`` layers (at least one) from 2h; :math:`p(z_1|z_2)` is n layers from
+    :math:`z_2`; :math:`p(x|z_1,z_2)` joins one layer on each, then ``n - 1`` layers and an affine
+    output. Both guide heads are of the guide's family; the model's conditional is diagonal Gaussian.
+    """
+    m, g = cfg.model, cfg.guide
+    layer = _pick(LAYERS, m.network, "network for two stochastic layers")
+    encoder_net, _ = _pick(NETWORKS, m.network, "network")
+    _pick(GUIDES, g.name, "guide")
+    L, h, n = m.latent_dim, m.hidden_dim, m.hidden_layers
+    joint = lambda: stack(layer, [2 * h] + [h] * max(n - 1, 1))  # (..., 2h) -> (..., h)
+
+    top = Encoder(encoder_net(data_dim, image_shape, h, n), _head(cfg, g.name, h))  # q(z2 | x)
+    bottom = ConditionalEncoder(Join(layer(data_dim, h), layer(L, h), joint()), _head(cfg, g.name, h))  # q(z1 | x, z2)
+    likelihood = _pick(LIKELIHOODS, m.likelihood, "likelihood")(data_dim=data_dim, sigma=m.sigma)
+    output = nn.Sequential(joint(), nn.Linear(h, data_dim * likelihood.params_per_pixel))
+    output.out_features = data_dim * likelihood.params_per_pixel
+    model = HierarchicalVAE(
+        prior=_prior(cfg, top, init_data, data_dim),  # p(z2)
+        conditional=Encoder(stack(layer, [L] + [h] * n), _head(cfg, "diagonal", h)),  # p(z1 | z2)
+        decoder=Join(layer(L, h), layer(L, h), output),  # (z1, z2) -> f
+        likelihood=likelihood,
+    )
+    return Program(model, HierarchicalGuide(top, bottom))
 
 
 def _pseudo_inputs(init_data: torch.Tensor | None, n: int, data_dim: int) -> torch.Tensor:

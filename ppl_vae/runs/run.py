@@ -5,6 +5,7 @@
     RUN_DIR/
       config.toml        resolved configuration
       checkpoint/        weights, buffers, optimizer and RNG states (safetensors + JSON)
+      best/              with early stopping (train.patience): the best validation epoch's weights
       metrics.json       final numbers (nats per datapoint)
       history.csv        one row an epoch
       figures/           elbo.png, reconstructions.png, samples.png (samples_by_class.png for programs taking y)
@@ -138,7 +139,7 @@ class Run:
         return read_heldout_elpd(self.path)
 
 
-def _write_outputs(run: Run, seconds: float, first_test_elbo: float) -> None:
+def _write_outputs(run: Run, seconds: float, first_test_elbo: float, best_epoch: int | None) -> None:
     data, cfg, out = run.dataset(), run.config, run.path
     last = run.history[-1]
     run.metrics = {
@@ -159,6 +160,9 @@ def _write_outputs(run: Run, seconds: float, first_test_elbo: float) -> None:
         "parameters": sum(p.numel() for p in run.program.parameters()),
         "step": run.step_kind,  # compiled or eager; why is printed when training starts
     }
+    if best_epoch is not None:  # a validation split: its best epoch (the weights kept with early stopping)
+        run.metrics["best_epoch"] = best_epoch
+        run.metrics["best_val_elbo"] = run.history[best_epoch - 1]["val_elbo"]
     write_json(out / "metrics.json", run.metrics)
     write_csv(out / "history.csv", run.history)
     figures = out / "figures"
@@ -249,6 +253,8 @@ def fit(
         )
     data = data if data is not None else load_data(config.data)
     check_support(config, data)
+    if config.train.patience and data.val is None:
+        raise UserError("--patience needs a validation split: pass --validation N (or use a data set that has one)")
 
     cluster = init_cluster(device) if distributed else SINGLE
     if device.type == "cuda" and cluster.world > 1:
@@ -270,6 +276,7 @@ def fit(
         labels=labels,
         test_labels=test_labels,
         name=config.model.program or (config.guide.name if is_program_spec(config.guide.name) else "the program"),
+        val=None if data.val is None else data.val.to(device),
         cluster=cluster,
         step_kind=state["extra"].get("step_kind") if resume else None,  # a resumed run keeps its step
     )
@@ -312,7 +319,9 @@ def fit(
         if not cluster.is_main:
             return
         write_csv(out / "history.csv", t.history)
-        if t.epoch % config.train.checkpoint_every == 0 or t.epoch == config.train.epochs:
+        if config.train.patience and t.best_epoch() == t.epoch:  # before the checkpoint: a resume finds it
+            save_checkpoint(out / "best", program, None, epoch=t.epoch, step=t.step, config=config.to_dict())
+        if t.epoch % config.train.checkpoint_every == 0 or t.epoch == config.train.epochs or t.stopped_early():
             checkpoint(t)
 
     every = config.train.checkpoint_steps
@@ -325,8 +334,12 @@ def fit(
     seconds = sum(row["seconds"] for row in trainer.history) if resume else time.perf_counter() - start
     run.history = trainer.history
     run.step_kind = "compiled" if trainer.compiled is not None else "eager"
+    if config.train.patience and cluster.is_main:
+        # the run ends with the best validation epoch's weights, in the checkpoint that load() reads too
+        load_checkpoint(out / "best", program, device=str(device))
+        checkpoint(trainer)
     if cluster.is_main:
-        _write_outputs(run, seconds, trainer.history[0]["test_elbo"])
+        _write_outputs(run, seconds, trainer.history[0]["test_elbo"], trainer.best_epoch())
     return run
 
 

@@ -1,3 +1,5 @@
+import math
+
 import pyro.distributions as dist
 import pyro.poutine as poutine
 import pytest
@@ -44,3 +46,16 @@ def test_lowrank_draws_have_the_head_covariance():
     z = q.sample((200000,))[:, 0]  # (n, 3)
     torch.testing.assert_close(torch.cov(z.T), cov, atol=0.02 * cov.abs().max().item(), rtol=0.02)
     torch.testing.assert_close(z.mean(0), out[:3], atol=0.01 * cov.diag().max().sqrt().item() * 5, rtol=0)
+
+
+def test_clipped_head_keeps_the_log_variance_in_the_papers_range():
+    """s = exp(v / 2) with v = hardtanh(a, -6, 2): exact inside the range, e^-3 and e^1 at its ends."""
+    from ppl_vae.guides import PAPER_LOG_VAR_RANGE, DiagonalNormal
+
+    head = DiagonalNormal(1, 3, log_var_range=PAPER_LOG_VAR_RANGE).double()
+    with torch.no_grad():
+        head.linear.weight.zero_()
+        head.linear.bias.copy_(torch.tensor([0.0, 0.0, 0.0, -50.0, 1.5, 50.0], dtype=torch.float64))
+    scale = head(torch.zeros(2, 1, dtype=torch.float64)).base_dist.scale
+    expected = torch.tensor([math.exp(-3.0), math.exp(0.75), math.exp(1.0)], dtype=torch.float64)
+    torch.testing.assert_close(scale, expected.expand(2, 3), rtol=1e-12, atol=0)

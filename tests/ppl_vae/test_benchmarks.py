@@ -16,12 +16,13 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
         ("eval_speed.py", "time ratio ppl_vae/hand ="),
         ("mmap_memory.py", "peak / file size ="),
         ("mnist_nll.py", "NLL"),
+        ("priors_table.py", "HVAE, VampPrior, IWAE-3 training (ours)"),
     ],
 )
 def test_benchmark_smoke(script, expect, tmp_path):
     args = [sys.executable, str(BENCHMARKS / script), "--smoke"]
-    if script == "mnist_nll.py":
-        args += ["--out", str(tmp_path / "nll")]
+    if script in ("mnist_nll.py", "priors_table.py"):
+        args += ["--out", str(tmp_path / "out")]
     result = subprocess.run(args, cwd=BENCHMARKS, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert expect in result.stdout or "not found" in result.stdout, result.stdout

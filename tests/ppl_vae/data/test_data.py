@@ -95,3 +95,49 @@ def test_npy_with_nan_deep_inside_is_refused(tmp_path):
     np.save(tmp_path / "fortran.npy", np.asfortranarray(np.random.rand(10, 3)))
     with pytest.raises(UserError, match="Fortran"):
         load_data(DataConfig(name=str(tmp_path / "fortran.npy")))
+
+
+def test_caltech101_is_the_papers_binary_split(shared_data):
+    """4100/2264/2307 binary images, read as the VampPrior code reads them: Fortran order, inverted."""
+    from scipy.io import loadmat
+
+    data = load_data(DataConfig(name="caltech101", root=str(shared_data / "caltech101_silhouettes")))
+    assert (len(data.train), len(data.val), len(data.test)) == (4100, 2264, 2307)
+    for x in (data.train, data.val, data.test):
+        assert set(torch.unique(x).tolist()) == {0.0, 1.0}
+    raw = loadmat(shared_data / "caltech101_silhouettes" / "caltech101_silhouettes_28_split1.mat")["test_data"]
+    paper = 1.0 - raw.reshape(-1, 28, 28).reshape(-1, 784, order="F")
+    assert np.array_equal(data.test.numpy(), paper.astype(np.float32))
+    # silhouettes are 1 on a 0 background: the border is off, the centre mostly on
+    images = data.train.reshape(-1, 28, 28)
+    border = torch.cat([images[:, 0], images[:, -1], images[:, :, 0], images[:, :, -1]], 1).mean()
+    assert border < 0.05 and images[:, 10:18, 10:18].mean() > 0.8
+
+
+def test_binarize_draws_test_and_validation_rows_once_with_a_fixed_seed(digits):
+    """Binary test rows, the same at every load, Bernoulli(pixel): their mean within 5 SE of the grey mean."""
+    config = DataConfig(binarize=True, validation=300)
+    first, again = load_data(config), load_data(config)
+    assert torch.equal(first.test, again.test) and torch.equal(first.val, again.val)
+    for binary, grey in ((first.test, digits.test), (first.val, digits.train[-300:])):
+        assert set(torch.unique(binary).tolist()) == {0.0, 1.0}
+        p = grey.double()
+        se = (p * (1 - p)).sum().sqrt() / p.numel()
+        assert abs(binary.double().mean() - p.mean()) < 5 * se
+    assert torch.equal(first.train, digits.train[:-300])  # training rows stay grey: the trainer draws them
+
+
+def test_validation_holds_out_the_last_training_rows(digits):
+    data = load_data(DataConfig(validation=100))
+    assert torch.equal(data.val, digits.train[-100:]) and torch.equal(data.train, digits.train[:-100])
+    assert len(data.train_labels) == len(data.train)
+    with pytest.raises(UserError, match="leaves no training rows"):
+        load_data(DataConfig(validation=len(digits.train)))
+
+
+def test_dynamic_mnist_test_split_is_the_one_binarization_of_mnist_nll(shared_data):
+    """--binarize on MNIST scores the test images benchmarks/mnist_nll.py has scored (seed 123)."""
+    grey = load_data(DataConfig(name="mnist", root=str(shared_data / "mnist"))).test
+    data = load_data(DataConfig(name="mnist", root=str(shared_data / "mnist"), binarize=True, validation=10000))
+    assert torch.equal(data.test, torch.bernoulli(grey, generator=torch.Generator().manual_seed(123)))
+    assert (len(data.train), len(data.val)) == (50000, 10000)
