@@ -189,7 +189,23 @@ DATASETS: dict[str, Callable[[DataConfig], Dataset]] = {
 
 
 def load_data(cfg: DataConfig) -> Dataset:
-    """Load, validate and split the data set named in ``cfg``."""
+    """Load, validate and split the data set named in ``cfg``.
+
+    Every archive (``.npz``, ``.npy``, ``.mat``, a torchvision folder) is opened under one guard:
+    a file that is not what it claims — not a zip, an object array, a truncated member, a
+    MATLAB v7.3 file, an array too large for memory — is one :class:`UserError` line.
+    """
+    try:
+        return _load(cfg)
+    except UserError:
+        raise
+    except Exception as err:  # noqa: BLE001 - numpy, zipfile, zlib, scipy.io and torchvision each raise their own
+        lines = str(err).strip().splitlines()
+        detail = f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+        raise UserError(f"cannot read the data set {cfg.name}: {detail}") from None
+
+
+def _load(cfg: DataConfig) -> Dataset:
     if cfg.name in DATASETS:
         data = DATASETS[cfg.name](cfg)
     elif cfg.name.endswith((".npy", ".npz")):

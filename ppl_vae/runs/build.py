@@ -7,10 +7,7 @@ Pyro's effect handlers.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -20,6 +17,7 @@ from ..errors import UserError
 from ..guides import GUIDES, AmortizedGuide, Encoder, posterior_head
 from ..inference.trial import check_module
 from ..models import LIKELIHOODS, NETWORKS, PRIORS, VAE
+from .programs import ProgramFile, import_factory, named_file
 
 __all__ = ["Program", "build_program", "check_support", "load_factory"]
 
@@ -45,49 +43,47 @@ def _pick(registry: dict, name: str, what: str):
     return registry[name]
 
 
-def load_factory(spec: str, role: str) -> Callable:
-    """Import ``factory`` from ``path/to/file.py:factory`` (the user's own program)."""
+def load_factory(spec: str, role: str, programs: dict[str, ProgramFile] | None = None) -> Callable:
+    """The factory of ``path/to/file.py:factory`` (the user's own program).
+
+    ``programs`` holds code already read (the run's stored copy, or the file read once at
+    ``fit``); without it the file ``spec`` names is read now.
+    """
     path, sep, attr = spec.rpartition(":")
     if not sep or not path.endswith(".py") or not attr:
         raise UserError(f"--{role} program must look like path/to/file.py:factory, got {spec!r}")
-    file = Path(path)
-    if not file.is_file():
-        raise UserError(f"--{role} program file not found: {file}")
-    name = f"ppl_vae_user_{role}_{abs(hash(str(file.resolve())))}"
-    module = sys.modules.get(name)
-    if module is None:
-        loader_spec = importlib.util.spec_from_file_location(name, file)
-        module = importlib.util.module_from_spec(loader_spec)
-        sys.modules[name] = module
-        try:
-            loader_spec.loader.exec_module(module)
-        except Exception as err:  # noqa: BLE001 - whatever the user's module raises at import
-            del sys.modules[name]
-            raise UserError(f"importing {file} failed: {type(err).__name__}: {err}") from None
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise UserError(f"{file} has no callable {attr!r}")
-    return factory
+    program = (programs or {}).get(role)
+    if program is None or program.spec != spec:
+        program = named_file(role, spec)
+    return import_factory(program)
 
 
-def _user_module(spec: str, role: str, data_dim: int, latent_dim: int) -> nn.Module:
-    return check_module(load_factory(spec, role)(data_dim, latent_dim), role, spec)
+def _user_module(
+    spec: str, role: str, data_dim: int, latent_dim: int, programs: dict[str, ProgramFile] | None
+) -> nn.Module:
+    return check_module(load_factory(spec, role, programs)(data_dim, latent_dim), role, spec)
 
 
 def build_program(
-    cfg: Config, data_dim: int, image_shape: tuple[int, ...], init_data: torch.Tensor | None = None
+    cfg: Config,
+    data_dim: int,
+    image_shape: tuple[int, ...],
+    init_data: torch.Tensor | None = None,
+    programs: dict[str, ProgramFile] | None = None,
 ) -> Program:
     """Build the :class:`Program` described by ``cfg`` for data of ``data_dim`` values.
 
     Args:
         init_data: training rows used to initialise data-dependent parameters (the VampPrior's
             pseudo-inputs); ``None`` when the weights will be loaded from a checkpoint anyway.
+        programs: the code of the user programs ``cfg`` names, already read (see
+            :mod:`ppl_vae.runs.programs`); without it the named files are read.
     """
     m, g = cfg.model, cfg.guide
-    model_module = _user_module(m.program, "model", data_dim, m.latent_dim) if m.program else None
+    model_module = _user_module(m.program, "model", data_dim, m.latent_dim, programs) if m.program else None
     encoder_net, decoder_net = _pick(NETWORKS, m.network, "network")
     if is_program_spec(g.name):
-        guide_module = _user_module(g.name, "guide", data_dim, m.latent_dim)
+        guide_module = _user_module(g.name, "guide", data_dim, m.latent_dim, programs)
     elif model_module is not None:  # a user's model brings its own guide (its latent sites)
         guide_module = check_module(model_module, "guide", f"{m.program} (give a guide with --guide file.py:factory)")
     else:

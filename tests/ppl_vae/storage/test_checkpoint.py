@@ -11,7 +11,7 @@ import torch
 
 import ppl_vae
 from ppl_vae.errors import CheckpointError
-from ppl_vae.storage.checkpoint import load_checkpoint, read_state
+from ppl_vae.storage.checkpoint import load_checkpoint, read_state, state_digest
 from tests.conftest import tiny_config
 
 
@@ -75,6 +75,7 @@ def test_pickle_in_place_of_weights_is_refused_and_never_run(run, tmp_path):
     # a state.json pointing at a .pt file is refused by name
     (dst / "checkpoint" / "model.pt").write_bytes(pickle.dumps(Payload()))
     state["files"]["weights"]["name"] = "model.pt"
+    state["sha256"] = state_digest(state)  # signed again, as whoever planted the file would
     (dst / "checkpoint" / "state.json").write_text(json.dumps(state))
     with pytest.raises(CheckpointError, match="safetensors"):
         ppl_vae.load(dst)
@@ -170,6 +171,7 @@ def test_weights_of_another_dtype_are_refused(run, tmp_path):
     }
     save_file(tensors, str(weights))
     state["files"]["weights"]["sha256"] = sha256_file(weights)  # a consistent but foreign checkpoint
+    state["sha256"] = state_digest(state)
     (dst / "checkpoint" / "state.json").write_text(json.dumps(state))
     with pytest.raises(CheckpointError, match="float64"):
         ppl_vae.load(dst)
