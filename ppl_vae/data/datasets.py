@@ -116,7 +116,10 @@ def _find(cfg: DataConfig, default_subdir: str, filename: str) -> Path | None:
 
 def _npz_with_split(path: Path, name: str) -> Dataset:
     try:
-        with np.load(path, allow_pickle=False) as f:
+        with (
+            open(path, "rb") as handle,
+            np.load(handle, allow_pickle=False) as f,
+        ):  # numpy leaks its own handle on a bad zip
             if "x_train" not in f or "x_test" not in f:
                 raise UserError(f"{path}: an .npz data set needs arrays 'x_train' and 'x_test', found {list(f.keys())}")
             get = lambda k: f[k] if k in f else None
@@ -165,7 +168,7 @@ def _user_file(path: Path, cfg: DataConfig) -> Dataset:
     if not path.is_file():
         raise UserError(f"data file not found: {path}")
     if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as f:
+        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as f:
             if "x_train" in f:
                 return _npz_with_split(path, path.stem)
             if "x" not in f:

@@ -245,7 +245,8 @@ def read_metrics(run_dir: str | Path) -> dict:
     for key, value in metrics.items():
         kinds = METRICS.get(key, (int, float, str, type(None)))
         if isinstance(value, bool) or not isinstance(value, kinds):
-            raise CheckpointError(f"{path}: {key!r} must be a {kinds[0].__name__}, got {value!r}")
+            what = {(int,): "an integer", (int, float): "a number", (str,): "text"}.get(kinds, "a number or text")
+            raise CheckpointError(f"{path}: {key!r} must be {what}, got {value!r}")
     if metrics["epochs"] < 1 or not metrics["seconds"] >= 0 or metrics["parameters"] < 0:
         raise CheckpointError(f"{path}: epochs, seconds and parameters must be counts")
     return metrics

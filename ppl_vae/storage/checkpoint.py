@@ -163,10 +163,6 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _is_json_scalar(v: Any) -> bool:
-    return v is None or isinstance(v, (bool, int, float, str))
-
-
 def _words(v: Any, n: int) -> bool:
     """A list of ``n`` unsigned 32-bit integers (a Mersenne Twister's state)."""
     return isinstance(v, list) and len(v) == n and all(_is_int(w, 0, 2**32 - 1) for w in v)
@@ -215,7 +211,12 @@ def _check_optimizer(optimizer: Any) -> str | None:
         for key, value in group.items():
             if key == "params":
                 continue
-            if not (_is_json_scalar(value) or (isinstance(value, list) and all(_is_number(x) for x in value))):
+            if not (
+                value is None
+                or isinstance(value, bool)
+                or _is_number(value)
+                or (isinstance(value, list) and all(_is_number(x) for x in value))
+            ):
                 return f"optimizer setting {key!r} must be a number, a flag or a list of numbers"
             if _is_number(value) and not math.isfinite(value):
                 return f"optimizer setting {key!r} must be finite"
