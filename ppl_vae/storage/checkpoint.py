@@ -29,6 +29,7 @@ import json
 import math
 import os
 import random
+import re
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save, save_model
 from torch import nn
@@ -99,7 +101,13 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any]
 def _content_name(directory: Path, stem: str, write: Callable[[Path], None]) -> str:
     """Write via ``write(tmp_path)`` and rename to ``stem-<sha12>.safetensors``; return the name."""
     with atomic_path(directory / f"{stem}.pending") as tmp:
-        write(tmp)
+        try:
+            write(tmp)
+        except SafetensorError as err:  # safetensors' writer reports the OS's error in its own type
+            code = re.search(r"os error (\d+)", str(err))
+            if code is None:
+                raise
+            raise OSError(int(code[1]), os.strerror(int(code[1]))) from None
     pending = directory / f"{stem}.pending"
     name = f"{stem}-{sha256_file(pending)[:12]}.safetensors"
     os.replace(pending, directory / name)

@@ -25,7 +25,7 @@ from ppl_vae.storage.checkpoint import state_digest
 
 FAST = ["--epochs", "1", "--hidden-dim", "16", "--no-progress"]
 EVAL = ["--k", "8", "--points", "20", "--gap-points", "2", "--gap-steps", "2", "--sbc-simulations", "10"]
-EVAL += ["--sbc-draws", "5", "--idata-points", "4", "--idata-draws", "2", "--no-progress"]
+EVAL += ["--sbc-draws", "5", "--idata-points", "30", "--idata-draws", "8", "--no-progress"]
 
 PROGRAM = """
 import pyro, pyro.distributions as dist
@@ -124,7 +124,7 @@ def world(tmp_path_factory):
     assert cli(["fit", "--model", f"{w}/prog.py:make", "--out", str(w / "prog_run"), *FAST])[0] == 0
 
     # programs that fail in every way a program can
-    (w / "evil.py").write_text(f"open({str(w / 'PWNED')!r}, 'w').write('imported')\n" + program())
+    (w / "evil.py").write_text(f"with open({str(w / 'PWNED')!r}, 'w') as f:\n    f.write('imported')\n" + program())
     (w / "import_raises.py").write_text("raise RuntimeError('no GPU here')\n")
     (w / "import_exits.py").write_text("import sys\nsys.exit(0)\n")
     (w / "syntax.py").write_text("def make(:\n")
