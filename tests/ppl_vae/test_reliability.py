@@ -153,18 +153,18 @@ def _wait_for(predicate, proc, timeout=120.0, what="the condition"):
     raise AssertionError(f"{what} never held (process exit code {proc.poll()})")
 
 
-def test_two_writers_of_one_run_one_wins_the_other_exits_2(tmp_path):
+def test_two_writers_of_one_run_one_wins_the_other_exits_2(tmp_path, capsys):
+    from ppl_vae.cli import main
+
     out = tmp_path / "run"
     first = subprocess.Popen(
         [*FIT, "--epochs", "500", "--seed", "1", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     _wait_for((tmp_path / ".run.lock").exists, first, what="the first writer's lock")
-    second = subprocess.run(
-        [*FIT, "--epochs", "1", "--seed", "2", "--out", str(out), "--overwrite"], capture_output=True, text=True
-    )
-    assert second.returncode == 2
-    (line,) = second.stderr.strip().splitlines()
-    assert f"being written by another ppl-vae process (pid {first.pid})" in line and "Traceback" not in line
+    # the second writer, in this process: the lock is per open file, so it conflicts as another process would
+    assert main(["fit", "--epochs", "1", "--seed", "2", "--out", str(out), "--overwrite", "--no-progress"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert f"being written by another ppl-vae process (pid {first.pid})" in line
     first.send_signal(signal.SIGINT)  # the winner stops at its next step with a checkpoint
     first.communicate(timeout=120)
     assert first.returncode == 130
@@ -177,31 +177,40 @@ def test_a_reader_during_a_writer_always_loads_a_whole_checkpoint(tmp_path):
     out = tmp_path / "run"
     subprocess.run([*FIT, "--epochs", "1", "--checkpoint-steps", "1", "--out", str(out)], check=True)
     writer = subprocess.Popen(
-        [*FIT[:4], "--resume", str(out), "--epochs", "40", "--no-progress"],
+        [*FIT[:4], "--resume", str(out), "--epochs", "1000", "--no-progress"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
     first = read_state(out / "checkpoint")["step"]
     _wait_for(lambda: read_state(out / "checkpoint")["step"] > first, writer, what="a new checkpoint")
     steps = []
-    while writer.poll() is None:
+    while writer.poll() is None and (len(steps) < 10 or len(set(steps)) < 4):
         run = ppl_vae.load(out)  # never a missing file, a digest mismatch or a half state
         assert run.sample(2).shape == (2, 64)
         steps.append(run.checkpoint["step"])
+    writer.send_signal(signal.SIGINT)
     _, err = writer.communicate(timeout=120)
-    assert writer.returncode == 0, err
-    assert len(steps) >= 5 and len(set(steps)) >= 3, steps  # it read while the checkpoint kept changing
+    assert writer.returncode == 130, err
+    assert len(set(steps)) >= 4, steps  # it read while the checkpoint was being replaced, step after step
     assert steps == sorted(steps)
 
 
-@pytest.fixture
-def evaluated_run(tmp_path):
+@pytest.fixture(scope="module")
+def evaluated_base(tmp_path_factory):
     from ppl_vae.cli import main
 
-    out = tmp_path / "run"
+    out = tmp_path_factory.mktemp("evaluated") / "run"
     assert main(["fit", "--out", str(out), "--epochs", "1", "--hidden-dim", "32", "--no-progress"]) == 0
     assert main(["evaluate", str(out), *EVAL]) == 0
     return out
+
+
+@pytest.fixture
+def evaluated_run(evaluated_base, tmp_path):
+    import shutil
+
+    shutil.copytree(evaluated_base, tmp_path / "run")
+    return tmp_path / "run"
 
 
 def _evaluation(run: Path) -> dict:
