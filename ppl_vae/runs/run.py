@@ -87,6 +87,8 @@ def check_out_dir(out: str | Path, overwrite: bool) -> Path:
     run or study without ``overwrite`` (and, with it, one holding files ppl_vae did not write)."""
     out = Path(out)
     kind = kind_of(out)
+    if out.exists() and out.resolve() in (Path.cwd().resolve(), *Path.cwd().resolve().parents):
+        raise UserError(f"--out {out} is the working directory or holds it; give a folder from outside it")
     if out.is_symlink():
         raise UserError(f"--out {out} is a symbolic link; give the directory it points to, or another path")
     if kind == "file":

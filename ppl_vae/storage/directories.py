@@ -69,6 +69,13 @@ def _sync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def _named(target: str | os.PathLike) -> Path:
+    """``target`` with a name of its own: ``.`` and ``..`` become the absolute path they stand for, so
+    the lock, staging and leftovers of a directory are the same whichever way it is spelled."""
+    target = Path(target)
+    return Path(os.path.abspath(target)) if target.name in ("", "..") else target
+
+
 def _lock_path(target: Path) -> Path:
     return target.parent / f".{target.name}.lock"
 
@@ -80,7 +87,7 @@ def locked(target: str | os.PathLike, what: str = "directory") -> Iterator[None]
     The lock file is removed on release. A process that opened it just before (and so locks
     a file no longer at that path) sees the path's inode change and tries again.
     """
-    target = Path(target)
+    target = _named(target)
     lock = _lock_path(target)
     for _ in range(10):
         try:
@@ -117,7 +124,7 @@ def locked(target: str | os.PathLike, what: str = "directory") -> Iterator[None]
 
 def staging_dir(target: str | os.PathLike) -> Path:
     """Create and return a fresh, empty ``.<name>.staging-<hex>`` directory beside ``target``."""
-    target = Path(target)
+    target = _named(target)
     path = target.parent / f".{target.name}.staging-{secrets.token_hex(6)}"
     try:
         path.mkdir()
@@ -128,6 +135,7 @@ def staging_dir(target: str | os.PathLike) -> Path:
 
 def swap_in(staging: Path, target: Path) -> None:
     """Put ``staging`` in ``target``'s place in one step; remove what was there before."""
+    target = _named(target)
     try:
         if not target.exists():
             os.rename(staging, target)
@@ -149,7 +157,7 @@ _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(staging|old)-[0-9a-f]{12}$")
 def remove_leftovers(target: str | os.PathLike, subdirs: tuple[str, ...] = ()) -> list[Path]:
     """Remove what killed writers of ``target`` left: staging and old copies beside it, and
     temporary files in it (and in its ``subdirs``). Call only while holding :func:`locked`."""
-    target = Path(target)
+    target = _named(target)
     removed = []
     if target.parent.is_dir():
         for path in target.parent.iterdir():

@@ -262,6 +262,8 @@ CASES = {
         r"holds files ppl_vae did not write \(data\.npy\)",
     ),
     "out is a file": ([*FIT, "--out", "{w}/afile"], "not a directory"),
+    "out is the working directory": ([*FIT, "--out", "."], "is the working directory or holds it"),
+    "out holds the working directory": ([*FIT, "--out", "/", "--overwrite"], "is the working directory or holds it"),
     "out under a file": ([*FIT, "--out", "{w}/afile/run"], "not a directory"),
     "out is a study of another kind": ([*FIT, "--out", "{w}/study"], "--overwrite"),
     "lr 1e30 overwrite keeps the old run": ([*FIT, "--out", "{w}/run", "--overwrite", "--lr", "1e30"], r"train\.lr"),

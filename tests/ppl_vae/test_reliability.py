@@ -20,6 +20,26 @@ from ppl_vae.storage.checkpoint import read_state
 FIT = [sys.executable, "-m", "ppl_vae", "fit", "--hidden-dim", "32", "--no-progress"]
 
 
+_SPAWNED: list[subprocess.Popen] = []
+
+
+def _spawn(*args, **kwargs) -> subprocess.Popen:
+    proc = subprocess.Popen(*args, **kwargs)
+    _SPAWNED.append(proc)
+    return proc
+
+
+@pytest.fixture(autouse=True)
+def _no_process_left_behind():
+    """A failed test must not leave a training process running."""
+    yield
+    while _SPAWNED:
+        proc = _SPAWNED.pop()
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
 def _wait_for_step(run_dir: Path, step: int, proc, timeout=120.0) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
@@ -52,7 +72,7 @@ def test_kill_9_then_resume_equals_uninterrupted_run(tmp_path, compiled):
     subprocess.run([*FIT, *args, "--out", str(reference)], check=True, capture_output=True)
 
     run = tmp_path / "killed"
-    proc = subprocess.Popen([*FIT, *args, "--out", str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = _spawn([*FIT, *args, "--out", str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _wait_for_step(run, 27, proc)  # mid-epoch: 12 steps an epoch
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -69,7 +89,7 @@ def test_kill_9_then_resume_equals_uninterrupted_run(tmp_path, compiled):
 
 def test_sigint_saves_a_checkpoint_and_exits_130(tmp_path):
     run = tmp_path / "run"
-    proc = subprocess.Popen(
+    proc = _spawn(
         [*FIT, "--epochs", "500", "--checkpoint-every", "1000", "--out", str(run)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -157,7 +177,7 @@ def test_two_writers_of_one_run_one_wins_the_other_exits_2(tmp_path, capsys):
     from ppl_vae.cli import main
 
     out = tmp_path / "run"
-    first = subprocess.Popen(
+    first = _spawn(
         [*FIT, "--epochs", "500", "--seed", "1", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     _wait_for((tmp_path / ".run.lock").exists, first, what="the first writer's lock")
@@ -176,7 +196,7 @@ def test_two_writers_of_one_run_one_wins_the_other_exits_2(tmp_path, capsys):
 def test_a_reader_during_a_writer_always_loads_a_whole_checkpoint(tmp_path):
     out = tmp_path / "run"
     subprocess.run([*FIT, "--epochs", "1", "--checkpoint-steps", "1", "--out", str(out)], check=True)
-    writer = subprocess.Popen(
+    writer = _spawn(
         [*FIT[:4], "--resume", str(out), "--epochs", "1000", "--no-progress"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -222,7 +242,7 @@ def test_killed_while_writing_an_evaluation_leaves_the_old_one_whole(evaluated_r
     """Killed while the new evaluation is being written: the old one stays, whole; SIGTERM says so in one
     line; the next evaluate removes what the killed one left and writes a whole new evaluation."""
     old = _evaluation(evaluated_run)
-    proc = subprocess.Popen(
+    proc = _spawn(
         [sys.executable, "-m", "ppl_vae", "evaluate", str(evaluated_run), *EVAL, "--eval-seed", "1"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -30,6 +30,17 @@ def test_a_second_writer_fails_at_once_naming_the_first(tmp_path):
         pass
 
 
+def test_a_directory_has_one_lock_however_it_is_spelled(tmp_path, monkeypatch):
+    (tmp_path / "run").mkdir()
+    monkeypatch.chdir(tmp_path / "run")
+    with locked("."):
+        assert (tmp_path / ".run.lock").exists()
+        with pytest.raises(StorageError, match="being written"):
+            with locked(tmp_path / "run"):
+                pass
+    assert list((tmp_path / "run").iterdir()) == []
+
+
 def test_swap_replaces_the_whole_directory_and_removes_the_old_content(tmp_path):
     target = tmp_path / "run"
     target.mkdir()
