@@ -61,7 +61,7 @@ def measure(guide: str, args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     est = importance_sample(run.program.model, run.program.guide, x_test, args.k, progress=args.progress)
     nll = -est.log_px.numpy()
-    np.save(f"{args.out}/{guide}/nll_pointwise.npy", nll)
+    np.save(f"{args.out}/{guide}-nll_pointwise.npy", nll)  # beside the run: a run folder holds only its own files
     return {
         "nll": float(nll.mean()),
         "nll_se": float(nll.std(ddof=1) / np.sqrt(len(nll))),
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
         )
     if len(results) == 2:
         (a, b) = results
-        diff, se = paired_difference(*(np.load(f"{args.out}/{g}/nll_pointwise.npy") for g in (a, b)))
+        diff, se = paired_difference(*(np.load(f"{args.out}/{g}-nll_pointwise.npy") for g in (a, b)))
         print(
             f"NLL({a}) - NLL({b}) = {diff:.3f} ± {se:.3f} (paired over {args.test_points} test points; "
             f"{diff / se if se else float('nan'):.1f} SE)"

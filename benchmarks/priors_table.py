@@ -126,17 +126,19 @@ def job(data: str, row: str, args: argparse.Namespace) -> dict:
     from ppl_vae.runs.run import fit, load
 
     torch.set_num_threads(1)
-    out = Path(args.out) / data / row
+    out = Path(args.out) / data / row  # the benchmark's own files, beside the run (a run directory holds only its own)
+    run_dir = out / "run"
     done = out / "evaluation.json"
     if done.is_file():
         return json.loads(done.read_text())
     cfg = config(data, row, args)
     start = time.perf_counter()
-    if (out / "metrics.json").is_file():  # trained; its evaluation did not finish
-        run = load(out)
+    if (run_dir / "metrics.json").is_file():  # trained; its evaluation did not finish
+        run = load(run_dir)
     else:
-        resume = args.resume and (out / "checkpoint" / "state.json").is_file()
-        run = fit(cfg, out, overwrite=not resume, resume=resume, progress=False)
+        resume = args.resume and (run_dir / "checkpoint" / "state.json").is_file()
+        out.mkdir(parents=True, exist_ok=True)
+        run = fit(cfg, run_dir, overwrite=not resume, resume=resume, progress=False)
     train_seconds = time.perf_counter() - start
     test = load_data(cfg.data).test
     # the test images in one fixed random order, in blocks, each from its own seed and saved as it

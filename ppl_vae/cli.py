@@ -3,7 +3,8 @@
 Every config option is a flag, generated from its field in :mod:`ppl_vae.config` (one
 definition: default, help, range, registry). A TOML file given with ``--config`` sets the same
 keys, and flags override it. User errors print one line and exit with status 2; an interrupt
-exits with 130 after a checkpoint.
+exits with 130 after a checkpoint; SIGTERM outside training prints one line and exits with 143,
+leaving nothing half-written.
 
 Layer 5 — may import everything; heavy modules are imported inside the commands.
 """
@@ -11,12 +12,24 @@ Layer 5 — may import everything; heavy modules are imported inside the command
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import SECTIONS, Config, EvalConfig, flag_of, load_config, options_of, parse_text
+from .config import (
+    SECTIONS,
+    Config,
+    EvalConfig,
+    SampleConfig,
+    StudyConfig,
+    flag_of,
+    load_config,
+    options_of,
+    parse_text,
+)
 from .errors import UserError
 
 __all__ = ["main", "build_parser", "config_from_args", "overrides_from_args", "one_line"]
@@ -104,6 +117,13 @@ def eval_config_from_args(args: argparse.Namespace) -> EvalConfig:
     return config.validate()
 
 
+def _section_from_args(args: argparse.Namespace, section: str, cls: type):
+    return cls(**overrides_from_args(args, [section]).get(section, {})).validate()
+
+
+TRUST_HELP = "import the program stored in the run (it is code: only for runs you trust; its sha256 is checked)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="ppl-vae", description="Variational autoencoders as Pyro programs, with a Bayesian-workflow bench."
@@ -113,7 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fit", help="train a model/guide pair and write a run directory")
     p.add_argument("--out", help="run directory to create")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue a run from its last checkpoint; takes only --epochs (to extend it), --trust-program "
+        "and --no-progress besides",
+    )
+    p.add_argument("--trust-program", action="store_true", help=f"with --resume: {TRUST_HELP}")
     p.add_argument("--distributed", action="store_true", help="data-parallel over the processes torchrun starts (DDP)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_config_options(p)
@@ -123,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="evaluate on another data set (name or path); default: the run's test split")
     p.add_argument("--data-root", default="", help="folder or file holding that data set")
     p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU) | cpu | cuda | cuda:N")
+    p.add_argument("--trust-program", action="store_true", help=TRUST_HELP)
     p.add_argument("--no-progress", action="store_true")
     _add_options(p, "evaluate", EvalConfig)
 
@@ -130,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
         "sigma-sweep", help="train the fixed-σ model at several σ and compare rate, distortion, identity"
     )
     p.add_argument("--sigmas", default="0.03,0.05,0.1,0.2,0.4", help="comma-separated σ values")
-    p.add_argument("--out", required=True, help="directory for the sweep")
+    p.add_argument("--out", required=True, help="directory for the sweep (new, empty, or a sweep to continue)")
+    p.add_argument("--overwrite", action="store_true", help="train again the runs in --out whose config changed")
     p.add_argument("--no-progress", action="store_true")
     _add_config_options(p)
     _add_options(p, "evaluate", EvalConfig)
@@ -142,19 +170,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--grid", default="", help="e.g. 'guide=diagonal,iaf;prior=standard,vamp' (any option: flag or section.key)"
     )
-    p.add_argument("--seeds", type=int, default=1, help="train every variant with this many seeds")
-    p.add_argument("--out", required=True, help="directory for the comparison (finished runs in it are reused)")
+    p.add_argument(
+        "--out", required=True, help="directory for the comparison (new, empty, or a comparison to continue)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="train again the runs in --out whose config changed")
     p.add_argument("--no-progress", action="store_true")
     _add_config_options(p)
     _add_options(p, "evaluate", EvalConfig)
+    _add_options(p, "study", StudyConfig)
 
     p = sub.add_parser("sample", help="decode draws z ~ p(z) of a trained run into an image grid")
     p.add_argument("run_dir")
-    p.add_argument("--n", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU) | cpu | cuda | cuda:N")
+    p.add_argument("--trust-program", action="store_true", help=TRUST_HELP)
+    _add_options(p, "sample", SampleConfig)
     return parser
+
+
+def _resume_config(args) -> Config | None:
+    """The config a resume runs with: the run's own, with ``--epochs`` applied; any other option refused."""
+    from .runs.run import RESUMABLE, read_run_config
+
+    given = {f"{s}.{n}": v for s, values in overrides_from_args(args).items() for n, v in values.items()}
+    flags = {f"{s}.{n}": flag_of(n, o) for s, cls in SECTIONS.items() for n, _, o in options_of(cls)}
+    refused = [flags[k] for k in given if k not in RESUMABLE]
+    refused += [flag for flag, on in (("--config", args.config), ("--overwrite", args.overwrite)) if on]
+    if args.distributed:
+        refused.append("--distributed")
+    if refused:
+        allowed = ", ".join(flags[k] for k in RESUMABLE)
+        raise UserError(
+            f"--resume continues {args.resume} with its own settings: it takes {allowed} (to extend the run), "
+            f"--trust-program and --no-progress, not {', '.join(refused)}"
+        )
+    if not given:
+        return None
+    config = read_run_config(args.resume)
+    config.train.epochs = given["train.epochs"]
+    return config
 
 
 def _fit(args) -> int:
@@ -163,7 +217,14 @@ def _fit(args) -> int:
     if args.resume:
         if args.out and Path(args.out) != Path(args.resume):
             raise UserError("--resume continues a run in place; leave out --out or give the same directory")
-        run = fit(Config(), args.resume, resume=True, progress=not args.no_progress)
+        config = _resume_config(args)
+        run = fit(config, args.resume, resume=True, progress=not args.no_progress, trust_program=args.trust_program)
+        if run.note == "finished":
+            print(
+                f"{run.path} has already trained its {run.checkpoint['epoch']} epochs; nothing to do "
+                f"(extend it with --resume {run.path} --epochs N)"
+            )
+            return 0
     else:
         if not args.out:
             raise UserError("fit needs --out RUN_DIR")
@@ -181,22 +242,40 @@ def _fit(args) -> int:
     return 0
 
 
+def _check_png_out(text: str) -> Path:
+    """``--out`` of ``sample``: a .png path that can be written, and no other kind of file it would replace."""
+    from .storage.atomic import check_writable
+
+    out = Path(text)
+    if out.suffix != ".png":
+        raise UserError(f"--out must name a .png file, got {text}")
+    if out.is_dir():
+        raise UserError(f"--out {out} is a directory")
+    if out.exists():
+        with open(out, "rb") as f:
+            if f.read(8) != b"\x89PNG\r\n\x1a\n":
+                raise UserError(f"--out {out} exists and is not a PNG image; it is kept: choose another --out")
+    folder = out.parent
+    while not folder.exists():  # the folders atomic_path would create: their first existing ancestor
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UserError(f"--out {out}: {folder} is not a directory")
+    check_writable(folder)
+    return out
+
+
 def _sample(args) -> int:
     import pyro
 
     from .plots.figures import plot_images
     from .runs.run import load
 
-    if not 1 <= args.n <= 10_000:
-        raise UserError(f"--n must lie in [1, 10000], got {args.n}")
-    if not 0 <= args.seed <= 2**32 - 1:
-        raise UserError(f"--seed must lie in [0, 4294967295], got {args.seed}")
-    if not args.out.endswith(".png"):
-        raise UserError(f"--out must name a .png file, got {args.out}")
-    run = load(args.run_dir, device=args.device)
-    pyro.set_rng_seed(args.seed)
-    plot_images(run.sample(args.n), run.image_shape, args.out)
-    print(f"wrote {args.n} samples to {args.out}")
+    options = _section_from_args(args, "sample", SampleConfig)
+    out = _check_png_out(args.out)
+    run = load(args.run_dir, device=args.device, trust_program=args.trust_program)
+    pyro.set_rng_seed(options.seed)
+    plot_images(run.sample(options.n), run.image_shape, out)
+    print(f"wrote {options.n} samples to {out}")
     return 0
 
 
@@ -208,7 +287,7 @@ def _evaluate(args) -> int:
     from .runs.run import load
 
     config = eval_config_from_args(args)
-    run = load(args.run_dir, device=args.device)
+    run = load(args.run_dir, device=args.device, trust_program=args.trust_program)
     x = labels = None
     if args.data:
         other = load_data(replace(run.config.data, name=args.data, root=args.data_root, limit=0, labels="0"))
@@ -217,14 +296,14 @@ def _evaluate(args) -> int:
                 f"{args.data} has {other.data_dim} values a row; the run was trained on {run.dataset().data_dim}"
             )
         x, labels = other.test, other.test_labels
-    r = evaluate_run(run, config, x=x, progress=not args.no_progress, labels=labels)
+    r = evaluate_run(run, config, x=x, progress=not args.no_progress, labels=labels, data_name=args.data or None)
     number = lambda key, spec: "skipped" if r.get(key) is None else format(r[key], spec)
     accuracy = f"accuracy {r['accuracy']:.4f}, " if "accuracy" in r else ""
     print(
         f"log p(x) {r['log_px']:.2f} ± {r['log_px_se']:.2f}, ELBO {r['elbo']:.2f}, KL {r['kl']:.2f}, {accuracy}"
         f"k̂ mean {r['khat_mean']:.2f} ({r['khat_frac_gt_0_7']:.0%} > 0.7), active units {r['active_units']}, "
         f"gaps: approximation {number('approximation_gap', '.2f')}, amortization {number('amortization_gap', '.2f')}, "
-        f"SBC p {number('sbc_pvalue', '.2g')} -> {run.path}/evaluation.json"
+        f"SBC p {number('sbc_pvalue', '.2g')} -> {run.path}/evaluation/"
     )
     return 0
 
@@ -234,7 +313,12 @@ def _sigma_sweep(args) -> int:
 
     sigmas = parse_sigmas(args.sigmas)
     rows = sigma_sweep(
-        sigmas, config_from_args(args), args.out, eval_config_from_args(args), progress=not args.no_progress
+        sigmas,
+        config_from_args(args),
+        args.out,
+        eval_config_from_args(args),
+        progress=not args.no_progress,
+        overwrite=args.overwrite,
     )
     print(sweep_table(rows), end="")
     print(f"-> {args.out}/sweep.md, {args.out}/figures/")
@@ -247,8 +331,14 @@ def _compare(args) -> int:
     base = config_from_args(args)
     overrides = overrides_from_args(args)
     variants = variants_from(base, args.variants, args.grid, lambda config: apply_overrides(config, overrides))
+    study = _section_from_args(args, "study", StudyConfig)
     comparison = compare(
-        variants, args.out, eval_config_from_args(args), seeds=args.seeds, progress=not args.no_progress
+        variants,
+        args.out,
+        eval_config_from_args(args),
+        seeds=study.seeds,
+        progress=not args.no_progress,
+        overwrite=args.overwrite,
     )
     print(comparison.to_markdown(), end="")
     print(f"-> {args.out}/comparison.md, comparison.csv, comparison.json, figures/")
@@ -258,21 +348,61 @@ def _compare(args) -> int:
 COMMANDS = {"fit": _fit, "evaluate": _evaluate, "compare": _compare, "sigma-sweep": _sigma_sweep, "sample": _sample}
 
 
+AFTER_INTERRUPT = {
+    "fit": "a checkpoint was saved, continue with --resume",
+    "compare": "a checkpoint was saved; rerun the same command to continue (finished variants are reused)",
+    "sigma-sweep": "a checkpoint was saved; rerun the same command to continue (finished runs are reused)",
+}
+AFTER_TERMINATE = {
+    "fit": "what was written is whole: a started run continues with --resume, an unstarted one left nothing",
+    "evaluate": "the run's previous evaluation is unchanged",
+    "compare": "what was written is whole; rerun the same command to continue (finished variants are reused)",
+    "sigma-sweep": "what was written is whole; rerun the same command to continue (finished runs are reused)",
+    "sample": "nothing was written",
+}
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived outside training: unwind (every writer cleans up on the way) and exit 143."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from .inference.trainer import Interrupted
 
     args = build_parser().parse_args(argv)
+    handle = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if handle else None
     try:
         return COMMANDS[args.command](args)
     except UserError as err:
         print(f"ppl-vae: error: {one_line(err)}", file=sys.stderr)
         return 2
     except Interrupted as err:
-        print(f"ppl-vae: {err}; a checkpoint was saved, continue with --resume", file=sys.stderr)
+        print(f"ppl-vae: {err}; {AFTER_INTERRUPT.get(args.command, 'stopped')}", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"ppl-vae: terminated by signal {int(signal.SIGTERM)}; {AFTER_TERMINATE[args.command]}", file=sys.stderr)
+        return 128 + int(signal.SIGTERM)
     except KeyboardInterrupt:
         print("ppl-vae: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        print(
+            "ppl-vae: error: out of memory; ask for less (fewer particles, points, draws or a smaller batch)",
+            file=sys.stderr,
+        )
+        return 2
+    except OSError as err:  # what the checks before the work could not foresee: one line, not a traceback
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"ppl-vae: error: {one_line(err.strerror or err)}{where}", file=sys.stderr)
+        return 2
+    finally:
+        if handle:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ command line (:mod:`ppl_vae.cli`), the keys of a TOML file, the keys of ``compar
 the one coercion of a value (:func:`coerce`) and the checks of :meth:`Config.validate`, which
 run before any work starts. A run's config has the sections ``[data]``, ``[model]``,
 ``[guide]`` and ``[train]``; :class:`EvalConfig` holds the options of the workflow analysis
-(``evaluate``, ``compare``, ``sigma-sweep``).
+(``evaluate``, ``compare``, ``sigma-sweep``), :class:`SampleConfig` those of ``sample`` and
+:class:`StudyConfig` those of a study's design (``compare --seeds``): every number any command
+takes has its range here.
 
 Layer 2 — may import: the registries of ``ppl_vae.models``, ``ppl_vae.guides``,
 ``ppl_vae.inference`` and ``ppl_vae.data`` (to check names), ``ppl_vae.errors``.
@@ -47,6 +49,8 @@ __all__ = [
     "GuideConfig",
     "TrainConfig",
     "EvalConfig",
+    "SampleConfig",
+    "StudyConfig",
     "Config",
     "SECTIONS",
     "coerce",
@@ -250,6 +254,29 @@ class EvalConfig:
     def validate(self) -> EvalConfig:
         """Check every field against its :class:`Option`. Returns self."""
         _check_fields("evaluate", self)
+        return self
+
+
+@dataclass
+class SampleConfig:
+    """Options of ``sample`` (not part of a run's config)."""
+
+    n: int = option(64, "decodings of z ~ p(z) to draw", low=1, high=10_000)
+    seed: int = option(0, "seed of the draws", low=0, high=MAX_SEED)
+
+    def validate(self) -> SampleConfig:
+        _check_fields("sample", self)
+        return self
+
+
+@dataclass
+class StudyConfig:
+    """Options of ``compare`` and ``sigma-sweep`` that are not part of a variant's config."""
+
+    seeds: int = option(1, "train every variant with this many seeds (the config's seed, +1, ...)", low=1, high=1000)
+
+    def validate(self) -> StudyConfig:
+        _check_fields("study", self)
         return self
 
 

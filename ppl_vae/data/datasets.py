@@ -213,7 +213,10 @@ def _find(cfg: DataConfig, default_subdir: str, filename: str) -> Path | None:
 
 def _npz_with_split(path: Path, name: str) -> Dataset:
     try:
-        with np.load(path, allow_pickle=False) as f:
+        with (
+            open(path, "rb") as handle,
+            np.load(handle, allow_pickle=False) as f,
+        ):  # numpy leaks its own handle on a bad zip
             if "x_train" not in f or "x_test" not in f:
                 raise UserError(f"{path}: an .npz data set needs arrays 'x_train' and 'x_test', found {list(f.keys())}")
             get = lambda k: f[k] if k in f else None
@@ -290,7 +293,7 @@ def _user_file(path: Path, cfg: DataConfig) -> Dataset:
     if not path.is_file():
         raise UserError(f"data file not found: {path}")
     if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as f:
+        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as f:
             if "x_train" in f:
                 return _npz_with_split(path, path.stem)
             if "x" not in f:
@@ -329,7 +332,23 @@ def _binarized_once(test, val, name: str):
 
 
 def load_data(cfg: DataConfig) -> Dataset:
-    """Load, validate and split the data set named in ``cfg``."""
+    """Load, validate and split the data set named in ``cfg``.
+
+    Every archive (``.npz``, ``.npy``, ``.mat``, a torchvision folder) is opened under one guard:
+    a file that is not what it claims — not a zip, an object array, a truncated member, a
+    MATLAB v7.3 file, an array too large for memory — is one :class:`UserError` line.
+    """
+    try:
+        return _load(cfg)
+    except UserError:
+        raise
+    except Exception as err:  # noqa: BLE001 - numpy, zipfile, zlib, scipy.io and torchvision each raise their own
+        lines = str(err).strip().splitlines()
+        detail = f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+        raise UserError(f"cannot read the data set {cfg.name}: {detail}") from None
+
+
+def _load(cfg: DataConfig) -> Dataset:
     if cfg.name in DATASETS:
         data = DATASETS[cfg.name](cfg)
     elif cfg.name.endswith((".npy", ".npz")):

@@ -129,8 +129,12 @@ class RowFile:
         for start in range(0, len(self.rows), step):
             raw = self._raw(self.rows[start : start + step])
             if raw.dtype.kind == "f" and not np.isfinite(raw).all():
+                bad = np.flatnonzero(~np.isfinite(raw).all(axis=1))  # rows of this piece, in order
+                rows = self.rows[start + bad]
+                more = f" and {len(rows) - 1} more in rows {rows.min()}..{rows.max()}" if len(rows) > 1 else ""
                 raise UserError(
-                    f"{name}: values are NaN or infinite (rows {start}..{start + step}); clean the data first"
+                    f"{name}: values are NaN or infinite in row {rows[0]}{more} (of rows 0..{self.file_shape[0] - 1}); "
+                    "clean the data first"
                 )
             with np.errstate(over="ignore"):
                 if not np.isfinite(_to_float(raw)).all():

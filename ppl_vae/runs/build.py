@@ -8,10 +8,7 @@ with them goes through Pyro's effect handlers.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -30,6 +27,7 @@ from ..guides import (
 )
 from ..inference.trial import check_module
 from ..models import LAYERS, LIKELIHOODS, NETWORKS, PRIORS, PSEUDO_INPUTS, VAE, HierarchicalVAE, Join, stack
+from .programs import ProgramFile, import_factory, named_file
 
 __all__ = ["Program", "build_program", "check_support", "load_factory"]
 
@@ -61,34 +59,26 @@ def _pick(registry: dict, name: str, what: str):
     return registry[name]
 
 
-def load_factory(spec: str, role: str) -> Callable:
-    """Import ``factory`` from ``path/to/file.py:factory`` (the user's own program)."""
+def load_factory(spec: str, role: str, programs: dict[str, ProgramFile] | None = None) -> Callable:
+    """The factory of ``path/to/file.py:factory`` (the user's own program).
+
+    ``programs`` holds code already read (the run's stored copy, or the file read once at
+    ``fit``); without it the file ``spec`` names is read now.
+    """
     path, sep, attr = spec.rpartition(":")
     if not sep or not path.endswith(".py") or not attr:
         raise UserError(f"--{role} program must look like path/to/file.py:factory, got {spec!r}")
-    file = Path(path)
-    if not file.is_file():
-        raise UserError(f"--{role} program file not found: {file}")
-    name = f"ppl_vae_user_{role}_{abs(hash(str(file.resolve())))}"
-    module = sys.modules.get(name)
-    if module is None:
-        loader_spec = importlib.util.spec_from_file_location(name, file)
-        module = importlib.util.module_from_spec(loader_spec)
-        sys.modules[name] = module
-        try:
-            loader_spec.loader.exec_module(module)
-        except Exception as err:  # noqa: BLE001 - whatever the user's module raises at import
-            del sys.modules[name]
-            raise UserError(f"importing {file} failed: {type(err).__name__}: {err}") from None
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise UserError(f"{file} has no callable {attr!r}")
-    return factory
+    program = (programs or {}).get(role)
+    if program is None or program.spec != spec:
+        program = named_file(role, spec)
+    return import_factory(program)
 
 
-def _user_module(spec: str, role: str, data_dim: int, latent_dim: int, **facts) -> nn.Module:
+def _user_module(
+    spec: str, role: str, data_dim: int, latent_dim: int, programs: dict[str, ProgramFile] | None, **facts
+) -> nn.Module:
     """The module ``factory(data_dim, latent_dim, **facts)`` returns, ``facts`` limited to those it names."""
-    factory = load_factory(spec, role)
+    factory = load_factory(spec, role, programs)
     facts = select_inputs(accepted_inputs(factory), facts)
     try:
         module = factory(data_dim, latent_dim, **facts)
@@ -103,6 +93,7 @@ def build_program(
     image_shape: tuple[int, ...],
     init_data: torch.Tensor | None = None,
     num_classes: int | None = None,
+    programs: dict[str, ProgramFile] | None = None,
 ) -> Program:
     """Build the :class:`Program` described by ``cfg`` for data of ``data_dim`` values.
 
@@ -110,15 +101,17 @@ def build_program(
         init_data: training rows used to initialise data-dependent parameters (the VampPrior's
             pseudo-inputs); ``None`` when the weights will be loaded from a checkpoint anyway.
         num_classes: C of a labelled data set, for user factories that name ``num_classes``.
+        programs: the code of the user programs ``cfg`` names, already read (see
+            :mod:`ppl_vae.runs.programs`); without it the named files are read.
     """
     m, g = cfg.model, cfg.guide
     facts = {"num_classes": num_classes, "image_shape": tuple(image_shape)}
     if m.stochastic_layers == 2:
         return _hierarchical_program(cfg, data_dim, image_shape, init_data)
-    model_module = _user_module(m.program, "model", data_dim, m.latent_dim, **facts) if m.program else None
+    model_module = _user_module(m.program, "model", data_dim, m.latent_dim, programs, **facts) if m.program else None
     encoder_net, decoder_net = _pick(NETWORKS, m.network, "network")
     if is_program_spec(g.name):
-        guide_module = _user_module(g.name, "guide", data_dim, m.latent_dim, **facts)
+        guide_module = _user_module(g.name, "guide", data_dim, m.latent_dim, programs, **facts)
     elif model_module is not None:  # a user's model brings its own guide (its latent sites)
         guide_module = check_module(model_module, "guide", f"{m.program} (give a guide with --guide file.py:factory)")
     else:

@@ -5,8 +5,8 @@ analysis: importance-sampled log p(x) with PSIS k̂, rate/distortion/MSE (also p
 site), active units, the amortization and approximation gaps, simulation-based calibration,
 predictive checks, an ArviZ ``InferenceData``, and — for a guide with a latent site ``y`` on
 labelled test data — the classification accuracy. :func:`evaluate` computes an
-:class:`Evaluation`; :func:`write_evaluation` writes it into the run directory;
-:func:`evaluate_run` does both.
+:class:`Evaluation`; :func:`write_evaluation` writes it into the run directory's
+``evaluation/`` as one unit; :func:`evaluate_run` does both.
 
 The test points get the inputs the program was trained to take (:meth:`Run.inputs`): a
 program conditioned on labels (``--labels all``) gets the test labels, and log p(x) is then
@@ -16,8 +16,9 @@ out. Enumerated discrete sites are summed out exactly everywhere.
 
 from __future__ import annotations
 
+import shutil
 import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,11 @@ from ..errors import UserError
 from ..inference.predictive import prior_predictive
 from ..plots import diagnostics as diagnostic_plots
 from ..plots.figures import plot_images, plot_reconstructions
-from ..storage.atomic import atomic_path, write_json
+from ..storage.atomic import atomic_path, check_writable, sha256_bytes, write_json
+from ..storage.directories import locked, remove_leftovers, staging_dir, swap_in
+from .budget import check_memory, evaluation_bytes
+from .layout import EVALUATION, RUN_SUBDIRS
+from .programs import program_errors
 from .report import write_report
 
 __all__ = [
@@ -164,9 +169,34 @@ def evaluate(
     return Evaluation(summary, est, khat, sbc, idata, x, prior_x)
 
 
-def write_evaluation(run_dir: str | Path, ev: Evaluation, image_shape: tuple[int, ...]) -> None:
-    """Write ``inference_data.nc``, ``pointwise.npz``, the figures, ``evaluation.json`` and the report."""
-    out = Path(run_dir)
+def write_evaluation(
+    run_dir: str | Path, ev: Evaluation, image_shape: tuple[int, ...], settings: dict | None = None
+) -> Path:
+    """Write the evaluation into ``run_dir/evaluation/`` as one unit, then refresh the report.
+
+    Everything — ``evaluation.json``, ``settings.json`` (``settings``: the options, the data set
+    and the checkpoint evaluated, plus the sha256 of the evaluated points), ``pointwise.npz``,
+    ``inference_data.nc`` and the figures — is written into a staging directory that replaces
+    the previous evaluation in one rename, under the run's lock. A crash leaves the old
+    evaluation or the new one, never a mix; its leftovers are removed by the next writer.
+    """
+    run_dir = Path(run_dir)
+    target = run_dir / EVALUATION
+    with locked(run_dir, "run directory"):  # the run's own lock: fit --resume and evaluate exclude each other
+        remove_leftovers(run_dir, RUN_SUBDIRS)  # what killed writers of this run left
+        remove_leftovers(target, ("figures",))
+        staging = staging_dir(target)
+        try:
+            _write_into(staging, ev, image_shape, settings or {})
+            swap_in(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        write_report(run_dir)
+    return target
+
+
+def _write_into(out: Path, ev: Evaluation, image_shape: tuple[int, ...], settings: dict) -> None:
     figures = out / "figures"
     with atomic_path(out / "inference_data.nc") as tmp:
         ev.idata.to_netcdf(str(tmp), engine="h5netcdf")
@@ -207,8 +237,12 @@ def write_evaluation(run_dir: str | Path, ev: Evaluation, image_shape: tuple[int
                 point_hash=point_hashes(ev.x),  # which points, in which order: comparisons check it
                 k=np.int64(est.k),
             )
+    points = ev.x.detach().cpu().contiguous()
+    write_json(
+        out / "settings.json",
+        {**settings, "points": {"n": int(len(points)), "sha256": sha256_bytes(points.numpy().tobytes())}},
+    )
     write_json(out / "evaluation.json", ev.summary)
-    write_report(out)
 
 
 def evaluate_run(
@@ -217,16 +251,37 @@ def evaluate_run(
     x: torch.Tensor | None = None,
     progress: bool = True,
     labels: np.ndarray | None = None,
+    data_name: str | None = None,
 ) -> dict:
-    """:func:`evaluate` the run, :func:`write_evaluation` it into its directory, and return the summary."""
-    ev = evaluate(run, config, x, progress, labels)
-    write_evaluation(run.path, ev, run.image_shape)
+    """:func:`evaluate` the run, :func:`write_evaluation` it into its directory, and return the summary.
+
+    ``labels`` are the labels of ``x`` (for a program that takes y); ``data_name`` names the data
+    set ``x`` comes from (default: the run's own test split); it is recorded in
+    ``evaluation/settings.json`` with the options and the checkpoint evaluated.
+    """
+    config = (config or EvalConfig()).validate()
+    n_points = len(run.dataset().test if x is None else x)
+    check_memory(
+        "this evaluation",
+        evaluation_bytes(config, run.config, n_points, run.data_dim),
+        run.device,
+        "lower --k, --points, --sbc-simulations, --sbc-draws, --idata-points or --idata-draws",
+    )
+    check_writable(run.path)  # before the work, not after it
+    with program_errors(run.programs):
+        ev = evaluate(run, config, x, progress, labels)
+    settings = {
+        "evaluate": asdict(config),
+        "data": {"name": data_name or run.config.data.name, "split": "test" if data_name is None else "given"},
+        "checkpoint": dict(run.checkpoint),
+    }
+    write_evaluation(run.path, ev, run.image_shape, settings)
     return ev.summary
 
 
 def read_pointwise(run_dir: str | Path) -> dict[str, np.ndarray]:
     """The per-point arrays :func:`write_evaluation` wrote into ``pointwise.npz`` (no pickle)."""
-    path = Path(run_dir) / "pointwise.npz"
+    path = Path(run_dir) / EVALUATION / "pointwise.npz"
     if not path.is_file():
         raise UserError(f"{run_dir} has no pointwise.npz; run `ppl-vae evaluate {run_dir}` first")
     with np.load(path, allow_pickle=False) as arrays:

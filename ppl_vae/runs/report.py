@@ -7,10 +7,11 @@ both refresh it and neither needs to know what the other wrote.
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 
-from ..storage.atomic import write_text
+from ..errors import UserError
+from ..storage.atomic import read_json, write_text
+from .layout import EVALUATION
 
 __all__ = ["write_report", "markdown_table"]
 
@@ -49,12 +50,17 @@ def _table(d: dict) -> list[str]:
 
 
 def _read(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+    """A JSON table, or ``None`` where it is missing or unreadable (the report shows what it can)."""
+    try:
+        value = read_json(path, "table")
+    except UserError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def write_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
-    metrics, evaluation = _read(run_dir / "metrics.json"), _read(run_dir / "evaluation.json")
+    metrics, evaluation = _read(run_dir / "metrics.json"), _read(run_dir / EVALUATION / "evaluation.json")
     lines = [f"# ppl_vae run `{run_dir.name}`", ""]
     if metrics:
         lines += ["## Training", "", *_table(metrics), ""]
@@ -62,10 +68,15 @@ def write_report(run_dir: str | Path) -> Path:
         if (run_dir / "figures" / name).is_file():
             lines += [f"![{caption}](figures/{name})", "", f"*{caption}*", ""]
     if evaluation:
-        lines += ["## Bayesian workflow", "", *_table(evaluation), ""]
+        settings = _read(run_dir / EVALUATION / "settings.json") or {}
+        data, point = settings.get("data") or {}, settings.get("checkpoint") or {}
+        lines += ["## Bayesian workflow", ""]
+        if data.get("name") and "epoch" in point:
+            lines += [f"Evaluated on `{data['name']}` after epoch {point['epoch']} (step {point.get('step')}).", ""]
+        lines += [*_table(evaluation), ""]
         for name, caption in WORKFLOW_FIGURES:
-            if (run_dir / "figures" / name).is_file():
-                lines += [f"![{caption}](figures/{name})", "", f"*{caption}*", ""]
+            if (run_dir / EVALUATION / "figures" / name).is_file():
+                lines += [f"![{caption}]({EVALUATION}/figures/{name})", "", f"*{caption}*", ""]
     text = "\n".join(lines)
     write_text(run_dir / "report.md", text)
     write_text(run_dir / "report.html", _html(lines))

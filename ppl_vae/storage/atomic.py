@@ -1,6 +1,9 @@
 """Atomic file writes: every output is written to a temporary file and renamed into place.
 
-A crash can leave a stray ``.tmp-*`` file, never a half-written output.
+A crash can leave a stray ``.<name>.tmp-<hex>`` file, never a half-written output; the next
+writer of the same run removes such leftovers (:func:`ppl_vae.storage.directories.remove_leftovers`).
+A write that fails for want of space or permission raises :class:`~ppl_vae.errors.StorageError`
+(one line) and leaves the file it would have replaced as it was.
 """
 
 from __future__ import annotations
@@ -11,30 +14,61 @@ import hashlib
 import io
 import json
 import os
+import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "write_bytes", "write_text", "write_json", "write_csv", "sha256_file"]
+from ..errors import StorageError, UserError
+
+__all__ = [
+    "atomic_path",
+    "write_bytes",
+    "write_text",
+    "write_json",
+    "write_csv",
+    "read_json",
+    "sha256_file",
+    "sha256_bytes",
+    "check_writable",
+    "storage_error",
+    "TMP_PATTERN",
+]
+
+TMP_PATTERN = re.compile(r"^\..+\.tmp-[0-9a-f]{12}$")
+"""The name of a temporary file of :func:`atomic_path` (a leftover when its writer was killed)."""
+
+
+def storage_error(err: OSError, path: str | os.PathLike, doing: str = "write") -> StorageError:
+    """``err`` as one line naming the path: what failed and why (no space, no permission, ...)."""
+    reason = err.strerror or type(err).__name__
+    return StorageError(f"cannot {doing} {path}: {reason}; nothing was replaced")
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{secrets.token_hex(6)}"
-    # created with mode 0666 and O_EXCL: the process's umask applies, as for any file it writes,
-    # and the name cannot be taken over by another writer
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # created with mode 0666 and O_EXCL: the process's umask applies, as for any file it writes,
+        # and the name cannot be taken over by another writer
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    except OSError as err:
+        raise storage_error(err, path) from None
     try:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:  # a full disk, a quota, a read-only file system: one line, the old file kept
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise storage_error(err, path) from None
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
 
@@ -52,13 +86,36 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=True) + "\n")
 
 
-def write_csv(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
+def write_csv(path: str | os.PathLike, rows: list[dict[str, Any]], columns: Sequence[str] | None = None) -> None:
+    """Rows as CSV; ``columns`` fixes the order of the columns (default: the keys of the first row)."""
     buf = io.StringIO()
     if rows:
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(buf, fieldnames=list(columns or rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     write_text(path, buf.getvalue())
+
+
+def read_json(path: str | os.PathLike, what: str, max_bytes: int = 16 << 20, error: type = UserError) -> Any:
+    """The JSON value in ``path``, or ``error`` (one line) if it is missing, too large or not JSON."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)
+    except FileNotFoundError:
+        raise error(f"{what} not found: {path}") from None
+    except OSError as err:
+        raise error(f"cannot read {what} {path}: {err.strerror}") from None
+    if len(data) > max_bytes:
+        raise error(f"{path} is too large to be a {what}")
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise error(f"{path} is not a valid {what}: {err}") from None
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -67,3 +124,18 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def check_writable(directory: str | os.PathLike) -> None:
+    """Refuse (one line) a directory in which a file cannot be created, before any work is done.
+
+    The test is the act itself — create a file and remove it — since permission bits say
+    nothing about a read-only mount, a full disk of inodes or a directory that is a file.
+    """
+    directory = Path(directory)
+    probe = directory / f".write-probe.tmp-{secrets.token_hex(6)}"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        os.unlink(probe)
+    except OSError as err:
+        raise storage_error(err, directory, "write into") from None

@@ -26,15 +26,16 @@ from typing import Any
 
 import numpy as np
 
-from ..config import Config, EvalConfig, load_config, resolve_key, set_value
+from ..config import Config, EvalConfig, StudyConfig, load_config, resolve_key, set_value
 from ..data.datasets import Dataset, load_data
 from ..diagnostics.elpd import check_comparable, compare_elpd, heldout_elpd
 from ..errors import UserError
 from ..plots import comparison as compare_plots
 from ..runs.evaluation import read_pointwise
+from ..runs.layout import EVALUATION
 from ..runs.report import markdown_table
 from ..storage.atomic import write_csv, write_json, write_text
-from .runner import run_variants
+from .runner import open_study, run_variants
 
 __all__ = ["Comparison", "compare", "parse_grid", "variants_from"]
 
@@ -47,6 +48,8 @@ def parse_grid(text: str) -> list[dict[str, str]]:
         options = [v.strip() for v in values.split(",") if v.strip()]
         if not sep or not key.strip() or not options:
             raise UserError(f"--grid must look like 'guide=diagonal,iaf;prior=standard,vamp', got {text!r}")
+        if len(set(options)) < len(options):  # each cell is named by its exact values: a repeat is one run
+            raise UserError(f"--grid lists a value of {key.strip()!r} twice: {values.strip()!r}")
         resolve_key(key.strip())  # an unknown key fails here, before any variant is trained
         axes.append((key.strip(), options))
     combos = [{}]
@@ -192,12 +195,20 @@ def compare(
     seeds: int = 1,
     data: Dataset | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> Comparison:
-    """Train (or reuse) and evaluate every variant with ``seeds`` seeds; write the comparison to ``out``."""
-    if seeds < 1:
-        raise UserError(f"--seeds must be >= 1, got {seeds}")
+    """Train (or reuse) and evaluate every variant with ``seeds`` seeds; write the comparison to ``out``.
+
+    ``out`` must be new, empty or a comparison study (see :mod:`ppl_vae.studies.runner`); a run
+    of a variant whose config changed is trained again only with ``overwrite``.
+    """
+    StudyConfig(seeds=seeds).validate()
     workflow = (workflow or EvalConfig()).validate()
-    out = Path(out)
+    with open_study(out, "compare") as out:
+        return _compare(variants, out, workflow, seeds, data, progress, overwrite)
+
+
+def _compare(variants, out: Path, workflow: EvalConfig, seeds: int, data, progress: bool, overwrite: bool):
     first = next(iter(variants.values()))
     for name, config in variants.items():
         if config.data != first.data:
@@ -205,7 +216,7 @@ def compare(
     data = data or load_data(first.data)
     runs = {(name, s): f"{name}/seed-{s}" if seeds > 1 else name for name in variants for s in range(seeds)}
     jobs = {runs[(name, s)]: _seeded(variants[name], s) for name, s in runs}
-    results = run_variants(jobs, out, workflow, data, progress)
+    results = run_variants(jobs, out, workflow, data, progress, overwrite, kind="compare")
 
     pointwise, rows, elpds, per_run = {}, {}, {}, {}
     for name in variants:
@@ -246,7 +257,7 @@ def compare(
         compare_plots.elpd_compare(table, figures / "elpd_compare.png")
     compare_plots.rate_distortion_points(ranked, figures / "rate_distortion.png")
     khats = {
-        name: np.load(Path(results[runs[(name, 0)]][0].path) / "pointwise.npz", allow_pickle=False)["khat"]
+        name: np.load(Path(results[runs[(name, 0)]][0].path) / EVALUATION / "pointwise.npz", allow_pickle=False)["khat"]
         for name in variants
     }
     compare_plots.khat_boxes(khats, figures / "khat.png")

@@ -1,26 +1,43 @@
-"""Train and evaluate a set of named variants on equal terms, resumably.
+"""Train and evaluate a set of named variants on equal terms, resumably, in a study directory.
 
 Each variant is a :class:`~ppl_vae.config.Config`; all share the data split, seeds, training
-budget, test points and K. A variant whose run directory already holds the same resolved
-config and a finished evaluation at the same settings is reused, so an interrupted study
-retrains only what did not finish.
+budget, test points and K. A study writes only into a folder that is new, empty or a study of
+its own kind (its marker file, :data:`~ppl_vae.runs.layout.STUDY_MARKER`), holding the folder's
+lock while it works. Before anything is trained, every variant is checked and its run
+directory ``runs/<name>`` is given one of these plans:
+
+- ``new``: no run there yet — train it;
+- ``resume``: the same config (and the same program files, by sha256) stopped before its last
+  epoch — continue it from its checkpoint;
+- ``evaluate``: the same config, trained, but not evaluated at these settings — evaluate it;
+- ``reuse``: the same config, trained and evaluated at these settings — reuse it as it is;
+- ``retrain`` (only with ``overwrite``): a run of another config — replace it.
+
+A run of another config is never replaced without ``overwrite``, and a folder that is not a
+ppl_vae run is never touched. So an interrupted study retrains only what did not finish.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..config import Config, EvalConfig, to_toml
+from ..config import Config, EvalConfig
 from ..data.datasets import Dataset
-from ..errors import UserError
+from ..errors import CheckpointError, UserError
 from ..runs.evaluation import evaluate_run
-from ..runs.run import Run, fit, load
+from ..runs.layout import EVALUATION, STUDY_FORMAT, STUDY_MARKER, kind_of, study_kind
+from ..runs.programs import current_digests
+from ..runs.run import Run, fit, load, preflight, read_metrics, read_run_config, with_absolute_programs
+from ..storage.atomic import read_json, write_json
+from ..storage.checkpoint import read_state
+from ..storage.directories import locked, make_parents, remove_created
 
-__all__ = ["run_variants", "run_path", "safe_name"]
+__all__ = ["run_variants", "run_path", "safe_name", "open_study"]
 
 
 def safe_name(name: str) -> str:
@@ -35,35 +52,139 @@ def run_path(out: Path, name: str) -> Path:
     return Path(out, "runs", *(safe_name(part) for part in name.split("/")))
 
 
-def _finished(run_dir: Path, config: Config, workflow: EvalConfig) -> bool:
+def _check_study_dir(out: Path, kind: str) -> None:
+    what = kind_of(out)
+    if what in ("missing", "empty"):
+        return
+    if what == "study" and study_kind(out) == kind:
+        return
+    if what == "study":
+        raise UserError(f"--out {out} is a {study_kind(out)} study, not a {kind} study; choose another --out")
+    if what == "run":
+        raise UserError(
+            f"--out {out} is a ppl_vae run; a {kind} study needs a new or empty folder: choose another --out"
+        )
+    if what == "file":
+        raise UserError(f"--out {out} exists and is not a directory")
+    raise UserError(f"--out {out} is not empty and not a ppl_vae {kind} study; choose a new or empty folder")
+
+
+@contextlib.contextmanager
+def open_study(out: str | Path, kind: str) -> Iterator[Path]:
+    """Hold the lock of the study folder ``out`` (which must be new, empty or a ``kind`` study).
+
+    Nothing is written yet: :func:`run_variants` creates the folder and its marker once every
+    variant has been checked, so a study refused for bad input leaves no trace.
+    """
+    out = Path(out)
+    _check_study_dir(out, kind)
+    created = make_parents(out)
     try:
-        same_config = (run_dir / "config.toml").read_text() == to_toml(config)
-        evaluation = json.loads((run_dir / "evaluation.json").read_text())
-        settings = json.loads((run_dir / "evaluation_settings.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        with locked(out, "--out"):
+            _check_study_dir(out, kind)  # again, now that no other writer can change it
+            yield out
+    finally:
+        if not out.exists():
+            remove_created(created)
+
+
+def _mark(out: Path, kind: str) -> None:
+    if not (out / STUDY_MARKER).is_file():
+        out.mkdir(exist_ok=True)
+        write_json(out / STUDY_MARKER, {"format": STUDY_FORMAT, "kind": kind, "version": 1})
+
+
+def _evaluated(run_dir: Path, workflow: EvalConfig, step: int, data_name: str) -> bool:
+    """Whether ``run_dir`` holds an evaluation of checkpoint ``step`` at ``workflow``'s settings."""
+    try:
+        settings = read_json(run_dir / EVALUATION / "settings.json", "evaluation settings")
+        evaluation = read_json(run_dir / EVALUATION / "evaluation.json", "evaluation")
+    except UserError:
         return False
     return (
-        same_config and (run_dir / "metrics.json").is_file() and settings == asdict(workflow) and "log_px" in evaluation
+        isinstance(settings, dict)
+        and isinstance(evaluation, dict)
+        and "log_px" in evaluation
+        and settings.get("evaluate") == asdict(workflow)
+        and settings.get("data") == {"name": data_name, "split": "test"}
+        and (settings.get("checkpoint") or {}).get("step") == step
+        and (run_dir / EVALUATION / "pointwise.npz").is_file()
     )
 
 
-def run_variants(
-    variants: dict[str, Config], out: str | Path, workflow: EvalConfig, data: Dataset, progress: bool = True
-) -> dict[str, tuple[Run, dict]]:
-    """Fit (or reuse) and evaluate every variant under ``out/runs/<name>``; return runs and evaluations."""
-    from ..storage.atomic import write_json
+def _plan(run_dir: Path, config: Config, workflow: EvalConfig, overwrite: bool) -> str:
+    """What to do with the run directory of a variant (see the module's docstring)."""
+    kind = kind_of(run_dir)
+    if kind in ("missing", "empty"):
+        return "new"
+    if kind != "run":
+        raise UserError(f"{run_dir} is not a ppl_vae run; the study will not touch it: move it away")
+    try:
+        state = read_state(run_dir / "checkpoint")
+        run_config = read_run_config(run_dir)
+        metrics = read_metrics(run_dir)
+    except CheckpointError as err:
+        if overwrite:
+            return "retrain"
+        raise UserError(f"{err}; pass --overwrite to train that variant again") from None
+    recorded = {role: e.get("sha256") for role, e in (state["extra"].get("programs") or {}).items()}
+    if run_config != config or recorded != current_digests(config):
+        if overwrite:
+            return "retrain"
+        changed = [
+            f"{s}.{k}"
+            for s in ("data", "model", "guide", "train")
+            for k, v in asdict(getattr(config, s)).items()
+            if asdict(getattr(run_config, s))[k] != v
+        ] or ["its program files"]
+        raise UserError(
+            f"{run_dir} holds a run of another config ({', '.join(changed[:3])} differ); "
+            "pass --overwrite to train it again"
+        )
+    if state["epoch"] < config.train.epochs or not metrics:
+        return "resume"
+    return "reuse" if _evaluated(run_dir, workflow, state["step"], config.data.name) else "evaluate"
 
+
+def run_variants(
+    variants: dict[str, Config],
+    out: str | Path,
+    workflow: EvalConfig,
+    data: Dataset,
+    progress: bool = True,
+    overwrite: bool = False,
+    kind: str = "compare",
+) -> dict[str, tuple[Run, dict]]:
+    """Fit (or reuse) and evaluate every variant under ``out/runs/<name>``; return runs and evaluations.
+
+    Call inside :func:`open_study`. Every variant is checked, and its plan made, before the
+    first is trained.
+    """
     out = Path(out)
+    plans, dirs = {}, {}
+    for name, config in variants.items():
+        run_dir = run_path(out, name)
+        if run_dir in dirs.values():
+            other = next(n for n, d in dirs.items() if d == run_dir)
+            raise UserError(f"variants {other!r} and {name!r} would share the run directory {run_dir}")
+        dirs[name] = run_dir
+        config = with_absolute_programs(config.validate())
+        plans[name] = _plan(run_dir, config, workflow, overwrite)
+        if plans[name] in ("new", "retrain"):
+            preflight(config, data)
+    _mark(out, kind)
+
     results = {}
     for name, config in tqdm(variants.items(), desc="variants", disable=not progress):
-        run_dir = run_path(out, name)
-        config.validate()
-        if _finished(run_dir, config, workflow):
-            run = load(run_dir)
+        run_dir, plan = dirs[name], plans[name]
+        if plan in ("new", "retrain"):
+            run = fit(config, run_dir, overwrite=plan == "retrain", progress=False, data=data)
+        elif plan == "resume":
+            run = fit(None, run_dir, resume=True, progress=False, data=data, trust_program=True)
+        else:  # the stored programs are byte for byte the files this study names: trusted as those are
+            run = load(run_dir, trust_program=True)
             run.data = data
-        else:
-            run = fit(config, run_dir, overwrite=True, progress=False, data=data)
+        if plan != "reuse":
             evaluate_run(run, workflow, progress=False)
-            write_json(run_dir / "evaluation_settings.json", asdict(workflow))
-        results[name] = (run, json.loads((run_dir / "evaluation.json").read_text()))
+        results[name] = (run, read_json(run_dir / EVALUATION / "evaluation.json", "evaluation"))
     return results

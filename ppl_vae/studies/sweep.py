@@ -16,7 +16,7 @@ import numpy as np
 import pyro
 import torch
 
-from ..config import Config, EvalConfig
+from ..config import Config, EvalConfig, ModelConfig
 from ..data.datasets import Dataset, load_data
 from ..data.rowfile import as_tensor
 from ..diagnostics.identity import identity_preservation, train_classifier
@@ -26,19 +26,27 @@ from ..plots import sweep as sweep_plots
 from ..plots.figures import image_grid, save_figure
 from ..runs.report import markdown_table
 from ..storage.atomic import write_csv, write_json, write_text
-from .runner import run_variants
+from .runner import open_study, run_variants
 
-__all__ = ["sigma_sweep", "parse_sigmas", "ppca_active_units"]
+__all__ = ["sigma_sweep", "parse_sigmas", "sigma_label", "ppca_active_units"]
 
 
 def parse_sigmas(text: str) -> list[float]:
+    """Distinct σ values, sorted; each names its run by its exact value (0.1 and 0.1000001 are two)."""
     try:
         sigmas = [float(s) for s in text.split(",") if s.strip()]
     except ValueError:
         raise UserError(f"--sigmas must be comma-separated numbers, got {text!r}") from None
     if not sigmas or any(not (np.isfinite(s) and s > 0) for s in sigmas):
         raise UserError(f"--sigmas must be positive numbers, got {text!r}")
+    for sigma in sigmas:
+        Config(model=ModelConfig(sigma=sigma)).validate()  # the range of model.sigma, before any work
     return sorted(set(sigmas))
+
+
+def sigma_label(sigma: float) -> str:
+    """σ as the shortest text that reads back as exactly the same number (``repr``: 0.1, 0.1000001, 1e-06)."""
+    return repr(float(sigma))
 
 
 def ppca_active_units(x: torch.Tensor, sigma: float, max_units: int) -> int:
@@ -59,18 +67,28 @@ def sigma_sweep(
     workflow: EvalConfig,
     data: Dataset | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> list[dict]:
-    """Train the canonical model at every σ (all else equal), evaluate, and write the sweep."""
+    """Train the canonical model at every σ (all else equal), evaluate, and write the sweep.
+
+    ``out`` must be new, empty or a sigma-sweep study (see :mod:`ppl_vae.studies.runner`); a run
+    whose config changed is trained again only with ``overwrite``.
+    """
     if base.model.likelihood != "normal" or base.model.program:
         raise UserError("the sigma sweep trains the fixed-σ Normal model (--likelihood normal, no --model program)")
-    out = Path(out)
+    workflow = workflow.validate()
+    with open_study(out, "sigma-sweep") as out:
+        return _sweep(sigmas, base, out, workflow, data, progress, overwrite)
+
+
+def _sweep(sigmas, base: Config, out: Path, workflow: EvalConfig, data, progress: bool, overwrite: bool):
     data = data or load_data(base.data)
-    names = {sigma: f"sigma_{sigma:g}" for sigma in sigmas}
+    names = {sigma: f"sigma_{sigma_label(sigma)}" for sigma in sigmas}
     variants = {}
     for sigma, name in names.items():
         variants[name] = copy.deepcopy(base)
         variants[name].model.sigma = sigma
-    results = run_variants(variants, out, workflow, data, progress)
+    results = run_variants(variants, out, workflow, data, progress, overwrite, kind="sigma-sweep")
 
     labels = data.test_labels[: workflow.points or None] if data.test_labels is not None else None
     classifier = (
@@ -132,7 +150,7 @@ def _decodings_figure(examples, decodings, sigmas, image_shape, path):
     blank = torch.zeros(k - 1, d)
     top = torch.cat([torch.cat([examples[i : i + 1], blank]) for i in range(n)])
     rows = [top] + [torch.cat([dec[:, i] for i in range(n)]) for dec in decodings]
-    labels = ["x"] + [f"σ={s:g}" for s in sigmas]
+    labels = ["x"] + [f"σ={sigma_label(s)}" for s in sigmas]
     save_figure(image_grid(rows, image_shape, labels, title="decodings of z ~ q(z|x): each block one test image"), path)
 
 
@@ -145,7 +163,7 @@ def sweep_table(rows: list[dict]) -> str:
     table = []
     for r in rows:
         cells = [
-            f"{r['sigma']:g}",
+            sigma_label(r["sigma"]),
             f"{r['beta_equivalent']:.3g}",
             f"{r['elbo']:.1f}",
             f"{r['log_px']:.1f} ± {r['log_px_se']:.1f}",

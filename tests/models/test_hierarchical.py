@@ -121,5 +121,5 @@ def test_the_papers_two_layer_vae_runs_the_whole_workflow_from_the_command_line(
     assert json.loads((out / "metrics.json").read_text())["best_epoch"] in (1, 2, 3)
     evaluate = ["--k", "20", "--points", "30", "--gap-points", "5", "--gap-steps", "5", "--sbc-simulations", "20"]
     assert main(["evaluate", str(out), *evaluate]) == 0
-    evaluation = json.loads((out / "evaluation.json").read_text())
+    evaluation = json.loads((out / "evaluation" / "evaluation.json").read_text())
     assert evaluation["active_units"] <= 8 and len(evaluation["latent_variance"]) == 8  # z1 and z2, 4 each

@@ -20,6 +20,26 @@ from ppl_vae.storage.checkpoint import read_state
 FIT = [sys.executable, "-m", "ppl_vae", "fit", "--hidden-dim", "32", "--no-progress"]
 
 
+_SPAWNED: list[subprocess.Popen] = []
+
+
+def _spawn(*args, **kwargs) -> subprocess.Popen:
+    proc = subprocess.Popen(*args, **kwargs)
+    _SPAWNED.append(proc)
+    return proc
+
+
+@pytest.fixture(autouse=True)
+def _no_process_left_behind():
+    """A failed test must not leave a training process running."""
+    yield
+    while _SPAWNED:
+        proc = _SPAWNED.pop()
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
 def _wait_for_step(run_dir: Path, step: int, proc, timeout=120.0) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
@@ -52,7 +72,7 @@ def test_kill_9_then_resume_equals_uninterrupted_run(tmp_path, compiled):
     subprocess.run([*FIT, *args, "--out", str(reference)], check=True, capture_output=True)
 
     run = tmp_path / "killed"
-    proc = subprocess.Popen([*FIT, *args, "--out", str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = _spawn([*FIT, *args, "--out", str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _wait_for_step(run, 27, proc)  # mid-epoch: 12 steps an epoch
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -69,7 +89,7 @@ def test_kill_9_then_resume_equals_uninterrupted_run(tmp_path, compiled):
 
 def test_sigint_saves_a_checkpoint_and_exits_130(tmp_path):
     run = tmp_path / "run"
-    proc = subprocess.Popen(
+    proc = _spawn(
         [*FIT, "--epochs", "500", "--checkpoint-every", "1000", "--out", str(run)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -136,3 +156,132 @@ def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
     weights = _weights(run)
     assert all(torch.isfinite(t).all() for t in weights.values())
     assert not (run / "metrics.json").exists()
+
+
+# --- races and crashes against the transactions -------------------------------------------------
+
+EVAL = ["--k", "8", "--points", "20", "--gap-points", "2", "--gap-steps", "2", "--sbc-simulations", "10"]
+EVAL += ["--sbc-draws", "5", "--idata-points", "30", "--idata-draws", "8", "--no-progress"]
+
+
+def _wait_for(predicate, proc, timeout=120.0, what="the condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if predicate():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"{what} never held (process exit code {proc.poll()})")
+
+
+def test_two_writers_of_one_run_one_wins_the_other_exits_2(tmp_path, capsys):
+    from ppl_vae.cli import main
+
+    out = tmp_path / "run"
+    first = _spawn(
+        [*FIT, "--epochs", "500", "--seed", "1", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    _wait_for((tmp_path / ".run.lock").exists, first, what="the first writer's lock")
+    # the second writer, in this process: the lock is per open file, so it conflicts as another process would
+    assert main(["fit", "--epochs", "1", "--seed", "2", "--out", str(out), "--overwrite", "--no-progress"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert f"being written by another ppl-vae process (pid {first.pid})" in line
+    first.send_signal(signal.SIGINT)  # the winner stops at its next step with a checkpoint
+    first.communicate(timeout=120)
+    assert first.returncode == 130
+    state = read_state(out / "checkpoint")
+    assert state["config"]["train"]["seed"] == 1 and "seed = 1" in (out / "config.toml").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_a_reader_during_a_writer_always_loads_a_whole_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    subprocess.run([*FIT, "--epochs", "1", "--checkpoint-steps", "1", "--out", str(out)], check=True)
+    writer = _spawn(
+        [*FIT[:4], "--resume", str(out), "--epochs", "1000", "--no-progress"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    first = read_state(out / "checkpoint")["step"]
+    _wait_for(lambda: read_state(out / "checkpoint")["step"] > first, writer, what="a new checkpoint")
+    steps = []
+    while writer.poll() is None and (len(steps) < 10 or len(set(steps)) < 4):
+        run = ppl_vae.load(out)  # never a missing file, a digest mismatch or a half state
+        assert run.sample(2).shape == (2, 64)
+        steps.append(run.checkpoint["step"])
+    writer.send_signal(signal.SIGINT)
+    _, err = writer.communicate(timeout=120)
+    assert writer.returncode == 130, err
+    assert len(set(steps)) >= 4, steps  # it read while the checkpoint was being replaced, step after step
+    assert steps == sorted(steps)
+
+
+@pytest.fixture(scope="module")
+def evaluated_base(tmp_path_factory):
+    from ppl_vae.cli import main
+
+    out = tmp_path_factory.mktemp("evaluated") / "run"
+    assert main(["fit", "--out", str(out), "--epochs", "1", "--hidden-dim", "32", "--no-progress"]) == 0
+    assert main(["evaluate", str(out), *EVAL]) == 0
+    return out
+
+
+@pytest.fixture
+def evaluated_run(evaluated_base, tmp_path):
+    import shutil
+
+    shutil.copytree(evaluated_base, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def _evaluation(run: Path) -> dict:
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted((run / "evaluation").rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
+def test_killed_while_writing_an_evaluation_leaves_the_old_one_whole(evaluated_run, sig):
+    """Killed while the new evaluation is being written: the old one stays, whole; SIGTERM says so in one
+    line; the next evaluate removes what the killed one left and writes a whole new evaluation."""
+    old = _evaluation(evaluated_run)
+    proc = _spawn(
+        [sys.executable, "-m", "ppl_vae", "evaluate", str(evaluated_run), *EVAL, "--eval-seed", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_for(lambda: list(evaluated_run.glob(".evaluation.staging-*")), proc, what="the staging directory")
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 143, err
+        (line,) = err.strip().splitlines()
+        assert "previous evaluation is unchanged" in line
+        assert not list(evaluated_run.glob(".evaluation.staging-*"))  # cleaned up on the way out
+    new = _evaluation(evaluated_run)
+    assert new == old or json.loads(new["evaluation/settings.json"])["evaluate"]["seed"] == 1  # never a mix
+    assert set(new) == set(old)
+
+    from ppl_vae.cli import main
+
+    assert main(["evaluate", str(evaluated_run), *EVAL, "--eval-seed", "2"]) == 0
+    assert not [p for p in evaluated_run.rglob(".*")]
+    assert json.loads((evaluated_run / "evaluation" / "settings.json").read_text())["evaluate"]["seed"] == 2
+
+
+def _limit_file_size(limit: int):
+    import resource
+
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+def test_a_full_disk_during_fit_is_one_line_and_leaves_nothing(tmp_path):
+    """Writes beyond 64 KiB fail as on a full disk (EFBIG; Python ignores SIGXFSZ): the first checkpoint fails."""
+    result = subprocess.run(
+        [*FIT, "--epochs", "1", "--hidden-dim", "256", "--out", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        preexec_fn=_limit_file_size(64 << 10),
+    )
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "File too large; nothing was replaced" in line
+    assert list(tmp_path.iterdir()) == []

@@ -139,7 +139,7 @@ def test_evaluate_writes_every_key(tmp_path):
     assert code == 0
     import json
 
-    result = json.loads((out / "evaluation.json").read_text())
+    result = json.loads((out / "evaluation" / "evaluation.json").read_text())
     keys = {
         "log_px",
         "log_px_se",
@@ -167,8 +167,9 @@ def test_evaluate_writes_every_key(tmp_path):
         "ppc.png",
         "sbc.png",
     ]:
-        assert (out / "figures" / name).is_file(), name
-    assert (out / "inference_data.nc").is_file()
+        assert (out / "evaluation" / "figures" / name).is_file(), name
+        assert f"evaluation/figures/{name}" in (out / "report.md").read_text()
+    assert (out / "evaluation" / "inference_data.nc").is_file()
     assert "Bayesian workflow" in (out / "report.md").read_text()
 
 

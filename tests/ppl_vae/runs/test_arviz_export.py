@@ -31,7 +31,7 @@ def make_run(tmp_path_factory):
 
 def test_az_loo_on_the_make_run_export_refuses_in_one_line(make_run):
     """The old export put log p(x_i | z) here and az.loo answered elpd_loo 8021.96 with every k̂ > 1."""
-    idata = az.from_netcdf(make_run / "inference_data.nc")
+    idata = az.from_netcdf(make_run / "evaluation" / "inference_data.nc")
     assert "log_likelihood" not in idata.groups()
     assert "sample_stats" not in idata.groups()  # ArviZ's legacy place for a log-likelihood stays empty too
     for call in (az.loo, az.waic):
@@ -46,7 +46,7 @@ def test_az_loo_on_the_make_run_export_refuses_in_one_line(make_run):
 def test_the_conditional_draws_are_what_their_attributes_say(make_run):
     """log p(x_i | z_s) at the exported z_s ~ q(z|x_i), recomputed from the run's own program."""
     run = ppl_vae.load(make_run)
-    idata = az.from_netcdf(make_run / "inference_data.nc")
+    idata = az.from_netcdf(make_run / "evaluation" / "inference_data.nc")
     conditional = getattr(idata, CONDITIONAL_GROUP)
     assert conditional["x"].dims == ("chain", "draw", "obs") and conditional["x"].shape == (1, 20, 200)
     assert "q(z | x_i)" in conditional.attrs["quantity"] and "not an elpd" in conditional.attrs["not_for_loo"]
@@ -68,8 +68,8 @@ def test_the_conditional_draws_are_what_their_attributes_say(make_run):
 def test_heldout_elpd_is_the_evaluated_log_px_in_arviz_conventions(make_run):
     run = ppl_vae.load(make_run)
     elpd = run.heldout_elpd()
-    evaluation = json.loads((make_run / "evaluation.json").read_text())
-    pointwise = np.load(make_run / "pointwise.npz")
+    evaluation = json.loads((make_run / "evaluation" / "evaluation.json").read_text())
+    pointwise = np.load(make_run / "evaluation" / "pointwise.npz")
     n = evaluation["n_points"]
     assert n == len(run.dataset().test) == elpd["n_data_points"]
     assert elpd["n_samples"] == evaluation["k"] == 100
@@ -83,7 +83,7 @@ def test_heldout_elpd_is_the_evaluated_log_px_in_arviz_conventions(make_run):
 
 
 def test_a_run_evaluated_before_point_identities_is_refused_in_one_line(make_run, tmp_path):
-    arrays = dict(np.load(make_run / "pointwise.npz"))
+    arrays = dict(np.load(make_run / "evaluation" / "pointwise.npz"))
     del arrays["point_hash"]
     with open(tmp_path / "pointwise.npz", "wb") as f:
         np.savez(f, **arrays)
@@ -99,7 +99,7 @@ def test_the_readme_arviz_calls_answer_on_the_export(make_run, tmp_path):
     plt = pytest.importorskip("matplotlib.pyplot")
     import shutil
 
-    idata = az.from_netcdf(make_run / "inference_data.nc")
+    idata = az.from_netcdf(make_run / "evaluation" / "inference_data.nc")
     az.plot_ppc(idata, num_pp_samples=20, random_seed=0)
     summary = az.summary(idata, var_names=["z"], coords={"obs": [0]}, kind="stats")
     z0 = idata.posterior["z"].values[0, :, 0]  # (S, L) the draws of point 0's latent

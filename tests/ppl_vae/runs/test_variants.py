@@ -44,11 +44,13 @@ def test_user_program_trains_saves_reloads_and_samples(tmp_path):
     spec = str(Path(__file__).resolve().parents[3] / "examples" / "hierarchical_vae.py") + ":hierarchical"
     out = tmp_path / "hvae"
     assert main(["fit", "--model", spec, "--out", str(out), "--epochs", "6", "--no-progress"]) == 0
-    run = ppl_vae.load(out)
+    with pytest.raises(ppl_vae.UserError, match="--trust-program"):
+        ppl_vae.load(out)  # the run holds code: it is imported only when the caller trusts it
+    run = ppl_vae.load(out, trust_program=True)
     history = run.history
     assert history[-1]["test_elbo"] > history[0]["test_elbo"]
     x = run.dataset().test[:8]
     assert run.reconstruct(x, num_particles=2).shape == (2, 8, 64)
     assert {"z1", "z2"} <= set(pyro.poutine.trace(run.program.guide).get_trace(x).nodes)
-    assert main(["sample", str(out), "--n", "9", "--out", str(tmp_path / "s.png")]) == 0
+    assert main(["sample", str(out), "--n", "9", "--out", str(tmp_path / "s.png"), "--trust-program"]) == 0
     assert (tmp_path / "s.png").stat().st_size > 0

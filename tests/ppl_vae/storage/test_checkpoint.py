@@ -11,7 +11,7 @@ import torch
 
 import ppl_vae
 from ppl_vae.errors import CheckpointError
-from ppl_vae.storage.checkpoint import load_checkpoint, read_state
+from ppl_vae.storage.checkpoint import load_checkpoint, read_state, state_digest
 from tests.conftest import tiny_config
 
 
@@ -49,7 +49,7 @@ def test_a_header_length_that_starts_like_a_pickle_opcode_is_read(tmp_path):
     """A safetensors header of 128 + 256k bytes starts with 0x80, a pickle's first byte; it is still safetensors."""
     from safetensors.torch import save
 
-    from ppl_vae.storage.checkpoint import _check_safetensors_header
+    from ppl_vae.storage.checkpoint import parse_header
 
     file = tmp_path / "t.safetensors"
     for pad in range(256):
@@ -57,11 +57,11 @@ def test_a_header_length_that_starts_like_a_pickle_opcode_is_read(tmp_path):
         if data[0] == 0x80:
             break
     file.write_bytes(data)
-    _check_safetensors_header(file)  # no CheckpointError
+    parse_header(file.read_bytes(), file)  # no CheckpointError
     pickled = tmp_path / "p.safetensors"
     pickled.write_bytes(pickle.dumps({"w": [0.0, 0.0]}))
     with pytest.raises(CheckpointError, match="pickle"):
-        _check_safetensors_header(pickled)
+        parse_header(pickled.read_bytes(), pickled)
 
 
 def _copy(run, tmp_path) -> Path:
@@ -96,6 +96,7 @@ def test_pickle_in_place_of_weights_is_refused_and_never_run(run, tmp_path):
     # a state.json pointing at a .pt file is refused by name
     (dst / "checkpoint" / "model.pt").write_bytes(pickle.dumps(Payload()))
     state["files"]["weights"]["name"] = "model.pt"
+    state["sha256"] = state_digest(state)  # signed again, as whoever planted the file would
     (dst / "checkpoint" / "state.json").write_text(json.dumps(state))
     with pytest.raises(CheckpointError, match="safetensors"):
         ppl_vae.load(dst)
@@ -191,6 +192,98 @@ def test_weights_of_another_dtype_are_refused(run, tmp_path):
     }
     save_file(tensors, str(weights))
     state["files"]["weights"]["sha256"] = sha256_file(weights)  # a consistent but foreign checkpoint
+    state["sha256"] = state_digest(state)
     (dst / "checkpoint" / "state.json").write_text(json.dumps(state))
     with pytest.raises(CheckpointError, match="float64"):
         ppl_vae.load(dst)
+
+
+def _with_header_length_low_byte(data: bytes, low: int) -> bytes:
+    """The same safetensors file with its JSON header padded by spaces until its length ends in ``low``."""
+    import struct
+
+    n = struct.unpack("<Q", data[:8])[0]
+    header, body = data[8 : 8 + n], data[8 + n :]
+    header += b" " * ((low - len(header)) % 256)
+    return struct.pack("<Q", len(header)) + header + body
+
+
+def test_a_header_length_whose_low_byte_is_the_pickle_opcode_loads(run, tmp_path):
+    """Format detection parses the header (8-byte length, then JSON); 0x80 first is a valid length byte."""
+    from ppl_vae.storage.atomic import sha256_bytes
+
+    dst = _copy(run, tmp_path)
+    state = read_state(dst / "checkpoint")
+    weights = dst / "checkpoint" / state["files"]["weights"]["name"]
+    crafted = _with_header_length_low_byte(weights.read_bytes(), 0x80)
+    assert crafted[:1] == b"\x80" and crafted[8:9] == b"{"  # the first byte a magic-byte check calls pickle
+    weights.write_bytes(crafted)
+    state["files"]["weights"]["sha256"] = sha256_bytes(crafted)
+    state["sha256"] = state_digest(state)
+    (dst / "checkpoint" / "state.json").write_text(json.dumps(state))
+    loaded = ppl_vae.load(dst)
+    for (name, p), (_, q) in zip(run.program.state_dict().items(), loaded.program.state_dict().items()):
+        assert torch.equal(p, q), name
+
+
+def test_a_trained_run_whose_header_starts_with_0x80_loads(tmp_path):
+    """``fit --guide iaf --latent-dim 5`` (the default widths) writes such a file; its run must load."""
+    import struct
+
+    from safetensors.torch import save_model
+
+    from ppl_vae.cli import main
+    from ppl_vae.runs.build import build_program
+
+    def low_byte(latent_dim):  # the weights' header length depends on names and shapes only
+        program = build_program(
+            tiny_config(guide={"name": "iaf"}, model={"latent_dim": latent_dim, "hidden_dim": 256}), 64, (8, 8)
+        )
+        save_model(program, str(tmp_path / "probe.safetensors"))
+        return struct.unpack("<Q", (tmp_path / "probe.safetensors").read_bytes()[:8])[0] & 0xFF
+
+    latent_dim = next(d for d in (5, 6, 1, 2, 3, 4, 7, 8) if low_byte(d) == 0x80)
+    out = tmp_path / "r"
+    assert (
+        main(
+            [
+                "fit",
+                "--guide",
+                "iaf",
+                "--latent-dim",
+                str(latent_dim),
+                "--epochs",
+                "1",
+                "--no-progress",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    weights = next((out / "checkpoint").glob("weights-*.safetensors"))
+    assert weights.read_bytes()[:1] == b"\x80"
+    assert ppl_vae.load(out).sample(3).shape == (3, 64)
+    assert main(["sample", str(out), "--n", "4", "--out", str(tmp_path / "s.png")]) == 0
+    assert main(["fit", "--resume", str(out), "--epochs", "2", "--no-progress"]) == 0
+
+
+def test_a_reader_starts_over_when_a_writer_replaces_the_checkpoint(run, tmp_path, monkeypatch):
+    """A reader holding an old state.json whose files are already gone reads the new checkpoint."""
+    from ppl_vae.storage import checkpoint as ckpt
+    from ppl_vae.storage.checkpoint import read_checkpoint, save_checkpoint
+
+    dst = _copy(run, tmp_path)
+    old = (dst / "checkpoint" / "state.json").read_bytes()
+    opt = torch.optim.Adam(run.program.parameters())
+    save_checkpoint(dst / "checkpoint", run.program, opt, epoch=1, step=99, config=run.config.to_dict(), extra={})
+    real, calls = ckpt._read_state_bytes, []
+
+    def stale_first(path):
+        calls.append(path)
+        return old if len(calls) == 1 else real(path)
+
+    monkeypatch.setattr(ckpt, "_read_state_bytes", stale_first)
+    state, contents = read_checkpoint(dst / "checkpoint")
+    assert state["step"] == 99 and len(calls) >= 3  # stale read, check, fresh read
+    assert set(contents) == {"weights", "state"}

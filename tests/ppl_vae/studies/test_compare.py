@@ -87,7 +87,7 @@ def test_ranking_uses_held_out_points(tmp_path, digits):
         from ppl_vae.diagnostics.estimators import importance_sample
 
         assert row["n_points"] == SMALL.points
-        pointwise = np.load(tmp_path / "runs" / row["variant"] / "pointwise.npz")["log_px"]
+        pointwise = np.load(tmp_path / "runs" / row["variant"] / "evaluation" / "pointwise.npz")["log_px"]
         assert row["log_px"] == pytest.approx(pointwise.mean())
         est = importance_sample(run.program.model, run.program.guide, digits.test[: SMALL.points], k=200)
         assert abs(est.log_px.mean().item() - row["log_px"]) < 3 * row["log_px_se"] + 1.0
@@ -123,7 +123,7 @@ def test_interrupted_comparison_retrains_only_unfinished(tmp_path):
     proc = subprocess.Popen(
         [*args, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
-    first = out / "runs" / "latent_dim-2" / "evaluation_settings.json"
+    first = out / "runs" / "latent_dim-2" / "evaluation" / "settings.json"
     deadline = time.time() + 120
     while not first.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -142,7 +142,7 @@ def test_seeds_live_in_the_folders_the_comparison_names(tmp_path, digits):
     """Variant ``a`` with two seeds is stored in runs/a/seed-0 and runs/a/seed-1, as its rows say."""
     comparison = compare({"a": tiny_config(train={"epochs": 1})}, tmp_path, SMALL, seeds=2, data=digits, progress=False)
     for s in (0, 1):
-        assert (tmp_path / "runs" / "a" / f"seed-{s}" / "evaluation.json").is_file()
+        assert (tmp_path / "runs" / "a" / f"seed-{s}" / "evaluation" / "evaluation.json").is_file()
     assert not list((tmp_path / "runs").glob("a_seed-*"))
     (row,) = comparison.rows
     assert row["seeds"] == 2 and row["log_px_seed_sd"] > 0
@@ -169,7 +169,7 @@ def test_az_compare_on_two_runs_reproduces_ppl_vae_compare(cli_comparison):
     elpds = {r["variant"]: ppl_vae.load(cli_comparison / "runs" / r["variant"]).heldout_elpd() for r in rows}
     table = az.compare(elpds)  # the user's own call, with ArviZ's defaults
     assert list(table.index) == [r["variant"] for r in rows]
-    best = np.load(cli_comparison / "runs" / rows[0]["variant"] / "pointwise.npz")["log_px"]
+    best = np.load(cli_comparison / "runs" / rows[0]["variant"] / "evaluation" / "pointwise.npz")["log_px"]
     for r in rows:
         n = r["n_points"]
         assert n == SMALL.points and r["k"] == SMALL.k
@@ -178,7 +178,7 @@ def test_az_compare_on_two_runs_reproduces_ppl_vae_compare(cli_comparison):
         assert abs(table.loc[r["variant"], "elpd_loo"] - n * r["log_px"]) < 1e-9
         assert r["stacking_weight"] == pytest.approx(table.loc[r["variant"], "weight"], abs=1e-4)
         # and by hand from the per-point values: the paired mean and its SE with ArviZ's ddof 0
-        d = best - np.load(cli_comparison / "runs" / r["variant"] / "pointwise.npz")["log_px"]
+        d = best - np.load(cli_comparison / "runs" / r["variant"] / "evaluation" / "pointwise.npz")["log_px"]
         assert abs(r["diff_to_best"] - d.mean()) < 1e-9
         assert abs(r["diff_se"] - d.std() / math.sqrt(n)) < 1e-9
     assert rows[1]["diff_to_best"] > 0 and rows[1]["diff_se"] > 0
