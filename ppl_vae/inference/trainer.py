@@ -169,6 +169,10 @@ class Trainer:
         self.objective = Objective(t.elbo, t.particles)
         if t.compile == "on" and self.cluster.world > 1:
             raise UserError("--compile trains one process; DDP needs the eager step (drop --compile or --distributed)")
+        if self.val is not None and self.test_labels is not None:
+            raise UserError(
+                "a program conditioned on labels (--labels all) cannot be validated: its validation rows have none"
+            )
         if t.compile == "on" and self.labels is not None:
             raise UserError("--compile records steps on x alone; a program given labels (--labels) trains without it")
         self._labelled = None if self.labels is None else self.labels >= 0
@@ -268,7 +272,10 @@ class Trainer:
             "seconds": time.perf_counter() - start,
         }
         if self.val is not None:
-            row["val_elbo"] = elbo_per_datapoint(self.program, self.val, nesting=self._nesting()).mean().item()
+            val_inputs = {} if self.labels is None else {"y": None}  # the validation rows have no labels
+            row["val_elbo"] = (
+                elbo_per_datapoint(self.program, self.val, nesting=self.nesting, **val_inputs).mean().item()
+            )
         self.epoch, self.batch_index, self.epoch_loss = self.epoch + 1, 0, 0.0
         return row
 

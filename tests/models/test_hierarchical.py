@@ -45,7 +45,7 @@ def test_log_weights_are_the_hand_computed_factorisation(prior, clip):
     program = build_program(config, 5, (5,)).double()
     model, guide = program.model_module, program.guide_module
     x = torch.bernoulli(torch.full((4, 5), 0.4, dtype=torch.float64))
-    lw, guide_trace, _ = log_weights(program.model, program.guide, x, num_particles=3, return_traces=True)
+    lw, guide_trace, _, _ = log_weights(program.model, program.guide, x, num_particles=3, return_traces=True)
     z2, z1 = guide_trace.nodes["z2"]["value"], guide_trace.nodes["z1"]["value"]  # (3, 4, 3) each
     r = (-6.0, 2.0) if clip else None
 
