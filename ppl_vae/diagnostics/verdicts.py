@@ -69,7 +69,7 @@ def _khat(frac_bad: float, frac_usable: float, n: int) -> str:
     bad, usable = round(frac_bad * n), round(frac_usable * n)
     if bad:
         return (
-            f"k̂ > {KHAT_BAD} for {bad} of {n} test points ({frac_bad:.0%}): their log p(x) estimates are unreliable "
+            f"k̂ > {KHAT_BAD} for {bad} of {n} test points ({frac_bad:.1%}): their log p(x) estimates are unreliable "
             f"(Vehtari et al. 2024); try {TRY_GUIDE}, more particles (`--k`), or IWAE training (`--elbo iwae`)."
         )
     if usable:
