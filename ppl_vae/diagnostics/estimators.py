@@ -16,7 +16,20 @@ distortion and MSE are also reported per observed site, the MSE over the element
 models (masks respected).
 PSIS (Vehtari et al. 2024, arXiv:1507.02646) fits a generalized Pareto to the largest weights of
 each point: its shape k̂ says whether the IWAE estimate can be trusted (Yao et al. 2018,
-arXiv:1802.02538: < 0.5 good, 0.5–0.7 usable, > 0.7 unreliable). Active units follow Burda
+arXiv:1802.02538: < 0.5 good, 0.5–0.7 usable, > 0.7 unreliable). The Monte Carlo standard error
+of each :math:`\widehat{\log p}(x_i)` follows from the delta method on the mean of the weights,
+
+.. math::
+
+    \mathrm{SE}\big(\widehat{\log p}(x_i)\big) \approx \frac{\mathrm{sd}(w_{i\cdot})}{\sqrt K\,\overline{w_{i\cdot}}}
+    = \sqrt{\frac{\sum_k (K \tilde w_{ik} - 1)^2}{K (K - 1)}}, \qquad
+    \tilde w_{ik} = \frac{w_{ik}}{\sum_l w_{il}},
+
+computed from the normalised weights (a softmax of the log-weights, so nothing overflows);
+:math:`1/\sum_k \tilde w_{ik}^2` is the effective sample size. It is trustworthy only where the
+weights' variance is finite, i.e. where k̂ < 0.5; above 0.7 it understates the error.
+
+Active units follow Burda
 et al. 2016: :math:`\operatorname{Cov}_x(\mathbb E_q[z_u]) > 0.01`, with :math:`\mathbb E_q[z]` the
 mean of the guide's own distribution where it has one (exact for a Gaussian encoder at any
 K; a Monte Carlo average of a few draws would add its noise to the covariance and count
@@ -55,6 +68,7 @@ __all__ = [
     "psis_khat",
     "active_units",
     "summarize",
+    "iwae_mc_se",
     "ACTIVE_THRESHOLD",
 ]
 
@@ -80,6 +94,29 @@ class PointEstimates:
     @property
     def k(self) -> int:
         return self.log_w.shape[1]
+
+    @property
+    def log_px_mc_se(self) -> torch.Tensor:  # (N,) Monte Carlo SE of each log_px: :func:`iwae_mc_se`
+        return iwae_mc_se(self.log_w)
+
+
+def iwae_mc_se(log_w: torch.Tensor) -> torch.Tensor:
+    r"""Delta-method Monte Carlo SE of :math:`\log \frac1K \sum_k w_k` for each row of ``log_w`` ``(N, K)``.
+
+    :math:`\mathrm{sd}(w) / (\sqrt K \bar w)` with the sample SD (ddof 1), from the normalised
+    weights :math:`\tilde w = \operatorname{softmax}(\log w)`: :math:`\sqrt{\sum_k (K\tilde w_k - 1)^2 / (K(K-1))}`
+    (:math:`K\tilde w_k = w_k / \bar w`).
+    NaN for K = 1 (one draw has no spread).
+
+    Example:
+        >>> iwae_mc_se(torch.zeros(2, 10)).tolist()  # equal weights: log p̂ is exact
+        [0.0, 0.0]
+    """
+    k = log_w.shape[-1]
+    if k < 2:
+        return torch.full(log_w.shape[:-1], float("nan"), dtype=torch.float64)
+    w = torch.softmax(log_w.double(), dim=-1)  # (N, K) normalised weights, each row sums to 1
+    return ((k * w - 1).square().sum(-1) / (k * (k - 1))).sqrt()  # (N,)
 
 
 def _chunk_sizes(n: int, k: int, rows: int) -> tuple[int, int]:
@@ -312,9 +349,13 @@ def summarize(est: PointEstimates, khat: np.ndarray) -> dict:
     log_px, log_px_se = mean_se(est.log_px)
     elbo, elbo_se = mean_se(est.elbo)
     n_active, variance = active_units(est.latent_mean)
+    mc_se = est.log_px_mc_se.numpy()
+    finite = bool(np.isfinite(mc_se).all())
     return {
         "log_px": log_px,
         "log_px_se": log_px_se,
+        "log_px_mc_se": float(mc_se.mean()) if finite else None,  # mean over points of each estimate's MC SE
+        "log_px_mc_se_rms": float(np.sqrt(np.mean(mc_se**2))) if finite else None,
         "elbo": elbo,
         "elbo_se": elbo_se,
         "kl": float(est.kl.mean()),

@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-__all__ = ["mean_se", "paired_difference", "interval95"]
+__all__ = ["mean_se", "paired_difference", "seed_sd_of_difference", "interval95"]
 
 
 def mean_se(values) -> tuple[float, float]:
@@ -38,6 +38,21 @@ def mean_se(values) -> tuple[float, float]:
 def paired_difference(reference, other) -> tuple[float, float]:
     """Mean and standard error of ``reference - other`` over the same points."""
     return mean_se(np.asarray(reference, dtype=np.float64) - np.asarray(other, dtype=np.float64))
+
+
+def seed_sd_of_difference(reference_by_seed, other_by_seed) -> float:
+    r"""SD over seeds (ddof 1) of the per-seed mean difference :math:`\bar d_s = \frac1N \sum_i (r_{si} - o_{si})`.
+
+    Seed s of one variant is paired with seed s of the other, each ``(S, N)`` on the same points:
+    the spread retraining with another seed brings to a difference, which the paired SE over test
+    points (one training run) does not see. NaN for one seed.
+
+    Example:
+        >>> seed_sd_of_difference([[1.0, 2.0], [3.0, 4.0]], [[0.0, 1.0], [1.0, 2.0]])  # Δ_s = 1, 2
+        0.7071067811865476
+    """
+    d = (np.asarray(reference_by_seed, dtype=np.float64) - np.asarray(other_by_seed, dtype=np.float64)).mean(-1)
+    return float(d.std(ddof=1)) if len(d) > 1 else float("nan")
 
 
 def interval95(values) -> dict[str, float]:

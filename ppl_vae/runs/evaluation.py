@@ -34,6 +34,7 @@ from ..diagnostics.estimators import PointEstimates, classify, importance_sample
 from ..diagnostics.gaps import refine_local_guide
 from ..diagnostics.inference_data import to_inference_data
 from ..diagnostics.sbc import SBCResult, simulation_based_calibration
+from ..diagnostics.verdicts import verdicts
 from ..errors import UserError
 from ..inference.predictive import prior_predictive
 from ..plots import diagnostics as diagnostic_plots
@@ -162,6 +163,7 @@ def evaluate(
             "--sbc-simulations 0" if not config.sbc_simulations else "no latent sites, or no observed site holds x"
         )
     summary["seconds"] = time.perf_counter() - start
+    summary["verdicts"] = verdicts(summary)  # {diagnostic: what it says about this run, what to try next}
 
     n_idata = min(config.idata_points, len(x))
     idata = to_inference_data(model, guide, x[:n_idata], draws=config.idata_draws, **_rows(inputs, n_idata))
@@ -231,6 +233,7 @@ def _write_into(out: Path, ev: Evaluation, image_shape: tuple[int, ...], setting
             np.savez(
                 f,
                 log_px=est.log_px.numpy(),
+                log_px_mc_se=est.log_px_mc_se.numpy(),  # Monte Carlo SE of each log_px (delta method)
                 elbo=est.elbo.numpy(),
                 kl=est.kl.numpy(),
                 khat=ev.khat,

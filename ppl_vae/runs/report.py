@@ -7,14 +7,17 @@ both refresh it and neither needs to know what the other wrote.
 from __future__ import annotations
 
 import html
+import re
 from pathlib import Path
 
+from ..diagnostics.verdicts import beside
 from ..errors import UserError
 from ..storage.atomic import read_json, write_text
 from .layout import EVALUATION
 
 __all__ = ["write_report", "markdown_table"]
 
+CELL = re.compile(r"(?<!\\)\|")  # a cell boundary: a pipe not escaped as \|
 TRAIN_FIGURES = [
     ("elbo.png", "ELBO per datapoint during training"),
     ("reconstructions.png", "Test images (top) and decodings of several z ~ q(z|x)"),
@@ -44,9 +47,13 @@ def markdown_table(head: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _table(d: dict) -> list[str]:
+def _table(d: dict, notes: dict[str, str] | None = None) -> list[str]:
+    """Quantity and value, and where ``notes`` has one for the quantity, its verdict beside it."""
     rows = [[k, _fmt(v)] for k, v in d.items() if not isinstance(v, (dict, list))]
-    return markdown_table(["quantity", "value"], rows).splitlines()
+    if not notes:
+        return markdown_table(["quantity", "value"], rows).splitlines()
+    rows = [row + [notes.get(row[0], "").replace("|", "\\|")] for row in rows]  # q(z|x): a pipe, not a cell
+    return markdown_table(["quantity", "value", "verdict"], rows).splitlines()
 
 
 def _read(path: Path) -> dict | None:
@@ -73,7 +80,7 @@ def write_report(run_dir: str | Path) -> Path:
         lines += ["## Bayesian workflow", ""]
         if data.get("name") and "epoch" in point:
             lines += [f"Evaluated on `{data['name']}` after epoch {point['epoch']} (step {point.get('step')}).", ""]
-        lines += [*_table(evaluation), ""]
+        lines += [*_table(evaluation, beside(evaluation.get("verdicts", {}))), ""]
         for name, caption in WORKFLOW_FIGURES:
             if (run_dir / EVALUATION / "figures" / name).is_file():
                 lines += [f"![{caption}]({EVALUATION}/figures/{name})", "", f"*{caption}*", ""]
@@ -104,7 +111,7 @@ def _html(lines: list[str]) -> str:
                 f"<figcaption>{html.escape(caption)}</figcaption></figure>"
             )
         elif is_row and not line.startswith("| ---"):
-            cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
+            cells = [html.escape(c.strip().replace("\\|", "|")) for c in CELL.split(line.strip().strip("|"))]
             body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     if in_table:
         body.append("</table>")

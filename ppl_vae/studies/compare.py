@@ -29,6 +29,8 @@ import numpy as np
 from ..config import Config, EvalConfig, StudyConfig, load_config, resolve_key, set_value
 from ..data.datasets import Dataset, load_data
 from ..diagnostics.elpd import check_comparable, compare_elpd, heldout_elpd
+from ..diagnostics.statistics import seed_sd_of_difference
+from ..diagnostics.verdicts import conclusion, verdicts
 from ..errors import UserError
 from ..plots import comparison as compare_plots
 from ..runs.evaluation import read_pointwise
@@ -99,6 +101,8 @@ class Comparison:
     pointwise: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     elpds: dict = field(default_factory=dict, repr=False)
     arviz_table: Any = field(default=None, repr=False)
+    verdicts: dict[str, dict[str, str]] = field(default_factory=dict)  # {variant: {diagnostic: sentence}}
+    conclusion: dict = field(default_factory=dict)  # :func:`ppl_vae.diagnostics.verdicts.conclusion`
 
     @property
     def table(self) -> list[dict]:
@@ -125,6 +129,7 @@ class Comparison:
         ]
         if multi:
             head.insert(3, "sd over seeds")
+            head.insert(5, "Δ sd over seeds")
         if weights:
             head.insert(4, "stacking weight")
         table = []
@@ -146,6 +151,7 @@ class Comparison:
             ]
             if multi:
                 cells.insert(3, f"{r.get('log_px_seed_sd', 0.0):.2f}")
+                cells.insert(5, _cell(r.get("diff_seed_sd"), ".2f"))
             if weights:
                 cells.insert(4, f"{r['stacking_weight']:.2f}")
             table.append(cells)
@@ -162,6 +168,10 @@ class Comparison:
             )
         if len(self.rows) > 1:
             notes += ["", "![arviz.plot_compare of the held-out elpd](figures/elpd_compare.png)"]
+        for variant, said in self.verdicts.items():
+            notes += ["", f"**`{variant}`**", "", *(f"- {name}: {text}" for name, text in said.items())]
+        if self.conclusion:
+            notes += ["", "## Conclusion", "", self.conclusion["sentence"]]
         notes.append("")
         return markdown_table(head, table) + "\n".join(notes)
 
@@ -183,6 +193,9 @@ MEANS = (
     "active_units",
     "khat_mean",
     "khat_frac_gt_0_7",
+    "khat_frac_0_5_to_0_7",
+    "log_px_mc_se",
+    "log_px_mc_se_rms",
     "amortization_gap",
     "approximation_gap",
 )
@@ -218,10 +231,11 @@ def _compare(variants, out: Path, workflow: EvalConfig, seeds: int, data, progre
     jobs = {runs[(name, s)]: _seeded(variants[name], s) for name, s in runs}
     results = run_variants(jobs, out, workflow, data, progress, overwrite, kind="compare")
 
-    pointwise, rows, elpds, per_run = {}, {}, {}, {}
+    pointwise, rows, elpds, per_run, by_seed, said = {}, {}, {}, {}, {}, {}
     for name in variants:
         per_seed = [results[runs[(name, s)]] for s in range(seeds)]
         arrays = [read_pointwise(run.path) for run, _ in per_seed]
+        by_seed[name] = np.stack([a["log_px"] for a in arrays])  # (S, N)
         for s, a in enumerate(arrays):  # every run's own points and K are checked, seeds included
             per_run[runs[(name, s)]] = heldout_elpd(a["log_px"], k=int(a["k"]), point_hash=a["point_hash"])
         pointwise[name] = np.mean([a["log_px"] for a in arrays], axis=0)  # (N,) averaged over seeds
@@ -243,14 +257,30 @@ def _compare(variants, out: Path, workflow: EvalConfig, seeds: int, data, progre
         }
         if seeds > 1:
             rows[name]["log_px_seed_sd"] = float(np.std([ev["log_px"] for ev in evs], ddof=1))
+        said[name] = verdicts({**evs[0], **rows[name]})  # seed means where there are several, else seed 0's
     check_comparable(per_run)
     # stacking mixes predictive densities: a seed-averaged log p(x) is not one, so no weights then
     table = compare_elpd(elpds, stacking=seeds == 1)
     ranked = [_ranked(rows[name], entry) for name, entry in table.iterrows()]
+    if seeds > 1:  # the spread of each Δ over retrainings: seed s of the best against seed s of the variant
+        for r in ranked:
+            r["diff_seed_sd"] = seed_sd_of_difference(by_seed[ranked[0]["variant"]], by_seed[r["variant"]])
+    said = {r["variant"]: said[r["variant"]] for r in ranked}
+    concluded = conclusion(ranked)
 
-    comparison = Comparison(ranked, out, pointwise, elpds, table)
+    comparison = Comparison(ranked, out, pointwise, elpds, table, said, concluded)
     write_csv(out / "comparison.csv", ranked)
-    write_json(out / "comparison.json", {"rows": ranked, "data": data.name, "k": workflow.k, "seeds": seeds})
+    write_json(
+        out / "comparison.json",
+        {
+            "rows": ranked,
+            "data": data.name,
+            "k": workflow.k,
+            "seeds": seeds,
+            "verdicts": said,
+            "conclusion": concluded,
+        },
+    )
     write_text(out / "comparison.md", comparison.to_markdown())
     figures = out / "figures"
     if len(table) > 1:  # ArviZ's plot_compare needs two variants

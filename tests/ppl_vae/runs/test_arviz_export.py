@@ -82,6 +82,27 @@ def test_heldout_elpd_is_the_evaluated_log_px_in_arviz_conventions(make_run):
     assert table["elpd_diff"].tolist() == [0.0, 0.0] and table["dse"].tolist() == [0.0, 0.0]
 
 
+def test_the_evaluation_says_what_its_numbers_mean(make_run):
+    """Verdicts from the evaluated numbers in evaluation.json and beside them in the report; the MC SE per point."""
+    import html
+
+    from ppl_vae.diagnostics.verdicts import verdicts
+
+    evaluation = json.loads((make_run / "evaluation" / "evaluation.json").read_text())
+    said = evaluation.pop("verdicts")
+    assert said == verdicts(evaluation) and {"khat", "log_px_mc_se", "sbc", "gaps", "active_units"} <= set(said)
+    mc_se = np.load(make_run / "evaluation" / "pointwise.npz")["log_px_mc_se"]
+    assert mc_se.shape == (evaluation["n_points"],) and (mc_se >= 0).all()
+    assert evaluation["log_px_mc_se"] == pytest.approx(mc_se.mean(), rel=1e-12)
+    assert evaluation["log_px_mc_se_rms"] == pytest.approx(np.sqrt(np.mean(mc_se**2)), rel=1e-12)
+    report = (make_run / "report.md").read_text()
+    khat_row = next(line for line in report.splitlines() if line.startswith("| khat_frac_gt_0_7 |"))
+    assert khat_row.count(" | ") == 2 and said["khat"] in khat_row  # quantity | value | verdict
+    sbc_row = next(line for line in report.splitlines() if line.startswith("| sbc_pvalue |"))
+    assert said["sbc"].replace("|", "\\|") in sbc_row  # q(z|x)'s pipe escaped, not a cell boundary
+    assert f"<td>{html.escape(said['sbc'])}</td>" in (make_run / "report.html").read_text()  # one cell
+
+
 def test_a_run_evaluated_before_point_identities_is_refused_in_one_line(make_run, tmp_path):
     arrays = dict(np.load(make_run / "evaluation" / "pointwise.npz"))
     del arrays["point_hash"]

@@ -148,6 +148,31 @@ def test_seeds_live_in_the_folders_the_comparison_names(tmp_path, digits):
     assert row["seeds"] == 2 and row["log_px_seed_sd"] > 0
 
 
+def test_seeded_comparison_concludes_on_the_larger_of_paired_se_and_seed_sd(tmp_path, digits):
+    """Each Δ's seed SD is the spread of the per-seed paired means; the conclusion weighs the larger uncertainty."""
+    variants = {"small": tiny_config(model={"latent_dim": 2}), "large": tiny_config(model={"latent_dim": 8})}
+    small = EvalConfig(k=20, points=40, gap_points=0, sbc_simulations=0, idata_points=5, idata_draws=2)
+    comparison = compare(variants, tmp_path, small, seeds=2, data=digits, progress=False)
+    best, other = comparison.rows
+    log_px = {
+        r["variant"]: [
+            np.load(tmp_path / "runs" / r["variant"] / f"seed-{s}" / "evaluation" / "pointwise.npz")["log_px"] for s in (0, 1)
+        ]
+        for r in comparison.rows
+    }
+    per_seed = [np.mean(log_px[best["variant"]][s] - log_px[other["variant"]][s]) for s in (0, 1)]
+    assert other["diff_seed_sd"] == pytest.approx(np.std(per_seed, ddof=1), rel=1e-9)
+    assert other["diff_to_best"] == pytest.approx(np.mean(per_seed), rel=1e-9)  # seeds averaged point by point
+    saved = json.loads((tmp_path / "comparison.json").read_text())
+    (versus,) = saved["conclusion"]["versus"]
+    assert saved["conclusion"]["best"] == best["variant"] and versus["variant"] == other["variant"]
+    assert versus["uncertainty"] == pytest.approx(max(other["diff_se"], other["diff_seed_sd"]))
+    assert versus["resolved"] == (other["diff_to_best"] > 2 * versus["uncertainty"])
+    report = (tmp_path / "comparison.md").read_text()
+    assert report.rstrip().endswith(saved["conclusion"]["sentence"]) and "Δ sd over seeds" in report
+    assert set(saved["verdicts"]) == set(variants) and "khat" in saved["verdicts"]["small"]
+
+
 GRID = ["compare", "--grid", "latent_dim=2,6", *BUDGET]
 
 
@@ -185,6 +210,10 @@ def test_az_compare_on_two_runs_reproduces_ppl_vae_compare(cli_comparison):
     assert sum(r["stacking_weight"] for r in rows) == pytest.approx(1.0, abs=1e-6)
     report = (cli_comparison / "comparison.md").read_text()
     assert "figures/elpd_compare.png" in report and "optimistic" in report
+    concluded = json.loads((cli_comparison / "comparison.json").read_text())["conclusion"]
+    assert concluded["best"] == rows[0]["variant"] and concluded["versus"][0]["basis"] == "paired SE"
+    assert concluded["versus"][0]["z"] == pytest.approx(rows[1]["diff_to_best"] / rows[1]["diff_se"])
+    assert "## Conclusion" in report and concluded["sentence"] in report
     assert (cli_comparison / "figures" / "elpd_compare.png").is_file()
 
 
