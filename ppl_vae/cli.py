@@ -23,6 +23,7 @@ from .config import (
     SECTIONS,
     Config,
     EvalConfig,
+    ExecutorConfig,
     SampleConfig,
     StudyConfig,
     flag_of,
@@ -162,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     _add_config_options(p)
     _add_options(p, "evaluate", EvalConfig)
+    _add_options(p, "executor", ExecutorConfig)
 
     p = sub.add_parser("compare", help="train and evaluate variants on equal terms, ranked by held-out log p(x)")
     p.add_argument(
@@ -178,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(p)
     _add_options(p, "evaluate", EvalConfig)
     _add_options(p, "study", StudyConfig)
+    _add_options(p, "executor", ExecutorConfig)
 
     p = sub.add_parser("sample", help="decode draws z ~ p(z) of a trained run into an image grid")
     p.add_argument("run_dir")
@@ -308,6 +311,13 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _executor_from_args(args):
+    from .studies.executors import make_executor
+
+    e = _section_from_args(args, "executor", ExecutorConfig)
+    return make_executor(e.executor, e.jobs, e.address, e.cpus_per_job, e.gpus_per_job)
+
+
 def _sigma_sweep(args) -> int:
     from .studies.sweep import parse_sigmas, sigma_sweep, sweep_table
 
@@ -319,6 +329,7 @@ def _sigma_sweep(args) -> int:
         eval_config_from_args(args),
         progress=not args.no_progress,
         overwrite=args.overwrite,
+        executor=_executor_from_args(args),
     )
     print(sweep_table(rows), end="")
     print(f"-> {args.out}/sweep.md, {args.out}/figures/")
@@ -339,6 +350,7 @@ def _compare(args) -> int:
         seeds=study.seeds,
         progress=not args.no_progress,
         overwrite=args.overwrite,
+        executor=_executor_from_args(args),
     )
     print(comparison.to_markdown(), end="")
     print(f"-> {args.out}/comparison.md, comparison.csv, comparison.json, figures/")

@@ -280,6 +280,30 @@ class StudyConfig:
         return self
 
 
+EXECUTOR_KINDS = ("local", "ray")
+
+
+@dataclass
+class ExecutorConfig:
+    """Where the runs of ``compare`` and ``sigma-sweep`` are trained (:mod:`ppl_vae.studies.executors`)."""
+
+    jobs: int = option(1, "train and evaluate N runs at once, in local worker processes", low=1, high=1024)
+    executor: str = option(
+        "local",
+        "where a study's runs are trained: local (this machine) or ray (a Ray cluster; pip install 'ppl_vae[ray]')",
+        names=lambda: EXECUTOR_KINDS,
+    )
+    address: str = option("", "the Ray cluster to join: HOST:PORT of `ray start --head` ('' = start a local one)")
+    cpus_per_job: float = option(1.0, "CPUs each Ray task asks for", low=0.0, high=4096.0, open_low=True)
+    gpus_per_job: float = option(0.0, "GPUs each Ray task asks for", low=0.0, high=1024.0)
+
+    def validate(self) -> ExecutorConfig:
+        _check_fields("executor", self)
+        if self.address and self.executor != "ray":
+            raise UserError("--address names a Ray cluster: use it with --executor ray")
+        return self
+
+
 @dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)

@@ -37,6 +37,7 @@ from ..runs.evaluation import read_pointwise
 from ..runs.layout import EVALUATION
 from ..runs.report import markdown_table
 from ..storage.atomic import write_csv, write_json, write_text
+from .executors import Executor
 from .runner import open_study, run_variants
 
 __all__ = ["Comparison", "compare", "parse_grid", "variants_from"]
@@ -209,19 +210,21 @@ def compare(
     data: Dataset | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    executor: Executor | None = None,
 ) -> Comparison:
     """Train (or reuse) and evaluate every variant with ``seeds`` seeds; write the comparison to ``out``.
 
     ``out`` must be new, empty or a comparison study (see :mod:`ppl_vae.studies.runner`); a run
-    of a variant whose config changed is trained again only with ``overwrite``.
+    of a variant whose config changed is trained again only with ``overwrite``. ``executor``
+    (:mod:`ppl_vae.studies.executors`) says where the runs are trained; the results do not depend on it.
     """
     StudyConfig(seeds=seeds).validate()
     workflow = (workflow or EvalConfig()).validate()
     with open_study(out, "compare") as out:
-        return _compare(variants, out, workflow, seeds, data, progress, overwrite)
+        return _compare(variants, out, workflow, seeds, data, progress, overwrite, executor)
 
 
-def _compare(variants, out: Path, workflow: EvalConfig, seeds: int, data, progress: bool, overwrite: bool):
+def _compare(variants, out: Path, workflow: EvalConfig, seeds: int, data, progress: bool, overwrite: bool, executor):
     first = next(iter(variants.values()))
     for name, config in variants.items():
         if config.data != first.data:
@@ -229,7 +232,7 @@ def _compare(variants, out: Path, workflow: EvalConfig, seeds: int, data, progre
     data = data or load_data(first.data)
     runs = {(name, s): f"{name}/seed-{s}" if seeds > 1 else name for name in variants for s in range(seeds)}
     jobs = {runs[(name, s)]: _seeded(variants[name], s) for name, s in runs}
-    results = run_variants(jobs, out, workflow, data, progress, overwrite, kind="compare")
+    results = run_variants(jobs, out, workflow, data, progress, overwrite, kind="compare", executor=executor)
 
     pointwise, rows, elpds, per_run, by_seed, said = {}, {}, {}, {}, {}, {}
     for name in variants:

@@ -1,21 +1,24 @@
 """Where a study's jobs run: in this process, in local worker processes, or as tasks on a Ray cluster.
 
 A study (a comparison, a σ sweep) is a list of independent jobs, one per variant and seed: train
-(or reuse) and evaluate one run in the study's folder. Every executor calls the same function on
-the same arguments, and every job seeds itself from its config, so a run's weights and evaluation
-are those of the sequential run bit for bit whichever executor trained it; the parent reads the
-results back from the runs' folders.
+(or resume) and evaluate one run in the study's folder. Every executor calls the same function
+on the same arguments, and every job seeds itself from its config, so a run's weights and
+evaluation are those of the sequential run bit for bit whichever executor ran it; the parent
+reads the results back from the runs' folders.
 
-- ``sequential`` (``--jobs 1``, the default): one job after another, in this process.
-- ``local`` (``--jobs N``): N worker processes on this machine (``spawn``ed, each with
-  ``cores / N`` threads).
-- ``ray`` (``--executor ray --address ADDR``): one Ray task per job with its CPU/GPU request, on an
-  existing Ray cluster (``ray start --head`` on one node, ``ray start --address=HEAD:6379`` on the
-  others) or, without an address, on a local one. The study folder must be on a filesystem that
-  every node sees at the same path.
+- ``local`` with ``--jobs 1`` (the default): one job after another, in this process.
+- ``local`` with ``--jobs N``: N worker processes on this machine (``spawn``ed, each with
+  ``cores / N`` torch threads).
+- ``ray`` (``--executor ray [--address HOST:PORT]``): one Ray task per job with its CPU/GPU
+  request (``--cpus-per-job``, ``--gpus-per-job``), on an existing Ray cluster (``ray start
+  --head`` on one node, ``ray start --address=HEAD:6379`` on the others) or, without an
+  address, on a local one. The study folder must be on a filesystem that every node sees at the
+  same path.
+
+``shared`` (the data set) is sent once per worker, not once per job.
 
 Layer 4 — may import: the standard library, torch; Ray lazily (an optional extra:
-``pip install ppl_vae[ray]``).
+``pip install 'ppl_vae[ray]'``).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ __all__ = ["Executor", "make_executor", "EXECUTORS"]
 
 @dataclass(frozen=True)
 class Executor:
-    """Runs ``fn(job)`` for every job and returns the results in the jobs' order.
+    """Runs ``fn(job, shared)`` for every job and returns the results in the jobs' order.
 
     Attributes:
         kind: ``sequential``, ``local`` or ``ray``.
@@ -49,43 +52,58 @@ class Executor:
     cpus: float = 1.0
     gpus: float = 0.0
 
-    def map(self, fn: Callable[[Any], Any], jobs: Sequence[Any], progress: Callable[[], None] | None = None) -> list:
-        return EXECUTORS[self.kind](self, fn, list(jobs), progress or (lambda: None))
+    def map(
+        self,
+        fn: Callable[[Any, Any], Any],
+        jobs: Sequence[Any],
+        shared: Any = None,
+        tick: Callable[[], None] | None = None,
+    ) -> list:
+        return EXECUTORS[self.kind](self, fn, list(jobs), shared, tick or (lambda: None))
 
 
-def _sequential(ex: Executor, fn, jobs: list, tick) -> list:
+def _sequential(ex: Executor, fn, jobs: list, shared, tick) -> list:
     results = []
     for job in jobs:
-        results.append(fn(job))
+        results.append(fn(job, shared))
         tick()
     return results
 
 
-def _threads_per_worker(workers: int) -> int:
-    return max(1, (os.cpu_count() or 1) // workers)
+_SHARED: Any = None  # what a local worker process was given once
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, shared: Any) -> None:
     import torch
 
+    global _SHARED
     torch.set_num_threads(threads)
+    _SHARED = shared
 
 
-def _local(ex: Executor, fn, jobs: list, tick) -> list:
-    workers = min(ex.jobs, len(jobs)) or 1
+def _call(fn, job):
+    return fn(job, _SHARED)
+
+
+def _local(ex: Executor, fn, jobs: list, shared, tick) -> list:
+    workers = max(1, min(ex.jobs, len(jobs)))
+    threads = max(1, (os.cpu_count() or 1) // workers)
     context = multiprocessing.get_context("spawn")  # no forked copies of torch's thread pools
-    with ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_init_worker, initargs=(_threads_per_worker(workers),)
-    ) as pool:
-        futures = [pool.submit(fn, job) for job in jobs]
-        results = []
-        for future in futures:
-            results.append(future.result())
-            tick()
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads, shared)) as pool:
+        futures = [pool.submit(_call, fn, job) for job in jobs]
+        try:
+            results = []
+            for future in futures:
+                results.append(future.result())
+                tick()
+        except BaseException:
+            for future in futures:
+                future.cancel()  # jobs not started stay unstarted; a rerun resumes the study
+            raise
     return results
 
 
-def _ray(ex: Executor, fn, jobs: list, tick) -> list:
+def _ray(ex: Executor, fn, jobs: list, shared, tick) -> list:
     try:
         import ray
     except ImportError:
@@ -94,28 +112,42 @@ def _ray(ex: Executor, fn, jobs: list, tick) -> list:
         try:
             ray.init(address=ex.address or None, include_dashboard=False, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as err:
-            raise UserError(f"cannot join the Ray cluster at {ex.address or 'a new local one'}: {err}") from None
+            where = ex.address or "a new local one"
+            raise UserError(f"cannot join the Ray cluster at {where}: {' '.join(str(err).split())[:200]}") from None
     task = ray.remote(num_cpus=ex.cpus, num_gpus=ex.gpus)(fn)
-    refs = [task.remote(job) for job in jobs]
+    ref = ray.put(shared)  # once into the object store, read by every task
+    refs = [task.remote(job, ref) for job in jobs]
     results = []
-    for ref in refs:
-        results.append(ray.get(ref))
-        tick()
+    try:
+        for r in refs:
+            results.append(ray.get(r))
+            tick()
+    except ray.exceptions.RayTaskError as err:
+        cause = getattr(err, "cause", None)
+        if isinstance(cause, Exception):  # the job's own error (a UserError stays one line)
+            raise cause from None
+        raise
+    except BaseException:
+        for r in refs:
+            ray.cancel(r)
+        raise
     return results
 
 
-EXECUTORS: dict[str, Callable[[Executor, Callable, list, Callable], list]] = {
+EXECUTORS: dict[str, Callable[..., list]] = {
     "sequential": _sequential,
     "local": _local,
     "ray": _ray,
 }
-"""Executor name -> ``(executor, fn, jobs, tick) -> results in the jobs' order``."""
+"""Executor name -> ``(executor, fn, jobs, shared, tick) -> results in the jobs' order``."""
 
 
 def make_executor(
     kind: str = "local", jobs: int = 1, address: str = "", cpus: float = 1.0, gpus: float = 0.0
 ) -> Executor:
     """The executor a study's options ask for: ``local`` with one job is the sequential one."""
+    if kind not in ("local", "ray"):
+        raise UserError(f"unknown executor {kind!r}; expected local or ray")
     if kind == "local" and jobs <= 1:
         kind = "sequential"
     return Executor(kind, jobs, address, cpus, gpus)

@@ -36,6 +36,7 @@ from ..runs.run import Run, fit, load, preflight, read_metrics, read_run_config,
 from ..storage.atomic import read_json, write_json
 from ..storage.checkpoint import read_state
 from ..storage.directories import locked, make_parents, remove_created
+from .executors import Executor
 
 __all__ = ["run_variants", "run_path", "safe_name", "open_study"]
 
@@ -154,11 +155,13 @@ def run_variants(
     progress: bool = True,
     overwrite: bool = False,
     kind: str = "compare",
+    executor: Executor | None = None,
 ) -> dict[str, tuple[Run, dict]]:
     """Fit (or reuse) and evaluate every variant under ``out/runs/<name>``; return runs and evaluations.
 
     Call inside :func:`open_study`. Every variant is checked, and its plan made, before the
-    first is trained.
+    first is trained; then ``executor`` (default: one after another, here) carries the plans
+    out, and the runs are read back from their folders.
     """
     out = Path(out)
     plans, dirs = {}, {}
@@ -174,17 +177,26 @@ def run_variants(
             preflight(config, data)
     _mark(out, kind)
 
+    jobs = [(config, dirs[name], plans[name], workflow) for name, config in variants.items()]
+    with tqdm(total=len(jobs), desc="variants", disable=not progress) as bar:
+        (executor or Executor()).map(execute_plan, jobs, shared=data, tick=bar.update)
     results = {}
-    for name, config in tqdm(variants.items(), desc="variants", disable=not progress):
-        run_dir, plan = dirs[name], plans[name]
-        if plan in ("new", "retrain"):
-            run = fit(config, run_dir, overwrite=plan == "retrain", progress=False, data=data)
-        elif plan == "resume":
-            run = fit(None, run_dir, resume=True, progress=False, data=data, trust_program=True)
-        else:  # the stored programs are byte for byte the files this study names: trusted as those are
-            run = load(run_dir, trust_program=True)
-            run.data = data
-        if plan != "reuse":
-            evaluate_run(run, workflow, progress=False)
-        results[name] = (run, read_json(run_dir / EVALUATION / "evaluation.json", "evaluation"))
+    for name in variants:  # the stored programs are byte for byte the files this study names: trusted as those are
+        run = load(dirs[name], trust_program=True)
+        run.data = data
+        results[name] = (run, read_json(dirs[name] / EVALUATION / "evaluation.json", "evaluation"))
     return results
+
+
+def execute_plan(job: tuple[Config, Path, str, EvalConfig], data: Dataset) -> None:
+    """Carry out one variant's plan (see the module's docstring), in whichever process runs it."""
+    config, run_dir, plan, workflow = job
+    if plan in ("new", "retrain"):
+        run = fit(config, run_dir, overwrite=plan == "retrain", progress=False, data=data)
+    elif plan == "resume":
+        run = fit(None, run_dir, resume=True, progress=False, data=data, trust_program=True)
+    else:
+        run = load(run_dir, trust_program=True)
+        run.data = data
+    if plan != "reuse":
+        evaluate_run(run, workflow, progress=False)

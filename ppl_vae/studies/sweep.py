@@ -26,6 +26,7 @@ from ..plots import sweep as sweep_plots
 from ..plots.figures import image_grid, save_figure
 from ..runs.report import markdown_table
 from ..storage.atomic import write_csv, write_json, write_text
+from .executors import Executor
 from .runner import open_study, run_variants
 
 __all__ = ["sigma_sweep", "parse_sigmas", "sigma_label", "ppca_active_units"]
@@ -68,6 +69,7 @@ def sigma_sweep(
     data: Dataset | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    executor: Executor | None = None,
 ) -> list[dict]:
     """Train the canonical model at every σ (all else equal), evaluate, and write the sweep.
 
@@ -78,17 +80,17 @@ def sigma_sweep(
         raise UserError("the sigma sweep trains the fixed-σ Normal model (--likelihood normal, no --model program)")
     workflow = workflow.validate()
     with open_study(out, "sigma-sweep") as out:
-        return _sweep(sigmas, base, out, workflow, data, progress, overwrite)
+        return _sweep(sigmas, base, out, workflow, data, progress, overwrite, executor)
 
 
-def _sweep(sigmas, base: Config, out: Path, workflow: EvalConfig, data, progress: bool, overwrite: bool):
+def _sweep(sigmas, base: Config, out: Path, workflow: EvalConfig, data, progress: bool, overwrite: bool, executor):
     data = data or load_data(base.data)
     names = {sigma: f"sigma_{sigma_label(sigma)}" for sigma in sigmas}
     variants = {}
     for sigma, name in names.items():
         variants[name] = copy.deepcopy(base)
         variants[name].model.sigma = sigma
-    results = run_variants(variants, out, workflow, data, progress, overwrite, kind="sigma-sweep")
+    results = run_variants(variants, out, workflow, data, progress, overwrite, kind="sigma-sweep", executor=executor)
 
     labels = data.test_labels[: workflow.points or None] if data.test_labels is not None else None
     classifier = (

@@ -156,7 +156,8 @@ def test_seeded_comparison_concludes_on_the_larger_of_paired_se_and_seed_sd(tmp_
     best, other = comparison.rows
     log_px = {
         r["variant"]: [
-            np.load(tmp_path / "runs" / r["variant"] / f"seed-{s}" / "evaluation" / "pointwise.npz")["log_px"] for s in (0, 1)
+            np.load(tmp_path / "runs" / r["variant"] / f"seed-{s}" / "evaluation" / "pointwise.npz")["log_px"]
+            for s in (0, 1)
         ]
         for r in comparison.rows
     }
