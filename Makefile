@@ -76,7 +76,7 @@ COND_EPOCHS ?= 30
 m2: $(STAMP)
 	$(VENV)/bin/ppl-vae fit --model examples/ss_vae_m2.py:m2 $(MNIST) --labels 3000 --elbo traceenum \
 		--latent-dim 50 --batch-size 200 --lr 0.0004 --epochs $(M2_EPOCHS) --out runs/m2 --overwrite
-	$(VENV)/bin/ppl-vae evaluate runs/m2 --k 100 --gap-points 20 --sbc-simulations 200
+	$(VENV)/bin/ppl-vae evaluate runs/m2 --trust-program --k 100 --gap-points 20 --sbc-simulations 200
 
 ## make cvae: quadrant completion, the CVAE against the deterministic regressor of the same width (examples/quadrants)
 cvae: $(STAMP)
@@ -87,7 +87,7 @@ cvae: $(STAMP)
 conditional: $(STAMP)
 	$(VENV)/bin/ppl-vae fit --model examples/conditional_vae.py:conditional $(MNIST) --labels all --latent-dim 16 \
 		--epochs $(COND_EPOCHS) --out runs/conditional --overwrite
-	$(VENV)/bin/ppl-vae evaluate runs/conditional --k 100 --gap-points 20 --sbc-simulations 200
+	$(VENV)/bin/ppl-vae evaluate runs/conditional --trust-program --k 100 --gap-points 20 --sbc-simulations 200
 
 examples: m2 cvae conditional
 

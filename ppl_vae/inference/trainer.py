@@ -59,7 +59,30 @@ from .trial import check_program
 if TYPE_CHECKING:  # the config layer sits above this one: read by attribute, imported for types only
     from ..config import Config
 
-__all__ = ["Trainer", "TrainingDiverged", "Interrupted", "epoch_permutation", "epoch_batches", "elbo_per_datapoint"]
+__all__ = [
+    "check_params",
+    "Trainer",
+    "TrainingDiverged",
+    "Interrupted",
+    "epoch_permutation",
+    "epoch_batches",
+    "elbo_per_datapoint",
+]
+
+
+def check_params(program, x: torch.Tensor, **inputs) -> None:
+    """Refuse ``pyro.param`` sites that the optimizer, holding the modules' parameters, would never step.
+
+    Nothing is drawn from the RNG and nothing is written to Pyro's param store.
+    """
+    with rng_untouched(x):
+        foreign = foreign_params(program.model, program.guide, program, x, **inputs)
+    if foreign:
+        raise UserError(
+            f"pyro.param site(s) {', '.join(foreign)} are not parameters of the program's modules, so training "
+            "would not change them; make them nn.Parameters of a module the program holds (registered with "
+            "pyro.module or a PyroModule)"
+        )
 
 
 class TrainingDiverged(UserError):
@@ -202,16 +225,8 @@ class Trainer:
         self._signal: int | None = None
 
     def _check_params(self) -> None:
-        """Refuse ``pyro.param`` sites that the optimizer, holding the modules' parameters, would never step."""
         _, x, inputs = self.trial_batches()[0]
-        with rng_untouched(x):
-            foreign = foreign_params(self.program.model, self.program.guide, self.program, x, **inputs)
-        if foreign:
-            raise UserError(
-                f"pyro.param site(s) {', '.join(foreign)} are not parameters of the program's modules, so training "
-                "would not change them; make them nn.Parameters of a module the program holds (registered with "
-                "pyro.module or a PyroModule)"
-            )
+        check_params(self.program, x, **inputs)
 
     def beta(self, epoch_fraction: float) -> float:
         t = self.config.train

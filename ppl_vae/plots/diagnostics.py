@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +49,15 @@ def ppc_image_statistics(idata, path: str | Path) -> Path:
     replicated = image_statistics(idata.posterior_predictive[name].values)  # (1, S, N)
     check = az.from_dict(posterior_predictive=dict(replicated), observed_data=observed)
     fig, axes = new_figure((11, 3.2), 1, len(observed))
-    az.plot_ppc(check, num_pp_samples=min(20, replicated["mean_intensity"].shape[1]), random_seed=0, ax=axes)
+    draws = min(20, replicated["mean_intensity"].shape[1])
+    for ax, stat in zip(np.atleast_1d(axes), observed):
+        # a statistic without spread (no ink at all, say) has no density: its ECDF is drawn instead
+        rep = replicated[stat]
+        spread = np.ptp(observed[stat]) > 0 and np.ptp(rep.reshape(-1, rep.shape[-1]), axis=-1).min() > 0  # each draw
+        kind = "kde" if spread else "cumulative"
+        with warnings.catch_warnings():  # arviz's ECDF passes matplotlib an argument form it deprecates
+            warnings.filterwarnings("ignore", "Passing a dict or None as alias_mapping", DeprecationWarning)
+            az.plot_ppc(check, var_names=[stat], kind=kind, num_pp_samples=draws, random_seed=0, ax=ax)
     return save_figure(fig, path)
 
 

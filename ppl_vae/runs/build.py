@@ -80,10 +80,7 @@ def _user_module(
     """The module ``factory(data_dim, latent_dim, **facts)`` returns, ``facts`` limited to those it names."""
     factory = load_factory(spec, role, programs)
     facts = select_inputs(accepted_inputs(factory), facts)
-    try:
-        module = factory(data_dim, latent_dim, **facts)
-    except Exception as err:  # noqa: BLE001 - whatever the user's factory raises becomes one line
-        raise UserError(f"{spec}: building the {role} failed: {type(err).__name__}: {err}") from None
+    module = factory(data_dim, latent_dim, **facts)  # what it raises, program_errors says in one line
     return check_module(module, role, spec)
 
 

@@ -37,7 +37,7 @@ from ..errors import CheckpointError, StorageError, UserError
 from ..inference.distributed import SINGLE, init_cluster
 from ..inference.importance import latent_sites, rng_untouched, trace_pair
 from ..inference.predictive import prior_decode, reconstruct
-from ..inference.trainer import Trainer, TrainingDiverged
+from ..inference.trainer import Trainer, TrainingDiverged, check_params
 from ..plots.figures import image_grid, plot_history, plot_images, plot_reconstructions, save_figure
 from ..storage.atomic import read_json, write_csv, write_json, write_text
 from ..storage.checkpoint import load_checkpoint, read_checkpoint, read_state, save_checkpoint
@@ -352,6 +352,7 @@ def _build_checked(config: Config, data: Dataset, programs: dict[str, ProgramFil
     )
     program = program.to(device)
     if not program.takes("y"):  # a program given labels is tried with them by the trainer's trial batches
+        check_params(program, data.train[:2].to(device))  # first: a foreign pyro.param would enter the store
         check_latent_sites(program, data.train[:2].to(device))
     return program
 

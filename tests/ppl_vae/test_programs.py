@@ -18,7 +18,7 @@ EVAL.append("--no-progress")
 
 def fit_and_evaluate(out: Path, *args, evaluate=EVAL) -> dict:
     assert main(["fit", "--out", str(out), *FAST, *args]) == 0
-    assert main(["evaluate", str(out), *evaluate]) == 0
+    assert main(["evaluate", str(out), "--trust-program", *evaluate]) == 0
     return json.loads((out / "evaluation" / "evaluation.json").read_text())
 
 
@@ -30,7 +30,7 @@ def m2_run(tmp_path_factory) -> Path:
 
 
 def test_semi_supervised_m2_trains_with_labels_and_evaluates_with_gaps_and_sbc(m2_run):
-    assert main(["evaluate", str(m2_run), *EVAL]) == 0
+    assert main(["evaluate", str(m2_run), "--trust-program", *EVAL]) == 0
     result = json.loads((m2_run / "evaluation" / "evaluation.json").read_text())
     assert 0.0 <= result["accuracy"] <= 1.0 and result["inputs"] == []
     assert result["gap_sites"] == {
@@ -44,7 +44,7 @@ def test_semi_supervised_m2_trains_with_labels_and_evaluates_with_gaps_and_sbc(m
 
 def test_gaps_and_sbc_can_be_skipped(m2_run):
     skip = "--k 4 --points 20 --gap-points 0 --sbc-simulations 0 --idata-points 5 --idata-draws 2 --no-progress".split()
-    assert main(["evaluate", str(m2_run), *skip]) == 0
+    assert main(["evaluate", str(m2_run), "--trust-program", *skip]) == 0
     result = json.loads((m2_run / "evaluation" / "evaluation.json").read_text())
     assert result["approximation_gap"] is None and result["gaps_skipped"] == "--gap-points 0"
     assert result["sbc_pvalue"] is None and result["sbc_skipped"] == "--sbc-simulations 0"

@@ -306,7 +306,7 @@ def test_a_user_program_registered_with_pyro_module_trains_compiled_as_eager(tmp
     common = ["--model", f"{program}:make", "--epochs", "2", "--limit", "256", "--batch-size", "128", "--no-progress"]
     for name, extra in (("eager", []), ("compiled", ["--compile"])):
         assert main(["fit", "--out", str(tmp_path / name), *common, *extra]) == 0, name
-    eager, compiled = (ppl_vae.load(tmp_path / name).history for name in ("eager", "compiled"))
+    eager, compiled = (ppl_vae.load(tmp_path / name, trust_program=True).history for name in ("eager", "compiled"))
     assert len(eager) == len(compiled) == 2
     for a, b in zip(eager, compiled):
         assert a["train_objective"] == pytest.approx(b["train_objective"], rel=1e-5)

@@ -106,7 +106,8 @@ def test_the_evaluation_says_what_its_numbers_mean(make_run):
 def test_a_run_evaluated_before_point_identities_is_refused_in_one_line(make_run, tmp_path):
     arrays = dict(np.load(make_run / "evaluation" / "pointwise.npz"))
     del arrays["point_hash"]
-    with open(tmp_path / "pointwise.npz", "wb") as f:
+    (tmp_path / "evaluation").mkdir()
+    with open(tmp_path / "evaluation" / "pointwise.npz", "wb") as f:
         np.savez(f, **arrays)
     with pytest.raises(UserError, match="point_hash.*ppl-vae evaluate") as refused:
         read_heldout_elpd(tmp_path)

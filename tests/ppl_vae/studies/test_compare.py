@@ -222,19 +222,28 @@ def test_az_compare_on_two_runs_reproduces_ppl_vae_compare(cli_comparison):
     "evaluate, refusal",
     [(["--k", "30", "--points", "40"], "K=30"), (["--k", "20", "--points", "30"], "different test points")],
 )
-def test_compare_refuses_a_run_evaluated_on_other_points_or_k(cli_comparison, tmp_path, capsys, evaluate, refusal):
-    """A variant re-evaluated by hand is reused by the next compare; its numbers are refused, in one line."""
+def test_a_run_evaluated_by_hand_is_evaluated_again_at_the_studys_settings(
+    cli_comparison, tmp_path, capsys, evaluate, refusal
+):
+    """A variant re-evaluated by hand at other settings is evaluated again by the next compare (its plan is
+    ``evaluate``), so the comparison stays on the same points and K, with the same numbers (the evaluation is
+    seeded); the elpds of the hand evaluation and of another run are refused by the comparability check."""
     import shutil
 
     from ppl_vae.cli import main
+    from ppl_vae.diagnostics.elpd import check_comparable
+    from ppl_vae.runs.evaluation import read_heldout_elpd
 
     out = tmp_path / "compare"
     shutil.copytree(cli_comparison, out)
-    before = (out / "comparison.json").read_bytes()
+    before = json.loads((out / "comparison.json").read_text())
     rest = ["--gap-points", "5", "--sbc-simulations", "50", "--no-progress"]
     assert main(["evaluate", str(out / "runs" / "latent_dim-6"), *evaluate, *rest]) == 0
+    by_hand = read_heldout_elpd(out / "runs" / "latent_dim-6")
+    with pytest.raises(UserError, match=refusal) as refused:
+        check_comparable({"latent_dim-2": read_heldout_elpd(out / "runs" / "latent_dim-2"), "latent_dim-6": by_hand})
+    assert "\n" not in str(refused.value)
     capsys.readouterr()
-    assert main([*GRID, "--out", str(out)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert refusal in err and len(err.splitlines()) == 1, err
-    assert (out / "comparison.json").read_bytes() == before
+    assert main([*GRID, "--out", str(out)]) == 0
+    after = json.loads((out / "comparison.json").read_text())
+    assert after["rows"] == before["rows"]
