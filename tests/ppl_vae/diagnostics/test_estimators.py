@@ -4,7 +4,6 @@ import math
 
 import arviz as az
 import numpy as np
-import pytest
 import torch
 
 import ppl_vae
@@ -13,17 +12,7 @@ from ppl_vae.diagnostics.inference_data import CONDITIONAL_GROUP, to_inference_d
 from ppl_vae.diagnostics.sbc import simulation_based_calibration
 from ppl_vae.inference.importance import log_weights
 from tests.conftest import tiny_config
-from tests.ppl_vae.linear_gaussian import PosteriorGuide, make, train_linear_vae
-
-
-@pytest.fixture
-def ppca():
-    return make()
-
-
-@pytest.fixture
-def x(ppca):
-    return ppca.sample(40, torch.Generator().manual_seed(1))
+from tests.ppl_vae.linear_gaussian import PosteriorGuide, train_linear_vae
 
 
 def test_exact_posterior_gives_exact_log_weights(ppca, x):

@@ -10,17 +10,7 @@ import torch
 from ppl_vae.diagnostics import verdicts as v
 from ppl_vae.diagnostics.estimators import importance_sample, iwae_mc_se, psis_khat, summarize
 from ppl_vae.diagnostics.statistics import seed_sd_of_difference
-from tests.ppl_vae.linear_gaussian import PosteriorGuide, make
-
-
-@pytest.fixture
-def ppca():
-    return make()
-
-
-@pytest.fixture
-def x(ppca):
-    return ppca.sample(40, torch.Generator().manual_seed(1))
+from tests.ppl_vae.linear_gaussian import PosteriorGuide
 
 
 def test_khat_verdict_calls_a_too_narrow_guide_unreliable_and_the_exact_guide_not(ppca, x):
