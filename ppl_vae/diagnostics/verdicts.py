@@ -97,8 +97,8 @@ def _sbc(p: float) -> str:
     if p < SBC_ALPHA:
         return (
             f"SBC rejects uniform ranks (p = {p:.2g} < {SBC_ALPHA}): q(z|x) is miscalibrated on data simulated "
-            "from the model (Talts et al. 2018); figures/sbc.png shows how (∪: over-confident, ∩: under-confident, "
-            f"a slope: biased); try {TRY_GUIDE} or IWAE training."
+            "from the model (Talts et al. 2018); evaluation/figures/sbc.png shows how (∪: over-confident, "
+            f"∩: under-confident, a slope: biased); try {TRY_GUIDE} or IWAE training."
         )
     return f"SBC finds no miscalibration of q(z|x) (p = {p:.2g} ≥ {SBC_ALPHA}) at this number of simulations."
 

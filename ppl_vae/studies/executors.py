@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import socket
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -51,6 +52,11 @@ class Executor:
     address: str = ""
     cpus: float = 1.0
     gpus: float = 0.0
+
+    def start(self) -> None:
+        """Join what the jobs will run on (a Ray cluster) before anything is written; a no-op otherwise."""
+        if self.kind == "ray":
+            _ray_init(self)
 
     def map(
         self,
@@ -103,17 +109,37 @@ def _local(ex: Executor, fn, jobs: list, shared, tick) -> list:
     return results
 
 
-def _ray(ex: Executor, fn, jobs: list, shared, tick) -> list:
+def _reachable(address: str, timeout: float = 5.0) -> None:
+    """Refuse in one line a ``HOST:PORT`` where nothing listens, before Ray waits a minute to find out."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not host or "://" in host:
+        return  # another form Ray understands ("auto", "ray://..."): Ray checks it
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except (OSError, ValueError) as err:
+        raise UserError(
+            f"cannot reach the Ray cluster at {address}: {err}; is `ray start --head` running there?"
+        ) from None
+
+
+def _ray_init(ex: Executor):
     try:
         import ray
     except ImportError:
         raise UserError("--executor ray needs Ray: pip install 'ppl_vae[ray]'") from None
     if not ray.is_initialized():
+        if ex.address:
+            _reachable(ex.address)
         try:
             ray.init(address=ex.address or None, include_dashboard=False, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as err:
             where = ex.address or "a new local one"
             raise UserError(f"cannot join the Ray cluster at {where}: {' '.join(str(err).split())[:200]}") from None
+    return ray
+
+
+def _ray(ex: Executor, fn, jobs: list, shared, tick) -> list:
+    ray = _ray_init(ex)
     task = ray.remote(num_cpus=ex.cpus, num_gpus=ex.gpus)(fn)
     ref = ray.put(shared)  # once into the object store, read by every task
     refs = [task.remote(job, ref) for job in jobs]

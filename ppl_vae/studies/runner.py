@@ -175,11 +175,13 @@ def run_variants(
         plans[name] = _plan(run_dir, config, workflow, overwrite)
         if plans[name] in ("new", "retrain"):
             preflight(config, data)
+    executor = executor or Executor()
+    executor.start()  # a cluster that cannot be joined is refused before the study is marked
     _mark(out, kind)
 
     jobs = [(config, dirs[name], plans[name], workflow) for name, config in variants.items()]
     with tqdm(total=len(jobs), desc="variants", disable=not progress) as bar:
-        (executor or Executor()).map(execute_plan, jobs, shared=data, tick=bar.update)
+        executor.map(execute_plan, jobs, shared=data, tick=bar.update)
     results = {}
     for name in variants:  # the stored programs are byte for byte the files this study names: trusted as those are
         run = load(dirs[name], trust_program=True)

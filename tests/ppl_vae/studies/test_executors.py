@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -100,11 +101,19 @@ def test_a_killed_parallel_study_resumes_to_the_sequential_numbers(sequential, t
     _same_study(sequential, out)
 
 
+def _closed_port() -> int:
+    """A loopback port where nothing listens (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_executor_options_are_checked_in_one_line(tmp_path, capsys):
     for bad, says in (
         (["--jobs", "0"], "jobs"),
         (["--executor", "dask"], "executor"),
         (["--address", "10.0.0.1:6379"], "--executor ray"),
+        (["--executor", "ray", "--address", f"127.0.0.1:{_closed_port()}"], "cannot reach the Ray cluster"),
     ):
         assert main([*STUDY, *bad, "--out", str(tmp_path / "s")]) == 2
         err = capsys.readouterr().err.strip()
