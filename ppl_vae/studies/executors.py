@@ -135,6 +135,12 @@ def _ray_init(ex: Executor):
         except (ConnectionError, RuntimeError, ValueError) as err:
             where = ex.address or "a new local one"
             raise UserError(f"cannot join the Ray cluster at {where}: {' '.join(str(err).split())[:200]}") from None
+    have = ray.cluster_resources()
+    for name, want, flag in (("CPU", ex.cpus, "--cpus-per-job"), ("GPU", ex.gpus, "--gpus-per-job")):
+        if want > have.get(name, 0.0):  # Ray would wait for them forever
+            raise UserError(
+                f"{flag} {want:g}: the Ray cluster has {have.get(name, 0.0):g} {name}s in all, so no job could start"
+            )
     return ray
 
 

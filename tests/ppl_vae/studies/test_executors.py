@@ -71,11 +71,14 @@ def _same_study(a: Path, b: Path) -> None:
 
 
 @pytest.mark.parametrize("extra", [["--jobs", "2"], ["--executor", "ray", "--cpus-per-job", "1"]], ids=["jobs2", "ray"])
-def test_an_executor_gives_the_sequential_study_bit_for_bit(sequential, tmp_path, extra):
+def test_an_executor_gives_the_sequential_study_bit_for_bit(sequential, tmp_path, capsys, extra):
     if "ray" in extra:
         ray = pytest.importorskip("ray", reason="the ray extra is not installed")
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # a real local cluster
     try:
+        if "ray" in extra:  # a job no node could take is refused, not left waiting
+            assert main([*STUDY, *extra, "--gpus-per-job", "1", "--out", str(tmp_path / "none")]) == 2
+            assert "no job could start" in capsys.readouterr().err and not (tmp_path / "none").exists()
         assert main([*STUDY, *extra, "--out", str(tmp_path / "study")]) == 0
     finally:
         if "ray" in extra:
