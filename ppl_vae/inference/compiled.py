@@ -39,6 +39,7 @@ The recording is faithful only where:
 from __future__ import annotations
 
 import logging
+import os
 import statistics
 import time
 import warnings
@@ -227,8 +228,29 @@ def _without_dead_code(graph: nn.Module) -> nn.Module:
     return graph
 
 
+def kept_cache() -> str | None:
+    """Point TorchInductor's on-disk cache at the user's cache folder, so a later run reuses its kernels.
+
+    Its default lies in the system's temporary folder, which a reboot or a cleaner empties.
+    ``$TORCHINDUCTOR_CACHE_DIR``, when set, is kept; so is the default where the folder cannot be
+    made. Returns the folder in use (``None``: TorchInductor's default).
+    """
+    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        folder = os.path.join(base, "ppl_vae", "inductor")
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError:
+            return None
+        if not os.access(folder, os.W_OK):
+            return None
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
+    return os.environ["TORCHINDUCTOR_CACHE_DIR"]
+
+
 def _fused(graph: nn.Module, tensors: list[torch.Tensor], x: torch.Tensor, beta: torch.Tensor) -> nn.Module:
     """``graph`` compiled by TorchInductor, random draws from the eager generator; ``graph`` itself if that fails."""
+    kept_cache()
     compiled = torch.compile(graph, fullgraph=True, dynamic=False, options={"fallback_random": True})
     quiet = logging.getLogger("torch.utils.cpp_extension")  # it warns about CUDA_HOME on CPU-only machines
     level = quiet.level

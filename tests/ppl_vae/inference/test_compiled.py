@@ -327,3 +327,15 @@ def test_a_raw_pyro_param_is_refused_in_one_line_before_the_run_directory_exists
     assert "pyro.param site(s) loc are not parameters of the program's modules" in err[0]
     assert not out.exists()
     assert not list(pyro.get_param_store().keys())
+
+
+def test_inductor_kernels_are_kept_in_the_users_cache_folder(tmp_path, monkeypatch):
+    """Not in the temporary folder a reboot empties; an explicit TORCHINDUCTOR_CACHE_DIR is respected."""
+    from ppl_vae.inference.compiled import kept_cache
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert kept_cache() == str(tmp_path / "cache" / "ppl_vae" / "inductor")
+    assert (tmp_path / "cache" / "ppl_vae" / "inductor").is_dir()
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    assert kept_cache() == str(tmp_path / "mine")
