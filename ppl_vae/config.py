@@ -250,6 +250,13 @@ class EvalConfig:
     idata_points: int = option(200, "test points stored in inference_data.nc", low=1, high=1_000_000)
     idata_draws: int = option(20, "draws per point stored in inference_data.nc", low=1, high=100_000)
     seed: int = option(0, "seed of the evaluation draws", flag="--eval-seed", low=0, high=MAX_SEED)
+    compile_sampler: str = option(
+        "auto",
+        "record the importance sampler's chunk as a tensor graph, compile and replay it: on, off, or auto "
+        "(when it pays)",
+        names=lambda: SWITCH,
+        switch=True,
+    )
 
     def validate(self) -> EvalConfig:
         """Check every field against its :class:`Option`. Returns self."""

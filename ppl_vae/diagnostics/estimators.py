@@ -38,6 +38,7 @@ collapsed units as active) and of the draws where it has none (flows).
 
 from __future__ import annotations
 
+import time
 import warnings
 from dataclasses import dataclass, field
 
@@ -48,6 +49,16 @@ import torch
 from pyro.infer.util import is_validation_enabled
 from tqdm.auto import tqdm
 
+from ..errors import UserError
+from ..inference.compiled import (
+    SAMPLER,
+    close,
+    compile_pays,
+    fuse_graph,
+    graph_key,
+    record,
+    remember_compile_seconds,
+)
 from ..inference.importance import (
     is_enumerated,
     latent_sites,
@@ -155,7 +166,7 @@ class _Moments:
         return self.sums.get(key, default)
 
 
-def _observed_moments(traced, xb_rows: slice, moments: _Moments) -> None:
+def _observed_terms(traced, terms: dict) -> None:
     """Σ over particles of each observed site's log-likelihood, squared error and modelled-element count.
 
     With one observed site (and no model-enumerated site summed with it) its log-likelihood is
@@ -167,7 +178,7 @@ def _observed_moments(traced, xb_rows: slice, moments: _Moments) -> None:
     for site in sites:
         name, value = site["name"], site["value"]
         log_lik = -traced.weights.log_lik if alone else -frame.expect(frame.term(site)).expand(frame.K, frame.B)
-        moments.add(("distortion", name), xb_rows, log_lik.sum(0))
+        terms[("distortion", name)] = log_lik.sum(0)
         mean = site_mean(site)
         if mean is None or not torch.is_floating_point(mean):
             continue
@@ -181,11 +192,11 @@ def _observed_moments(traced, xb_rows: slice, moments: _Moments) -> None:
             error = error * count
             n_el = frame.expect(frame.term(site, count.sum(events) if events else count))
         sse = frame.expect(frame.term(site, error.sum(events) if events else error))  # (K, B)
-        moments.add(("sse", name), xb_rows, sse.expand(frame.K, frame.B).sum(0))
-        moments.add(("count", name), xb_rows, n_el.expand(frame.K, frame.B).sum(0))
+        terms[("sse", name)] = sse.expand(frame.K, frame.B).sum(0)
+        terms[("count", name)] = n_el.expand(frame.K, frame.B).sum(0)
 
 
-def _latent_moments(traced, xb_rows: slice, moments: _Moments) -> None:
+def _latent_terms(traced, terms: dict) -> None:
     """Σ over particles of E_q[z | upstream draws], its square and Var_q[z | upstream draws], per continuous site.
 
     The guide's own means and variances are used where its distribution has them (exact for
@@ -210,9 +221,116 @@ def _latent_moments(traced, xb_rows: slice, moments: _Moments) -> None:
     if not parts:
         return
     first, second, within = (parts[0][i] if len(parts) == 1 else torch.cat([p[i] for p in parts], -1) for i in range(3))
-    moments.add("z", xb_rows, first.sum(0))
-    moments.add("z2", xb_rows, second.sum(0))  # E[m²]: with E[m], the spread between draws
-    moments.add("within", xb_rows, within.sum(0))  # E[Var(z | upstream draws)]
+    terms["z"] = first.sum(0)
+    terms["z2"] = second.sum(0)  # E[m²]: with E[m], the spread between draws
+    terms["within"] = within.sum(0)  # E[Var(z | upstream draws)]
+
+
+def _chunk_terms(model, guide, nesting: int, xb: torch.Tensor, kk: int, inputs: dict) -> dict:
+    """One chunk's sums over its ``kk`` particles, per point: ``{"log_w": (b, kk), key: (b, ...)}``."""
+    traced = log_weights(model, guide, xb, kk, nesting, return_traces=True, **inputs)
+    lw = traced.weights
+    terms = {"log_w": lw.total.T, "log_lik": lw.log_lik.sum(0), "log_ratio": lw.log_ratio.sum(0)}
+    _observed_terms(traced, terms)
+    _latent_terms(traced, terms)
+    return terms
+
+
+class _Chunks:
+    """The sampler's chunks: eager, or — where it pays — recorded once for their common shape and compiled.
+
+    The chunks repeat one shape (the last point and particle chunks may be ragged), so the
+    tensor operations of a chunk are recorded and compiled as the training step is
+    (:mod:`ppl_vae.inference.compiled`), random draws left to the eager generator: a compiled
+    chunk draws what an eager one would. ``auto`` times the second full chunk (the first runs
+    with validation) and compiles when the remaining ones repay it twice over; a program that
+    cannot be recorded, or whose recording disagrees with it, stays eager (``on`` refuses it).
+    """
+
+    FLAG = "--compile-sampler"
+
+    def __init__(self, model, guide, nesting: int, mode: str, full_chunks: int, say=None):
+        self.model, self.guide, self.nesting = model, guide, nesting
+        self.mode, self.full_chunks, self.say = mode, full_chunks, say
+        self.graph, self.key, self.seen = None, None, 0
+        self.note = "eager importance sampler (--no-compile-sampler)" if mode == "off" else ""
+        if self.note and say is not None:
+            say(self.note)
+
+    def __call__(self, xb: torch.Tensor, kk: int, inputs: dict) -> dict:
+        key = (tuple(xb.shape), kk, tuple((k, None if v is None else tuple(v.shape)) for k, v in inputs.items()))
+        if self.graph is not None and key == self.key:
+            return self._replay(xb, *[v for v in inputs.values() if v is not None])
+        start = time.perf_counter()
+        terms = _chunk_terms(self.model, self.guide, self.nesting, xb, kk, inputs)
+        seconds = time.perf_counter() - start
+        if not self.note and (self.key is None or key == self.key):
+            self.key, self.seen = key, self.seen + 1
+            if self.mode == "on" or self.seen == 2 or self.full_chunks < 2:
+                self._decide(xb, kk, inputs, seconds)
+        return terms
+
+    def _decide(self, xb: torch.Tensor, kk: int, inputs: dict, seconds: float) -> None:
+        if self.mode == "on":
+            pays, why = True, f"compiled importance sampler ({self.FLAG})"
+        elif self.full_chunks <= self.seen:
+            pays, why = False, f"eager importance sampler: {self.full_chunks} chunk(s), nothing for compiling to repay"
+        else:
+            pays, why = compile_pays(
+                seconds, self.full_chunks - self.seen, 1, SAMPLER, keys=[self._key(xb, kk, inputs)]
+            )
+        self.note = why
+        if pays:
+            try:
+                self.graph = self._compiled(xb, kk, inputs)
+            except UserError as err:
+                if self.mode == "on":
+                    raise
+                self.note = f"eager importance sampler: {err} (fallback)"
+        if self.say is not None:
+            self.say(self.note)
+
+    def _key(self, xb: torch.Tensor, kk: int, inputs: dict) -> str:
+        shapes = [(k, None if v is None else tuple(v.shape)) for k, v in inputs.items()]
+        return graph_key(
+            "sampler", self.model, graph_key("guide", self.guide), tuple(xb.shape), kk, shapes, xb.dtype, xb.device
+        )
+
+    def _compiled(self, xb: torch.Tensor, kk: int, inputs: dict):
+        start = time.perf_counter()
+        graph = self._recorded(xb, kk, inputs)
+        remember_compile_seconds(self._key(xb, kk, inputs), time.perf_counter() - start)
+        return graph
+
+    def _recorded(self, xb: torch.Tensor, kk: int, inputs: dict):
+        names = [k for k, v in inputs.items() if v is not None]
+        fixed = {k: v for k, v in inputs.items() if v is None}
+
+        def chunk(xb, *values):
+            return _chunk_terms(self.model, self.guide, self.nesting, xb, kk, {**fixed, **dict(zip(names, values))})
+
+        args = (xb, *[inputs[k] for k in names])
+        refusal = (
+            f"{self.FLAG} cannot record this program: it branches on tensor values or reads them back "
+            f"(if tensor: / .item()); evaluate with --no-compile-sampler"
+        )
+        graph = fuse_graph(record(chunk, args, refusal), args, self.FLAG, "the importance sampler")
+        with rng_untouched(xb):  # the same noise through both: the recording must give the program's numbers
+            torch.manual_seed(AGREEMENT_SEED)
+            want = chunk(*args)
+            torch.manual_seed(AGREEMENT_SEED)
+            got = self._replay(*args, graph=graph)
+        if set(got) != set(want) or not all(close(got[k].double(), want[k].double(), 1e-3) for k in want):
+            raise UserError(f"{self.FLAG}: the compiled sampler disagrees with the program; evaluate without it")
+        return graph
+
+    def _replay(self, *args, graph=None):
+        # in the grad mode it was compiled in (outside inference mode): another mode would compile it again
+        with torch.inference_mode(False), torch.no_grad():
+            return (self.graph if graph is None else graph)(*args)
+
+
+AGREEMENT_SEED = 20240601
 
 
 @torch.inference_mode()
@@ -224,6 +342,8 @@ def importance_sample(
     rows: int = ROWS_PER_CHUNK,
     progress: bool = False,
     split_points: bool = True,
+    compile: str = "off",
+    say=None,
     **inputs,
 ) -> PointEstimates:
     """Run K importance draws for every row of ``x``, in chunks of about ``rows`` particle-rows.
@@ -231,13 +351,21 @@ def importance_sample(
     ``inputs`` are the points' other inputs (labels ``y`` ``(N,)``, or ``y=None``), sliced with
     ``x``. Enumerated sites multiply the work of a draw; chunks shrink to keep memory bounded.
     ``split_points=False`` keeps all points in every chunk (for per-datapoint guides whose
-    parameters are tied to the rows of ``x``) and chunks over particles only.
+    parameters are tied to the rows of ``x``) and chunks over particles only. ``compile``
+    (auto | on | off) compiles the chunks where it pays (:class:`_Chunks`); ``say(line)`` is
+    told which path was taken and why.
     """
     n = x.shape[0]
     first = slice(0, min(n, 2) if split_points else n)  # a per-datapoint guide runs on all its rows only
     nesting = max_plate_nesting(model, guide, x[first], **_rows(inputs, first))
     rows = max(1, rows // enumeration_size(model, guide, x[first], nesting, **_rows(inputs, first)))
     n_chunk, k_chunk = _chunk_sizes(n, k, rows) if split_points else (n, max(1, min(k, rows // n)))
+    full_chunks = (n // n_chunk) * (k // k_chunk)
+    chunks = (
+        _Chunks(model, guide, nesting, compile, full_chunks, say)
+        if split_points
+        else _Chunks(model, guide, nesting, "off", full_chunks)
+    )
     log_w = torch.empty(n, k, dtype=torch.float64)
     moments = _Moments(n)
     bar = tqdm(
@@ -257,13 +385,10 @@ def importance_sample(
             kk = min(k_chunk, k - k0)
             # shapes and supports are checked on the first chunk; the rest repeat its shapes
             with pyro.validation_enabled(is_validation_enabled() and start == 0 and k0 == 0):
-                traced = log_weights(model, guide, xb, kk, nesting, return_traces=True, **chunk_inputs)
-            lw = traced.weights
-            log_w[rows_, k0 : k0 + kk] = lw.total.T.double().cpu()
-            moments.add("log_lik", rows_, lw.log_lik.sum(0))
-            moments.add("log_ratio", rows_, lw.log_ratio.sum(0))
-            _observed_moments(traced, rows_, moments)
-            _latent_moments(traced, rows_, moments)
+                terms = chunks(xb, kk, chunk_inputs)
+            log_w[rows_, k0 : k0 + kk] = terms.pop("log_w").double().cpu()
+            for key, value in terms.items():
+                moments.add(key, rows_, value)
             bar.update(b * kk)
     bar.close()
     zeros = torch.zeros(n, dtype=torch.float64)

@@ -38,25 +38,41 @@ The recording is faithful only where:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import statistics
 import time
 import warnings
+from dataclasses import dataclass
+from pathlib import Path
 
 import pyro
 import torch
 from torch import nn
 from torch.func import functional_call
 from torch.fx.experimental.proxy_tensor import make_fx
+from torch.utils import _pytree as pytree
 
 from ..errors import UserError
+from ..storage.atomic import write_json
 from .distributed import ProgramLoss
 from .importance import latent_sites, replayed_traces, rng_untouched, sample_sites, trace_pair
 from .objectives import Objective, with_handlers
 from .params import ModuleParams, foreign_params
 
-__all__ = ["CompiledStep", "recordable_elbo", "choose_step", "compile_pays"]
+__all__ = [
+    "CompiledStep",
+    "recordable_elbo",
+    "choose_step",
+    "compile_pays",
+    "record",
+    "fuse_graph",
+    "close",
+    "STEP",
+    "SAMPLER",
+]
 
 RECORDABLE = ("trace", "iwae")
 
@@ -110,10 +126,18 @@ class CompiledStep:
     def _tensors(self) -> list[torch.Tensor]:
         return [t.detach() for t in self._inputs]
 
+    def key(self, shape, dtype: torch.dtype, device, scale: float) -> str:
+        """The name of the graph recorded for batches of ``shape`` scaled by ``scale`` (:func:`graph_key`)."""
+        o = self.objective
+        return graph_key("step", self.program, o.name, o.particles, tuple(shape), dtype, torch.device(device), scale)
+
     def __call__(self, x: torch.Tensor, scale: float, beta: float) -> torch.Tensor:
         key = (tuple(x.shape), x.dtype, x.device, float(scale))
         if key not in self._graphs:
+            start = time.perf_counter()
             self._graphs[key] = self._record(x, float(scale))
+            if self.fuse:
+                remember_compile_seconds(self.key(*key), time.perf_counter() - start)
         with torch.no_grad():
             loss, grads = self._graphs[key](
                 self._tensors(), x, torch.tensor(float(beta), dtype=x.dtype, device=x.device)
@@ -146,20 +170,14 @@ class CompiledStep:
         self._check_recordable(x)
         tensors = self._tensors()
         beta = torch.tensor(1.0, dtype=x.dtype, device=x.device)
-        step = self._step_fn(scale)
-        with rng_untouched(x), pyro.validation_enabled(False):
-            try:
-                graph = make_fx(step)(tensors, x, beta)
-            except RuntimeError as err:
-                if "tracing tensor" not in str(err) and "data-dependent" not in str(err):
-                    raise
-                raise UserError(
-                    "--compile cannot record this program: it branches on tensor values or reads them back "
-                    "(if tensor: / .item()); train without --compile"
-                ) from None
-        graph = _without_dead_code(graph)
+        graph = record(
+            self._step_fn(scale),
+            (tensors, x, beta),
+            "--compile cannot record this program: it branches on tensor values or reads them back "
+            "(if tensor: / .item()); train without --compile",
+        )
         if self.fuse if fuse is None else fuse:
-            graph = _fused(graph, tensors, x, beta)
+            graph = fuse_graph(graph, (tensors, x, beta), "--compile", "the recorded step")
         self._check_agrees(graph, x, scale, tensors)
         return graph
 
@@ -192,14 +210,8 @@ class CompiledStep:
                 eager_grads = torch.autograd.grad(eager, self._params, allow_unused=True)
             torch.manual_seed(seed)
             loss, grads = graph(tensors, x, torch.tensor(beta, dtype=x.dtype, device=x.device))
-        tol = dict(rtol=1e-4, atol=1e-4 * max(1.0, abs(eager.item()) / max(1, x.shape[0])))
-        agree = torch.allclose(loss, eager.detach(), **tol) and all(
-            (a is None and b is None)
-            or (
-                a is not None
-                and b is not None
-                and torch.allclose(a, b, rtol=1e-3, atol=1e-3 * max(1.0, b.abs().max().item()))
-            )
+        agree = close(loss, eager.detach()) and all(
+            (a is None and b is None) or (a is not None and b is not None and close(a, b, 1e-3))
             for a, b in zip(grads, eager_grads)
         )
         if not agree:
@@ -248,20 +260,41 @@ def kept_cache() -> str | None:
     return os.environ["TORCHINDUCTOR_CACHE_DIR"]
 
 
-def _fused(graph: nn.Module, tensors: list[torch.Tensor], x: torch.Tensor, beta: torch.Tensor) -> nn.Module:
-    """``graph`` compiled by TorchInductor, random draws from the eager generator; ``graph`` itself if that fails."""
+def record(fn, args: tuple, refusal: str) -> nn.Module:
+    """``fn(*args)``'s tensor operations as an FX graph (aliases and unused results dropped).
+
+    Draws nothing from the RNG and checks nothing; a function that branches on tensor values
+    or reads them back cannot be recorded: :class:`UserError` with ``refusal``.
+    """
+    like = next(t for t in pytree.tree_leaves(args) if isinstance(t, torch.Tensor))
+    with torch.inference_mode(False), rng_untouched(like), pyro.validation_enabled(False):
+        try:
+            graph = make_fx(fn)(*args)
+        except RuntimeError as err:
+            if "tracing tensor" not in str(err) and "data-dependent" not in str(err):
+                raise
+            raise UserError(refusal) from None
+    return _without_dead_code(graph)
+
+
+def fuse_graph(graph: nn.Module, args: tuple, flag: str, what: str) -> nn.Module:
+    """``graph`` compiled by TorchInductor, random draws from the eager generator; ``graph`` itself if that fails.
+
+    Compiles now (on ``args``, RNG untouched), not inside the first call that uses it.
+    """
     kept_cache()
     compiled = torch.compile(graph, fullgraph=True, dynamic=False, options={"fallback_random": True})
     quiet = logging.getLogger("torch.utils.cpp_extension")  # it warns about CUDA_HOME on CPU-only machines
     level = quiet.level
+    like = next(t for t in pytree.tree_leaves(args) if isinstance(t, torch.Tensor))
     try:
         quiet.setLevel(logging.ERROR)
-        with rng_untouched(x):
-            compiled(tensors, x, beta)  # compiles now, not inside a training step
+        with torch.inference_mode(False), rng_untouched(like), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the compiler's own deprecation notices are not the user's business
+            compiled(*args)
     except Exception as err:  # noqa: BLE001 - no compiler, unsupported device: the plain replay still works
         warnings.warn(
-            f"--compile: TorchInductor could not compile the recorded step ({type(err).__name__}); "
-            "replaying it uncompiled",
+            f"{flag}: TorchInductor could not compile {what} ({type(err).__name__}); replaying it uncompiled",
             RuntimeWarning,
             stacklevel=3,
         )
@@ -271,51 +304,139 @@ def _fused(graph: nn.Module, tensors: list[torch.Tensor], x: torch.Tensor, beta:
     return compiled
 
 
-# --- choosing the step: compiled when it pays ---------------------------------------------------
+def close(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-4) -> bool:
+    """Whether a recording's result ``a`` agrees with the eager ``b``, relative to ``b``'s largest magnitude."""
+    scale = max(1.0, b.abs().max().item()) if b.numel() else 1.0
+    return a.shape == b.shape and torch.allclose(a, b, rtol=rtol, atol=rtol * scale, equal_nan=True)
 
-COMPILE_SECONDS = 8.0  # one-off cost of recording and compiling one batch shape on CPU (BENCHMARKS.md: 5–23 s)
-FIXED_SAVING = 8e-4  # seconds a step: Pyro's messengers and autograd's graph building, paid once when compiled
-SAVING_FRACTION = 0.13  # and the share of the remaining work that fusing elementwise kernels saves
+
+# --- choosing: compiled when it pays ------------------------------------------------------------
+
+COMPILE_SECONDS = 8.0  # one-off cost of recording and compiling one shape on CPU (BENCHMARKS.md: 5–23 s)
+MEMO = "compile-seconds.json"  # beside TorchInductor's kernels: what compiling each graph took last time
 
 
-def compile_pays(eager_step_seconds: float, steps: int, shapes: int) -> tuple[bool, str]:
-    """Whether compiling the step pays over ``steps`` steps, from a measured eager step time.
+def graph_key(kind: str, program, *shape) -> str:
+    """A name for one recorded graph: ``kind``, the program's class, structure and tensor shapes, ``shape``.
 
-    The estimate is saving ≈ ``FIXED_SAVING + SAVING_FRACTION · t_eager`` a step (fitted to the
-    digits and MNIST rows of BENCHMARKS.md: 1.1 ms of 2 ms, 2.4 ms of 12 ms) against
-    ``COMPILE_SECONDS`` a batch shape; it must pay twice over, since the estimate is rough.
-    Returns the decision and the one line that says why.
+    Two runs of the same program on the same shapes share it (and TorchInductor's cached
+    kernels); it is an estimate's key, not a proof that the graphs are equal.
     """
-    saving = steps * (FIXED_SAVING + SAVING_FRACTION * eager_step_seconds)
-    cost = shapes * COMPILE_SECONDS
-    pays = saving > 2 * cost
+    owner = getattr(program, "__self__", program)  # a bound method (program.model) names its module
+    if isinstance(owner, nn.Module):
+        tensors = sorted((n, tuple(t.shape), str(t.dtype)) for n, t in owner.state_dict().items())
+        what = [type(owner).__module__, type(owner).__qualname__, repr(owner), tensors]
+    else:
+        what = [getattr(owner, "__module__", ""), getattr(owner, "__qualname__", type(owner).__qualname__)]
+    text = repr([kind, what, [str(s) for s in shape], torch.__version__])
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def measured_compile_seconds(key: str) -> float | None:
+    """What compiling the graph ``key`` took when it was last compiled with the kept cache, if it was."""
+    folder = kept_cache()
+    try:
+        return float(json.loads(Path(folder, MEMO).read_text())[key]) if folder else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def remember_compile_seconds(key: str, seconds: float) -> None:
+    """Note what compiling ``key`` took, so that the next estimate knows its kernels are cached (best effort)."""
+    folder = kept_cache()
+    if not folder:
+        return
+    path = Path(folder, MEMO)
+    try:
+        memo = json.loads(path.read_text()) if path.exists() else {}
+        memo = memo if isinstance(memo, dict) else {}
+    except (OSError, ValueError):
+        memo = {}
+    memo[key] = round(seconds, 3)
+    try:
+        write_json(path, dict(list(memo.items())[-MEMO_ENTRIES:]))
+    except (OSError, UserError):
+        pass  # an unwritable cache only costs the next estimate its precision
+
+
+MEMO_ENTRIES = 1000
+
+
+def compile_cost(keys: list[str]) -> tuple[float, bool]:
+    """Seconds to compile the graphs ``keys``: measured last time where known, else ``COMPILE_SECONDS`` each.
+
+    Also whether every one of them was measured.
+    """
+    known = [measured_compile_seconds(k) for k in keys]
+    return sum(COMPILE_SECONDS if s is None else s for s in known), all(s is not None for s in known)
+
+
+@dataclass(frozen=True)
+class Saving:
+    """What compiling saves per call: ``fixed`` seconds plus ``fraction`` of the eager time."""
+
+    fixed: float
+    fraction: float
+    noun: str  # what is compiled
+    unit: str  # what one call is
+
+
+# the training step: Pyro's messengers and autograd's graph building (fixed), fused elementwise kernels (fraction);
+# fitted to the digits and MNIST rows of BENCHMARKS.md: 1.1 ms of 2 ms, 2.4 ms of 12 ms
+STEP = Saving(8e-4, 0.13, "step", "steps")
+# the importance sampler's chunk (no gradients; its elementwise log-densities and sums dominate): 0.53 of 64 ms
+# for a 784-400-50 network, 0.74 of 12 ms for 64-256-8 (K = 100, 81 points), benchmarks/eval_speed.py
+SAMPLER = Saving(0.0, 0.5, "importance sampler", "chunks")
+
+
+def compile_pays(
+    eager_seconds: float, calls: int, shapes: int, saving: Saving = STEP, keys: list[str] | None = None
+) -> tuple[bool, str]:
+    """Whether compiling pays over ``calls`` calls, from a measured eager call time.
+
+    The estimate is ``saving.fixed + saving.fraction · t_eager`` a call against the compile time
+    of the ``shapes`` graphs: what it took last time for the graphs ``keys`` already compiled
+    (their kernels are in the kept cache), ``COMPILE_SECONDS`` for the others. It must pay twice
+    over, since the estimate is rough. Returns the decision and the one line that says why.
+    """
+    saved = calls * (saving.fixed + saving.fraction * eager_seconds)
+    cost, measured = compile_cost(keys) if keys else (shapes * COMPILE_SECONDS, False)
+    pays = saved > 2 * cost
     verdict = "compiled" if pays else "eager"
     return pays, (
-        f"{verdict} step: {steps} steps × {1e3 * eager_step_seconds:.2f} ms eager would save about {saving:.0f} s "
-        f"compiled, against about {cost:.0f} s to compile {shapes} batch shape(s)"
+        f"{verdict} {saving.noun}: {calls} {saving.unit} × {1e3 * eager_seconds:.2f} ms eager would save about "
+        f"{saved:.0f} s compiled, against about {cost:.0f} s to compile {shapes} shape(s)"
+        + (" (as measured last time)" if measured else "")
     )
 
 
 def choose_step(
-    program: nn.Module, objective: Objective, loss, x: torch.Tensor, steps: int, shapes: int, mode: str
+    program: nn.Module,
+    objective: Objective,
+    loss,
+    x: torch.Tensor,
+    steps: int,
+    shapes: list[tuple[tuple, float]],
+    mode: str,
 ) -> tuple[CompiledStep | None, str]:
     """The step to train with under ``mode`` (auto | on | off), and one line saying which and why.
 
-    ``on`` records (or refuses, as :class:`CompiledStep` does) whatever the estimate; ``off`` is the
-    eager step; ``auto`` times a few eager steps of ``loss(x, scale, beta)`` on ``x`` and compiles
-    only when :func:`compile_pays`, falling back to the eager step when the program cannot be recorded.
+    ``shapes`` are the run's batch shapes with their scales N/B. ``on`` records (or refuses, as
+    :class:`CompiledStep` does) whatever the estimate; ``off`` is the eager step; ``auto`` times a
+    few eager steps of ``loss(x, scale, beta)`` on ``x`` and compiles only when
+    :func:`compile_pays`, falling back to the eager step when the program cannot be recorded.
     """
     if mode == "off":
         return None, "eager step (--no-compile)"
+    compiled = CompiledStep(program, objective)
     if mode == "on":
-        compiled = CompiledStep(program, objective)
         compiled.check(x)
         return compiled, "compiled step (--compile)"
-    pays, why = compile_pays(_eager_step_seconds(loss, x), steps, shapes)
+    keys = [compiled.key(shape, x.dtype, x.device, scale) for shape, scale in shapes]
+    pays, why = compile_pays(_eager_step_seconds(loss, x), steps, len(shapes), keys=keys)
     if not pays:
         return None, why
     try:
-        compiled = CompiledStep(program, objective)
         compiled.check(x)
     except UserError as err:
         return None, f"eager step: {err}".replace(" train without --compile", " (fallback)")

@@ -208,7 +208,8 @@ class Trainer:
         mode = "off" if self.cluster.world > 1 or self.labels is not None else (self.step_kind or t.compile)
         n, b = len(self.train), t.batch_size
         steps = (t.epochs - self.epoch) * -(-n // b)
-        shapes = 1 if n % b == 0 or n < b else 2
+        rows = [min(b, n)] + ([n % b] if n > b and n % b else [])  # the full batch, and the ragged last one
+        shapes = [((r,) + tuple(self.train.shape[1:]), n / r) for r in rows]
         batch = self.train[: min(b, n)]
         kept = self.step_kind is not None
         self.compiled, self.step_reason = choose_step(

@@ -17,6 +17,7 @@ out. Enumerated discrete sites are summed out exactly everywhere.
 from __future__ import annotations
 
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 import pyro
 import torch
+from tqdm.auto import tqdm
 
 from ..config import EvalConfig
 from ..data.datasets import is_class_labels
@@ -124,9 +126,19 @@ def evaluate(
     pyro.set_rng_seed(config.seed)
     start = time.perf_counter()
 
-    est = importance_sample(model, guide, x, config.k, progress=progress, **inputs)
+    sampler = []  # the one line saying which sampler ran, and why
+
+    def say(line: str) -> None:
+        sampler.append(line)
+        if progress:
+            tqdm.write(f"ppl-vae: {line}", file=sys.stderr)
+
+    est = importance_sample(
+        model, guide, x, config.k, progress=progress, compile=config.compile_sampler, say=say, **inputs
+    )
     khat = psis_khat(est.log_w)
     summary = summarize(est, khat)
+    summary["sampler"] = sampler[0] if sampler else "eager importance sampler"
     summary["inputs"] = sorted(k for k, v in inputs.items() if v is not None)
     if labels is not None and is_class_labels(np.asarray(labels)):
         predicted = classify(guide, x, "y", **inputs)

@@ -210,10 +210,10 @@ def test_an_unrecordable_program_is_refused_before_the_run_directory_exists(tmp_
 def test_compile_pays_only_over_enough_steps():
     from ppl_vae.inference.compiled import compile_pays
 
-    assert compile_pays(2e-3, steps=100_000, shapes=2)[0]  # a long digits run: ~110 s saved
-    assert not compile_pays(2e-3, steps=1_200, shapes=2)[0]  # make run's 100 epochs: ~1 s saved
-    assert compile_pays(12e-3, steps=23_500, shapes=2)[0] and not compile_pays(12e-3, steps=2_000, shapes=2)[0]
-    pays, why = compile_pays(2e-3, steps=1_200, shapes=2)
+    assert compile_pays(2e-3, calls=100_000, shapes=2)[0]  # a long digits run: ~110 s saved
+    assert not compile_pays(2e-3, calls=1_200, shapes=2)[0]  # make run's 100 epochs: ~1 s saved
+    assert compile_pays(12e-3, calls=23_500, shapes=2)[0] and not compile_pays(12e-3, calls=2_000, shapes=2)[0]
+    pays, why = compile_pays(2e-3, calls=1_200, shapes=2)
     assert why.startswith("eager step") and "1200 steps" in why
 
 
@@ -339,3 +339,36 @@ def test_inductor_kernels_are_kept_in_the_users_cache_folder(tmp_path, monkeypat
     assert (tmp_path / "cache" / "ppl_vae" / "inductor").is_dir()
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
     assert kept_cache() == str(tmp_path / "mine")
+
+
+def test_the_estimate_uses_the_compile_time_measured_last_time(tmp_path, monkeypatch):
+    """A graph compiled before has its kernels in the kept cache: the estimate weighs what it took then."""
+    from ppl_vae.inference.compiled import compile_pays, graph_key, measured_compile_seconds, remember_compile_seconds
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    program = _Toy("plain")
+    key = graph_key("step", program, (64, 3), 1.0)
+    assert key == graph_key("step", _Toy("plain"), (64, 3), 1.0)  # the same program and shape: the same graph
+    assert key != graph_key("step", program, (32, 3), 2.0) and key != graph_key("step", _Toy("plain", 5), (64, 3), 1.0)
+    assert measured_compile_seconds(key) is None
+    cold = compile_pays(2e-3, 3_000, 1, keys=[key])  # 3000 × 1.1 ms = 3.3 s saved against 8 s: eager
+    remember_compile_seconds(key, 1.5)
+    assert measured_compile_seconds(key) == 1.5
+    warm = compile_pays(2e-3, 3_000, 1, keys=[key])  # against the 1.5 s it took last time: compiled
+    assert not cold[0] and warm[0] and warm[1].endswith("(as measured last time)"), (cold, warm)
+    (tmp_path / "compile-seconds.json").write_text("{not json")  # a damaged memo is no memo
+    assert measured_compile_seconds(key) is None
+    remember_compile_seconds(key, 2.0)
+    assert measured_compile_seconds(key) == 2.0
+
+
+def test_a_compiled_run_remembers_what_compiling_took(digits, tmp_path, monkeypatch):
+    from ppl_vae.inference.compiled import measured_compile_seconds
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    config = tiny_config(train={"compile": "on", "epochs": 1, "batch_size": 100})
+    program = build_program(config, 64, (8, 8))
+    trainer = Trainer(program, config, digits.train[:250], digits.test[:8], progress=False)
+    trainer.run_epoch()  # batches of 100, 100 and 50: two graphs
+    keys = [trainer.compiled.key((r, 64), torch.float32, "cpu", 250 / r) for r in (100, 50)]
+    assert all(measured_compile_seconds(k) > 0 for k in keys)
