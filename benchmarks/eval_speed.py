@@ -142,7 +142,8 @@ def main(argv=None) -> int:
         f"--dim={args.dim}",
     ]
     shared += ["--smoke"] if args.smoke else []
-    results = {name: [] for name in WORKERS}
+    # the smoke run (the test suite's) leaves out the hand-written eager estimator: the rest is what can rot
+    results = {name: [] for name in WORKERS if not (args.smoke and name in ("eager", "hand"))}
     for _ in range(args.repeats):
         for name in results:  # alternate, so drift on a noisy machine hits every one
             results[name].append(run_worker(__file__, [f"--worker={name}", *shared]))
@@ -161,7 +162,8 @@ def main(argv=None) -> int:
             f"log p(x) {results[name][0]['log_px']:.2f}   sampling/best {run[name] / run['best']:.3f}   "
             f"total/best {t[name] / t['best']:.3f}"
         )
-    print(f"time ratio ppl_vae/hand = {t['auto'] / t['hand']:.3f}")
+    if "hand" in t:
+        print(f"time ratio ppl_vae/hand = {t['auto'] / t['hand']:.3f}")
     print(f"ppl_vae peak memory = {mem['auto'] / 1024:.2f} GB")
     return 0
 

@@ -127,9 +127,8 @@ class CompiledStep:
         return [t.detach() for t in self._inputs]
 
     def key(self, shape, dtype: torch.dtype, device, scale: float) -> str:
-        """The name of the graph recorded for batches of ``shape`` scaled by ``scale`` (:func:`graph_key`)."""
-        o = self.objective
-        return graph_key("step", self.program, o.name, o.particles, tuple(shape), dtype, torch.device(device), scale)
+        """The name of the graph recorded for batches of ``shape`` scaled by ``scale`` (:func:`step_key`)."""
+        return step_key(self.program, self.objective, shape, dtype, device, scale)
 
     def __call__(self, x: torch.Tensor, scale: float, beta: float) -> torch.Tensor:
         key = (tuple(x.shape), x.dtype, x.device, float(scale))
@@ -332,6 +331,12 @@ def graph_key(kind: str, program, *shape) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+def step_key(program: nn.Module, objective: Objective, shape, dtype: torch.dtype, device, scale: float) -> str:
+    """The :func:`graph_key` of the training step recorded for batches of ``shape`` scaled by ``scale``."""
+    o = objective
+    return graph_key("step", program, o.name, o.particles, tuple(shape), dtype, torch.device(device), float(scale))
+
+
 def measured_compile_seconds(key: str) -> float | None:
     """What compiling the graph ``key`` took when it was last compiled with the kept cache, if it was."""
     folder = kept_cache()
@@ -428,15 +433,16 @@ def choose_step(
     """
     if mode == "off":
         return None, "eager step (--no-compile)"
-    compiled = CompiledStep(program, objective)
     if mode == "on":
+        compiled = CompiledStep(program, objective)
         compiled.check(x)
         return compiled, "compiled step (--compile)"
-    keys = [compiled.key(shape, x.dtype, x.device, scale) for shape, scale in shapes]
+    keys = [step_key(program, objective, shape, x.dtype, x.device, scale) for shape, scale in shapes]
     pays, why = compile_pays(_eager_step_seconds(loss, x), steps, len(shapes), keys=keys)
     if not pays:
         return None, why
     try:
+        compiled = CompiledStep(program, objective)
         compiled.check(x)
     except UserError as err:
         return None, f"eager step: {err}".replace(" train without --compile", " (fallback)")
