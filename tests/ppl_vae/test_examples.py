@@ -1,5 +1,6 @@
 """The example programs of "Your own programs" (README): fast runs on digits, the full MNIST runs marked slow."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +83,11 @@ def test_class_conditional_samples_are_recognised_as_their_class(tmp_path):
     assert recognised > 0.6, recognised  # chance: 0.1
     summary = evaluate(run, QUICK, progress=False).summary
     assert summary["inputs"] == ["y"] and "accuracy" not in summary  # conditioned on y: log p(x, y), no classifier
+    # the labels are an input of the recorded sampler: compiled, it weighs the same draws as eager
+    compiled = evaluate(run, replace(QUICK, compile_sampler="on"), progress=False).summary
+    assert compiled["sampler"] == "compiled importance sampler (--compile-sampler)"
+    for key in ("log_px", "elbo", "kl", "distortion", "mse"):
+        assert compiled[key] == pytest.approx(summary[key], rel=1e-5), key
 
 
 # --- the full runs of the README (make m2, make cvae, make conditional), on MNIST ------------------------------------
