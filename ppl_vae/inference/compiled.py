@@ -44,6 +44,7 @@ import logging
 import os
 import statistics
 import time
+import traceback
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -272,8 +273,26 @@ def record(fn, args: tuple, refusal: str) -> nn.Module:
         except RuntimeError as err:
             if "tracing tensor" not in str(err) and "data-dependent" not in str(err):
                 raise
-            raise UserError(refusal) from None
+            where = _program_line(err)
+            raise UserError(refusal.replace("; ", f", at {where}; ", 1) if where else refusal) from None
     return _without_dead_code(graph)
+
+
+def _program_line(err: BaseException) -> str:
+    """``file.py:line, in function`` of the innermost frame outside torch, Pyro, ppl_vae and the standard library.
+
+    Pyro re-raises a program's error with its trace attached, so the innermost cause is read.
+    """
+    while err.__cause__ is not None:
+        err = err.__cause__
+    libraries = [os.path.dirname(m.__file__) + os.sep for m in (torch, pyro, os)]
+    libraries.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep)  # ppl_vae itself
+    where = ""
+    for frame, line in traceback.walk_tb(err.__traceback__):
+        name = frame.f_code.co_filename
+        if not name.startswith("<") and not any(name.startswith(lib) for lib in libraries):
+            where = f"{os.path.basename(name)}:{line}, in {frame.f_code.co_name}"
+    return where
 
 
 def fuse_graph(graph: nn.Module, args: tuple, flag: str, what: str) -> nn.Module:

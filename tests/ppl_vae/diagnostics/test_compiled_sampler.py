@@ -72,8 +72,10 @@ class Branching(nn.Module):
 
 def test_an_unrecordable_program_is_refused_on_and_falls_back_on_auto(monkeypatch):
     program, x = Branching(), torch.randn(40, 3, dtype=torch.float64)
-    with pytest.raises(UserError, match="--compile-sampler cannot record this program"):
+    with pytest.raises(UserError, match="--compile-sampler cannot record this program") as refused:
         _sample(program.model, program.guide, x, "on")
+    line = Branching.guide.__code__.co_firstlineno + 1  # the line that reads x back: `if x.sum() > 0`
+    assert f"at test_compiled_sampler.py:{line}, in guide;" in str(refused.value), refused.value
     monkeypatch.setattr(compiled, "COMPILE_SECONDS", 0.0)  # so that auto tries to compile it
     says = []
     eager = _sample(program.model, program.guide, x, "off")
