@@ -7,6 +7,8 @@
 (a) ppl_vae: ``Trainer.run_epoch`` with ``compile = "on"`` — the step of the Pyro program
              recorded once and replayed (ppl_vae.inference.compiled), in-memory minibatches.
 (e) eager:   the same loop without ``compile``: Pyro's Trace_ELBO traced at every step.
+(r) replayed: the same loop with the step recorded once and replayed uncompiled (what ``fit``'s default
+             takes for runs too short to compile but long enough to record).
 (b) hand:    the same networks, the same reparameterised single-sample ELBO and log-densities,
              written as a plain PyTorch loss with ``torch.optim.Adam``.
 (c) pyro:    ``pyro.infer.SVI`` with ``Trace_ELBO`` fed by ``DataLoader(TensorDataset)``.
@@ -14,7 +16,7 @@
              AOTAutograd) with fused Adam — the loop a performance engineer writes; the reference.
 
 All see identical initial weights and batch order ((c) shuffles with its own loader).
-Epochs alternate a, e, f, b, c so drift on a noisy machine hits all of them; the script prints
+Epochs alternate a, e, r, f, b, c so drift on a noisy machine hits all of them; the script prints
 median seconds per epoch and every ratio against (f).
 """
 
@@ -87,11 +89,12 @@ def pyro_dataloader_epoch(svi, loader, n):
 def bench(name, x, config, epochs, device):
     pyro.set_rng_seed(0)
     program = build_program(config, x.shape[1], (x.shape[1],)).to(device)
-    programs = {k: copy.deepcopy(program) for k in ("a", "e", "b", "c", "f")}
+    programs = {k: copy.deepcopy(program) for k in ("a", "e", "r", "b", "c", "f")}
     compiled = copy.deepcopy(config)
     compiled.train.compile = "on"  # forced: a benchmark of a few epochs would not pay for it on auto
     trainer = Trainer(programs["a"], compiled, x, x[:2], progress=False)
     eager = Trainer(programs["e"], copy.deepcopy(config), x, x[:2], progress=False)
+    replayed = Trainer(programs["r"], copy.deepcopy(config), x, x[:2], progress=False, step_kind="replay")
     hand_opt = torch.optim.Adam(programs["b"].parameters(), lr=config.train.lr)
     # (f) what a performance engineer writes: fused Adam, the loss (and through AOTAutograd its
     # backward) compiled by TorchInductor; dynamic=False, one graph per batch shape, as (a) records
@@ -122,6 +125,7 @@ def bench(name, x, config, epochs, device):
     runs = {
         "a": lambda e: trainer.run_epoch(),
         "e": lambda e: eager.run_epoch(),
+        "r": lambda e: replayed.run_epoch(),
         "f": lambda e: hand_epoch(best_loss, best_opt, x, config, e),
         "b": lambda e: hand_epoch(lambda xb, s: hand_loss(programs["b"], config, xb, s), hand_opt, x, config, e),
         "c": lambda e: pyro_dataloader_epoch(svi, loader, len(x)),
@@ -142,7 +146,8 @@ def bench(name, x, config, epochs, device):
     t = {k: median(v) for k, v in times.items()}
     print(
         f"{name:30s} " + "  ".join(f"{k} {t[k]:7.3f}s" for k in runs) + "   "
-        f"a/f = {t['a'] / t['f']:.3f}   e/f = {t['e'] / t['f']:.3f}   b/f = {t['b'] / t['f']:.3f}   "
+        f"a/f = {t['a'] / t['f']:.3f}   e/f = {t['e'] / t['f']:.3f}   r/f = {t['r'] / t['f']:.3f}   "
+        f"b/f = {t['b'] / t['f']:.3f}   "
         f"c/f = {t['c'] / t['f']:.3f}   a/b = {t['a'] / t['b']:.3f}   "
         f"(first epoch, compiling included: a {first['a']:.1f}s, f {first['f']:.1f}s)",
         flush=True,

@@ -434,6 +434,34 @@ def compile_pays(
     )
 
 
+RECORD_SECONDS = 0.3  # recording one batch shape and checking it, not compiled (digits and MNIST networks, CPU)
+KINDS = {"off": "eager", "replay": "replayed", "on": "compiled"}  # a run's step kind, and what it is called
+
+
+def step_choice(eager_seconds: float, steps: int, keys: list[str]) -> tuple[str, str]:
+    """The step that saves most over ``steps`` steps — ``off`` (eager), ``replay`` or ``on`` — and why, in one line.
+
+    Compiling saves ``STEP.fixed + STEP.fraction · t_eager`` a step for the compile time of the
+    graphs ``keys`` (measured last time where their kernels are cached, :func:`compile_cost`);
+    replaying the recording uncompiled saves ``STEP.fixed`` a step (Pyro's messengers and
+    autograd's graph building) for ``RECORD_SECONDS`` a shape. Of those that repay their cost
+    twice over (the estimate is rough), the one with the larger net saving wins; eager if none does.
+    """
+    shapes = len(keys)
+    compile_seconds, measured = compile_cost(keys)
+    record_seconds = shapes * RECORD_SECONDS
+    saved = {"on": steps * (STEP.fixed + STEP.fraction * eager_seconds), "replay": steps * STEP.fixed}
+    cost = {"on": compile_seconds, "replay": record_seconds}
+    net = {"off": 0.0, **{k: saved[k] - cost[k] for k in saved if saved[k] > 2 * cost[k]}}
+    kind = max(net, key=net.get)
+    return kind, (
+        f"{KINDS[kind]} step: {steps} steps × {1e3 * eager_seconds:.2f} ms eager; compiling would save about "
+        f"{saved['on']:.0f} s against about {compile_seconds:.0f} s to compile {shapes} shape(s)"
+        + (" (as measured last time)" if measured else "")
+        + f", replaying the recording uncompiled about {saved['replay']:.1f} s against {record_seconds:.1f} s"
+    )
+
+
 def choose_step(
     program: nn.Module,
     objective: Objective,
@@ -443,29 +471,30 @@ def choose_step(
     shapes: list[tuple[tuple, float]],
     mode: str,
 ) -> tuple[CompiledStep | None, str]:
-    """The step to train with under ``mode`` (auto | on | off), and one line saying which and why.
+    """The step to train with under ``mode`` (auto | on | replay | off), and one line saying which and why.
 
-    ``shapes`` are the run's batch shapes with their scales N/B. ``on`` records (or refuses, as
-    :class:`CompiledStep` does) whatever the estimate; ``off`` is the eager step; ``auto`` times a
-    few eager steps of ``loss(x, scale, beta)`` on ``x`` and compiles only when
-    :func:`compile_pays`, falling back to the eager step when the program cannot be recorded.
+    ``shapes`` are the run's batch shapes with their scales N/B. ``on`` records and compiles (or
+    refuses, as :class:`CompiledStep` does) whatever the estimate, ``replay`` records without
+    compiling (a resumed run keeps its kind), ``off`` is the eager step; ``auto`` times a few
+    eager steps of ``loss(x, scale, beta)`` on ``x`` and takes the :func:`step_choice`, falling
+    back to the eager step when the program cannot be recorded.
     """
     if mode == "off":
         return None, "eager step (--no-compile)"
-    if mode == "on":
-        compiled = CompiledStep(program, objective)
-        compiled.check(x)
-        return compiled, "compiled step (--compile)"
+    if mode in ("on", "replay"):
+        step = CompiledStep(program, objective, fuse=mode == "on")
+        step.check(x)
+        return step, "compiled step (--compile)" if mode == "on" else "replayed step"
     keys = [step_key(program, objective, shape, x.dtype, x.device, scale) for shape, scale in shapes]
-    pays, why = compile_pays(_eager_step_seconds(loss, x), steps, len(shapes), keys=keys)
-    if not pays:
+    kind, why = step_choice(_eager_step_seconds(loss, x), steps, keys)
+    if kind == "off":
         return None, why
     try:
-        compiled = CompiledStep(program, objective)
-        compiled.check(x)
+        step = CompiledStep(program, objective, fuse=kind == "on")
+        step.check(x)
     except UserError as err:
         return None, f"eager step: {err}".replace(" train without --compile", " (fallback)")
-    return compiled, why
+    return step, why
 
 
 def _eager_step_seconds(loss, x: torch.Tensor, repeats: int = 3) -> float:

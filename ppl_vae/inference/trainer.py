@@ -48,7 +48,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import UserError
-from .compiled import choose_step
+from .compiled import KINDS, choose_step
 from .distributed import SINGLE, Cluster, ProgramLoss
 from .importance import log_weights, max_plate_nesting, rng_untouched
 from .objectives import Objective
@@ -185,7 +185,7 @@ class Trainer:
     epoch_loss: float = 0.0  # their running objective sum
     cluster: Cluster = SINGLE  # this process's place among data-parallel ranks
     history: list[dict] = field(default_factory=list)
-    step_kind: str | None = None  # "on" (compiled) or "off" (eager) once chosen; a resumed run keeps its choice
+    step_kind: str | None = None  # "on" (compiled), "replay" or "off" (eager) once chosen; a resumed run keeps it
 
     def __post_init__(self):
         t = self.config.train
@@ -215,9 +215,9 @@ class Trainer:
         self.compiled, self.step_reason = choose_step(
             self.program, self.objective, self.loss, batch, steps, shapes, mode
         )
-        self.step_kind = "on" if self.compiled is not None else "off"
+        self.step_kind = "off" if self.compiled is None else "on" if self.compiled.fuse else "replay"
         if kept:
-            self.step_reason = f"{'compiled' if self.compiled is not None else 'eager'} step, as when the run started"
+            self.step_reason = f"{KINDS[self.step_kind]} step, as when the run started"
         # one fused kernel for all parameters instead of a dozen small ops per tensor
         fused = self.train.device.type in ("cpu", "cuda")
         self.optimizer = torch.optim.Adam(self.program.parameters(), lr=t.lr, fused=fused)

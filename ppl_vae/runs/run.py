@@ -34,6 +34,7 @@ import torch
 from ..config import Config, from_dict, is_program_spec, to_toml
 from ..data.datasets import Dataset, load_data
 from ..errors import CheckpointError, StorageError, UserError
+from ..inference.compiled import KINDS
 from ..inference.distributed import SINGLE, init_cluster
 from ..inference.importance import latent_sites, rng_untouched, trace_pair
 from ..inference.predictive import prior_decode, reconstruct
@@ -131,7 +132,7 @@ class Run:
     checkpoint: dict = field(default_factory=dict)  # epoch and step of the weights held
     programs: dict[str, ProgramFile] = field(default_factory=dict, repr=False)
     note: str = ""  # "finished": a resume found nothing left to train
-    step_kind: str = ""  # the training step fit() took: compiled or eager
+    step_kind: str = ""  # the training step fit() took: compiled, replayed or eager
     num_classes: int | None = None
 
     @property
@@ -246,8 +247,8 @@ def _check_extra(state: dict, where: Path) -> dict:
         for i, row in enumerate(history)
     ):
         problem = "history rows must be numbers, one row an epoch, in order"
-    elif extra.get("step_kind") not in (None, "on", "off"):
-        problem = "step_kind must be on or off"
+    elif extra.get("step_kind") not in (None, "on", "replay", "off"):
+        problem = "step_kind must be on, replay or off"
     elif extra.get("num_classes") is not None and not _count(extra["num_classes"], 1):
         problem = "num_classes must be a positive integer"
     if problem:
@@ -726,7 +727,7 @@ def _train_into(target: _Target, run: Run, trainer: Trainer, programs, data: Dat
         checkpoint(trainer)
     seconds = sum(row["seconds"] for row in trainer.history) if resumed else time.perf_counter() - start
     run.history = trainer.history
-    run.step_kind = "compiled" if trainer.compiled is not None else "eager"
+    run.step_kind = KINDS[trainer.step_kind]
     if config.train.patience:
         # the run ends with the best validation epoch's weights, in the checkpoint that load() reads too
         load_checkpoint(target.dir / "best", run.program, device=str(run.device))

@@ -224,25 +224,53 @@ def test_compile_pays_only_over_enough_steps():
     assert why.startswith("eager step") and "1200 steps" in why
 
 
+def test_the_step_that_saves_most_is_chosen():
+    from ppl_vae.inference.compiled import step_choice
+
+    one, two = ["a"], ["a", "b"]  # graphs never compiled here: 8 s each to compile, 0.3 s to record
+    assert step_choice(2.5e-3, 1_200, two)[0] == "off"  # make run: replaying saves ~1 s for 0.6 s of recording
+    assert step_choice(2.5e-3, 5_000, two)[0] == "replay"  # ~4 s for 0.6 s; compiling ~6 s for 16 s
+    assert step_choice(2.5e-3, 100_000, two)[0] == "on"  # ~113 s for 16 s beats ~80 s for 0.6 s
+    assert step_choice(12e-3, 30_000, one)[0] == "on"  # MNIST-sized steps: fusing saves most
+    kind, why = step_choice(2.5e-3, 5_000, two)
+    assert why.startswith("replayed step: 5000 steps × 2.50 ms eager;") and "to compile 2 shape(s)" in why
+
+
 @pytest.mark.parametrize(
     "epochs,program,kind,says",
     [
-        (2, None, "off", "eager step: "),  # a short run: compiling would not pay
-        (100_000, None, "on", "compiled step: "),  # a long one: it does
+        (2, None, "off", "eager step: "),  # a short run: recording would not pay
+        (700, None, "replay", "replayed step: "),  # 2100 steps: replaying a recording pays, compiling (2 shapes) not
+        (100_000, None, "on", "compiled step: "),  # a long one: compiling pays most
         (100_000, "branch", "off", "eager step: --compile cannot record this program"),  # cannot record: eager
     ],
 )
-def test_the_default_step_is_chosen_by_a_measured_estimate(digits, epochs, program, kind, says):
+def test_the_default_step_is_chosen_by_a_measured_estimate(digits, epochs, program, kind, says, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # no compile time measured before
     config = tiny_config(train={"epochs": epochs})  # compile = "auto", the default
     assert config.train.compile == "auto"
-    if program is None:
-        model = build_program(config, 64, (8, 8))
-        x = digits.train[:256]
-    else:
-        model, x = _Toy(program, 64), digits.train[:256]
+    x = digits.train[:300]  # batches of 128, 128 and 44: two shapes
+    model = build_program(config, 64, (8, 8)) if program is None else _Toy(program, 64)
     trainer = Trainer(model, config, x, digits.test[:8], progress=False)
-    assert trainer.step_kind == kind and (trainer.compiled is not None) == (kind == "on")
+    assert trainer.step_kind == kind and (trainer.compiled is not None) == (kind != "off"), trainer.step_reason
     assert trainer.step_reason.startswith(says), trainer.step_reason
+
+
+def test_a_resumed_run_keeps_its_replayed_step_and_trains_as_eager(digits):
+    """The replayed step (recorded, not compiled) is the eager step's arithmetic: the same weights after an epoch."""
+    config = tiny_config(train={"epochs": 1})
+    x = digits.train[:300]
+    runs = {}
+    for kind in ("replay", "off"):
+        pyro.set_rng_seed(0)
+        program = build_program(config, 64, (8, 8))
+        trainer = Trainer(program, config, x, digits.test[:8], progress=False, step_kind=kind)
+        assert trainer.step_kind == kind and trainer.step_reason.endswith("step, as when the run started")
+        trainer.run_epoch()
+        runs[kind] = program
+    assert runs["replay"] is not runs["off"]
+    for (name, a), b in zip(runs["replay"].named_parameters(), runs["off"].parameters()):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), name
 
 
 def test_fit_announces_its_step_in_one_line(tmp_path, capsys):
