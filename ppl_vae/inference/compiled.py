@@ -34,6 +34,12 @@ The recording is faithful only where:
 - one process trains (DDP hooks gradients as autograd produces them).
 
 :class:`CompiledStep` checks these and raises :class:`~ppl_vae.errors.UserError` otherwise.
+
+The same recording, replayed without compiling, is the *replayed* step; :func:`record` and
+:func:`fuse_graph` also record and compile the importance sampler's chunks
+(:mod:`ppl_vae.diagnostics.estimators`). Whether either pays is estimated from a measured eager
+time against the one-off cost (:func:`step_choice`, :func:`compile_pays`), the compile time of a
+graph compiled before read from the note kept beside TorchInductor's cache.
 """
 
 from __future__ import annotations
