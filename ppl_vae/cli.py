@@ -383,12 +383,14 @@ def _terminate(signum, frame):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .inference.compiled import kept_cache
     from .inference.trainer import Interrupted
 
     args = build_parser().parse_args(argv)
     handle = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if handle else None
     try:
+        kept_cache()  # TorchInductor's cache folder: the user's, or a TORCHINDUCTOR_CACHE_DIR checked in one line
         return COMMANDS[args.command](args)
     except UserError as err:
         print(f"ppl-vae: error: {one_line(err)}", file=sys.stderr)

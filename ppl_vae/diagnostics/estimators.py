@@ -252,14 +252,14 @@ class _Chunks:
     def __init__(self, model, guide, nesting: int, mode: str, full_chunks: int, say=None):
         self.model, self.guide, self.nesting = model, guide, nesting
         self.mode, self.full_chunks, self.say = mode, full_chunks, say
-        self.graph, self.key, self.seen = None, None, 0
+        self.graph, self.key, self.seen, self.verified = None, None, 0, False
         self.note = "eager importance sampler (--no-compile-sampler)" if mode == "off" else ""
         if self.note and say is not None:
             say(self.note)
 
     def __call__(self, xb: torch.Tensor, kk: int, inputs: dict) -> dict:
         key = (tuple(xb.shape), kk, tuple((k, None if v is None else tuple(v.shape)) for k, v in inputs.items()))
-        if self.graph is not None and key == self.key:
+        if self.graph is not None and key == self.key and (self.verified or self._verify(xb, kk, inputs)):
             return self._replay(xb, *[v for v in inputs.values() if v is not None])
         start = time.perf_counter()
         terms = _chunk_terms(self.model, self.guide, self.nesting, xb, kk, inputs)
@@ -314,15 +314,36 @@ class _Chunks:
             f"{self.FLAG} cannot record this program: it branches on tensor values or reads them back "
             f"(if tensor: / .item()); evaluate with --no-compile-sampler"
         )
-        graph = fuse_graph(record(chunk, args, refusal), args, self.FLAG, "the importance sampler")
-        with rng_untouched(xb):  # the same noise through both: the recording must give the program's numbers
-            torch.manual_seed(AGREEMENT_SEED)
-            want = chunk(*args)
-            torch.manual_seed(AGREEMENT_SEED)
-            got = self._replay(*args, graph=graph)
-        if set(got) != set(want) or not all(close(got[k].double(), want[k].double(), 1e-3) for k in want):
-            raise UserError(f"{self.FLAG}: the compiled sampler disagrees with the program; evaluate without it")
+        graph, problem = fuse_graph(record(chunk, args, refusal), args)
+        if problem is not None:  # replayed uncompiled, a chunk is no faster than eager: only when asked for
+            if self.mode != "on":
+                raise UserError(f"{problem}; evaluate with --no-compile-sampler")
+            self.note += f"; {problem}: replaying the recording uncompiled"
         return graph
+
+    def _verify(self, xb: torch.Tensor, kk: int, inputs: dict) -> bool:
+        """Before the recording is used: the program and the recording on the same noise, on a chunk it was not
+        recorded on (a value read back as a number — ``.tolist()``, ``.numpy()`` — is a constant in the recording).
+        """
+        self.verified = True
+        values = [v for v in inputs.values() if v is not None]
+        with rng_untouched(xb):  # the stream is left as it was: the chunk itself is drawn afterwards
+            torch.manual_seed(AGREEMENT_SEED)
+            want = _chunk_terms(self.model, self.guide, self.nesting, xb, kk, inputs)
+            torch.manual_seed(AGREEMENT_SEED)
+            got = self._replay(xb, *values)
+        if set(got) == set(want) and all(close(got[k].double(), want[k].double(), 1e-3) for k in want):
+            return True
+        why = (
+            f"{self.FLAG}: the recording gives other numbers than the program on a chunk it was not recorded on: "
+            "the program reads tensor values back as numbers (.tolist(), .numpy(), float(tensor))"
+        )
+        if self.mode == "on":
+            raise UserError(f"{why}; evaluate with --no-compile-sampler")
+        self.graph, self.note = None, f"eager importance sampler: {why} (fallback)"
+        if self.say is not None:
+            self.say(self.note)
+        return False
 
     def _replay(self, *args, graph=None):
         # in the grad mode it was compiled in (outside inference mode): another mode would compile it again

@@ -124,6 +124,7 @@ class CompiledStep:
         self.program, self.objective, self.fuse = program, objective, fuse
         self.loss = ProgramLoss(program, recordable_elbo(objective))
         self._graphs: dict[tuple, nn.Module] = {}
+        self._verified: set[tuple] = set()  # shapes whose recording agreed on a second batch
         # the recording's inputs: each distinct parameter (they get gradients), then each buffer
         self._params = list(self.loss.parameters())
         self._inputs = self._params + list(self.loss.buffers())
@@ -144,6 +145,11 @@ class CompiledStep:
             self._graphs[key] = self._record(x, float(scale))
             if self.fuse:
                 remember_compile_seconds(self.key(*key), time.perf_counter() - start)
+        elif key not in self._verified:
+            # once more on a batch it was not recorded on: a value read back as a number (.tolist(),
+            # .numpy()) is a constant in the recording, which its own batch cannot show
+            self._verified.add(key)
+            self._check_agrees(self._graphs[key], x, float(scale), self._tensors())
         with torch.no_grad():
             loss, grads = self._graphs[key](
                 self._tensors(), x, torch.tensor(float(beta), dtype=x.dtype, device=x.device)
@@ -183,7 +189,9 @@ class CompiledStep:
             "(if tensor: / .item()); train without --compile",
         )
         if self.fuse if fuse is None else fuse:
-            graph = fuse_graph(graph, (tensors, x, beta), "--compile", "the recorded step")
+            graph, problem = fuse_graph(graph, (tensors, x, beta))
+            if problem is not None:
+                warnings.warn(f"--compile: {problem}; replaying it uncompiled", RuntimeWarning, stacklevel=2)
         self._check_agrees(graph, x, scale, tensors)
         return graph
 
@@ -222,9 +230,9 @@ class CompiledStep:
         )
         if not agree:
             raise UserError(
-                f"--compile: the compiled step gives loss {loss.item():.6g} "
-                f"where the program gives {eager.item():.6g}; "
-                "train without --compile"
+                f"--compile: the recorded step gives loss {loss.item():.6g} "
+                f"where the program gives {eager.item():.6g} (does it read tensor values back as numbers: "
+                ".tolist(), .numpy(), float(tensor)?); train without --compile"
             )
 
 
@@ -250,9 +258,21 @@ def kept_cache() -> str | None:
     """Point TorchInductor's on-disk cache at the user's cache folder, so a later run reuses its kernels.
 
     Its default lies in the system's temporary folder, which a reboot or a cleaner empties.
-    ``$TORCHINDUCTOR_CACHE_DIR``, when set, is kept; so is the default where the folder cannot be
-    made. Returns the folder in use (``None``: TorchInductor's default).
+    ``$TORCHINDUCTOR_CACHE_DIR``, when set, is kept — and must be a folder that can be made: torch
+    makes it when its compiler is first imported (by the optimizer, too), so one that cannot be
+    is refused here in one line. The default is kept where the user's folder cannot be made.
+    Returns the folder in use (``None``: TorchInductor's default).
     """
+    given = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if given:
+        try:
+            os.makedirs(given, exist_ok=True)
+        except OSError as err:
+            raise UserError(
+                f"TORCHINDUCTOR_CACHE_DIR={given} cannot be made a folder ({err.strerror or type(err).__name__}); "
+                "torch needs it: point it at a writable folder or unset it"
+            ) from None
+        return given
     if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
         base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         folder = os.path.join(base, "ppl_vae", "inductor")
@@ -270,12 +290,20 @@ def record(fn, args: tuple, refusal: str) -> nn.Module:
     """``fn(*args)``'s tensor operations as an FX graph (aliases and unused results dropped).
 
     Draws nothing from the RNG and checks nothing; a function that branches on tensor values
-    or reads them back cannot be recorded: :class:`UserError` with ``refusal``.
+    or reads them back cannot be recorded: :class:`UserError` with ``refusal`` (whose first word
+    is the flag that asked for it). So does a TorchInductor cache folder that cannot be made,
+    which the recorder's imports need.
     """
     like = next(t for t in pytree.tree_leaves(args) if isinstance(t, torch.Tensor))
     with torch.inference_mode(False), rng_untouched(like), pyro.validation_enabled(False):
         try:
             graph = make_fx(fn)(*args)
+        except OSError as err:  # torch._dynamo makes TorchInductor's cache folder when it is first imported
+            folder = os.environ.get("TORCHINDUCTOR_CACHE_DIR", "TorchInductor's default")
+            raise UserError(
+                f"{refusal.split()[0]} cannot record: TorchInductor's cache folder {folder} cannot be used "
+                f"({err.strerror or type(err).__name__}); set TORCHINDUCTOR_CACHE_DIR to a writable folder"
+            ) from None
         except RuntimeError as err:
             if "tracing tensor" not in str(err) and "data-dependent" not in str(err):
                 raise
@@ -301,31 +329,28 @@ def _program_line(err: BaseException) -> str:
     return where
 
 
-def fuse_graph(graph: nn.Module, args: tuple, flag: str, what: str) -> nn.Module:
-    """``graph`` compiled by TorchInductor, random draws from the eager generator; ``graph`` itself if that fails.
+def fuse_graph(graph: nn.Module, args: tuple) -> tuple[nn.Module, str | None]:
+    """``graph`` compiled by TorchInductor, random draws from the eager generator, and ``None``; or, where
+    TorchInductor cannot compile it (no compiler, an unwritable cache folder), ``graph`` itself and why.
 
     Compiles now (on ``args``, RNG untouched), not inside the first call that uses it.
     """
-    kept_cache()
-    compiled = torch.compile(graph, fullgraph=True, dynamic=False, options={"fallback_random": True})
     quiet = logging.getLogger("torch.utils.cpp_extension")  # it warns about CUDA_HOME on CPU-only machines
     level = quiet.level
     like = next(t for t in pytree.tree_leaves(args) if isinstance(t, torch.Tensor))
     try:
         quiet.setLevel(logging.ERROR)
+        kept_cache()
         with torch.inference_mode(False), rng_untouched(like), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the compiler's own deprecation notices are not the user's business
+            compiled = torch.compile(graph, fullgraph=True, dynamic=False, options={"fallback_random": True})
             compiled(*args)
-    except Exception as err:  # noqa: BLE001 - no compiler, unsupported device: the plain replay still works
-        warnings.warn(
-            f"{flag}: TorchInductor could not compile {what} ({type(err).__name__}); replaying it uncompiled",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        return graph
+    except Exception as err:  # noqa: BLE001 - the plain replay still works
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        return graph, f"TorchInductor could not compile the recording ({type(err).__name__}: {first})"
     finally:
         quiet.setLevel(level)
-    return compiled
+    return compiled, None
 
 
 def close(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-4) -> bool:
@@ -366,9 +391,10 @@ def measured_compile_seconds(key: str) -> float | None:
     """What compiling the graph ``key`` took when it was last compiled with the kept cache, if it was."""
     folder = kept_cache()
     try:
-        return float(json.loads(Path(folder, MEMO).read_text())[key]) if folder else None
+        seconds = float(json.loads(Path(folder, MEMO).read_text())[key]) if folder else None
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    return seconds if seconds is not None and 0 < seconds < 1e6 else None  # a number no compile took: no memo
 
 
 def remember_compile_seconds(key: str, seconds: float) -> None:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 import signal
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -353,7 +354,15 @@ class Trainer:
     def _loss_and_grads(self, x: torch.Tensor, scale: float, beta: float, inputs: dict | None = None) -> float:
         """The objective's value on ``x`` (and its ``inputs``), with its gradient left in the parameters' ``.grad``."""
         if self.compiled is not None:
-            return self.compiled(x, scale, beta).item()
+            try:
+                return self.compiled(x, scale, beta).item()
+            except UserError as err:  # the recording disagreed with the program on a new batch
+                if self.config.train.compile == "on":
+                    raise
+                self.compiled, self.step_kind = None, "off"
+                self.step_reason = f"eager step: {err}".replace(" train without --compile", " (fallback)")
+                if self.progress:
+                    tqdm.write(f"ppl-vae: {self.step_reason}", file=sys.stderr)
         loss = self.loss(x, scale, beta, **(inputs or {}))
         value = loss.item()
         if math.isfinite(value):

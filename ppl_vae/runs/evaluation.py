@@ -138,7 +138,7 @@ def evaluate(
     )
     khat = psis_khat(est.log_w)
     summary = summarize(est, khat)
-    summary["sampler"] = sampler[0] if sampler else "eager importance sampler"
+    summary["sampler"] = sampler[-1] if sampler else "eager importance sampler"  # the last word: a fallback
     summary["inputs"] = sorted(k for k, v in inputs.items() if v is not None)
     if labels is not None and is_class_labels(np.asarray(labels)):
         predicted = classify(guide, x, "y", **inputs)

@@ -3,10 +3,8 @@
 import json
 
 import pyro
-import pyro.distributions as dist
 import pytest
 import torch
-from torch import nn
 
 from ppl_vae.diagnostics.estimators import importance_sample
 from ppl_vae.errors import UserError
@@ -14,6 +12,7 @@ from ppl_vae.inference import compiled
 from ppl_vae.inference.compiled import SAMPLER, compile_pays
 from tests.ppl_vae.linear_gaussian import PosteriorGuide, make
 from tests.ppl_vae.mixtures import MixtureGuide, MixturePPCA
+from tests.ppl_vae.unrecordable import Branching, ReadsBack
 
 FIELDS = ("log_w", "log_px", "elbo", "kl", "distortion", "mse", "latent_mean", "latent_var")
 
@@ -55,27 +54,12 @@ def test_the_compiled_sampler_draws_and_weighs_what_the_eager_one_does(program):
     assert torch.isfinite(fast.log_w).all()
 
 
-class Branching(nn.Module):
-    """A guide that reads a tensor back to Python: it cannot be recorded."""
-
-    def model(self, x):
-        with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", dist.Normal(torch.zeros(2, dtype=x.dtype), 1.0).to_event(1))
-            loc = z.sum(-1, keepdim=True).expand(z.shape[:-1] + x.shape[-1:])
-            pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
-
-    def guide(self, x):
-        scale = 2.0 if x.sum() > 0 else 1.0
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", dist.Normal(torch.zeros(2, dtype=x.dtype), scale).to_event(1))
-
-
 def test_an_unrecordable_program_is_refused_on_and_falls_back_on_auto(monkeypatch):
     program, x = Branching(), torch.randn(40, 3, dtype=torch.float64)
     with pytest.raises(UserError, match="--compile-sampler cannot record this program") as refused:
         _sample(program.model, program.guide, x, "on")
     line = Branching.guide.__code__.co_firstlineno + 1  # the line that reads x back: `if x.sum() > 0`
-    assert f"at test_compiled_sampler.py:{line}, in guide;" in str(refused.value), refused.value
+    assert f"at unrecordable.py:{line}, in guide;" in str(refused.value), refused.value
     monkeypatch.setattr(compiled, "COMPILE_SECONDS", 0.0)  # so that auto tries to compile it
     says = []
     eager = _sample(program.model, program.guide, x, "off")
@@ -111,3 +95,18 @@ def test_evaluate_says_which_sampler_ran_and_records_it(tmp_path, capsys):
     assert main(["evaluate", str(run), *fast, "--no-compile-sampler"]) == 0
     summary = json.loads((run / "evaluation" / "evaluation.json").read_text())
     assert summary["sampler"] == "eager importance sampler (--no-compile-sampler)"
+
+
+def test_a_program_that_reads_values_back_as_numbers_is_caught_on_a_chunk_it_was_not_recorded_on(monkeypatch):
+    """`.tolist()` records (the value becomes a constant): the check on a second chunk refuses or drops it."""
+    program = ReadsBack()
+    x = torch.rand(40, 3) + torch.arange(40.0)[:, None] / 10  # every chunk has its own mean
+    with pytest.raises(UserError, match="reads tensor values back as numbers"):
+        _sample(program.model, program.guide, x, "on")
+    monkeypatch.setattr(compiled, "compile_cost", lambda keys: (0.0, False))  # so that auto compiles it
+    says = []
+    eager = _sample(program.model, program.guide, x, "off")
+    fallback = _sample(program.model, program.guide, x, "auto", says)
+    assert says[0].startswith("compiled importance sampler") and says[-1].startswith("eager importance sampler: ")
+    assert "(fallback)" in says[-1]
+    _agree(eager, fallback)  # the recording was never used: the eager numbers

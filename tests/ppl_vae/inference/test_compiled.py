@@ -395,3 +395,43 @@ def test_the_estimate_uses_the_compile_time_measured_last_time(tmp_path, monkeyp
     assert measured_compile_seconds(key) is None
     remember_compile_seconds(key, 2.0)
     assert measured_compile_seconds(key) == 2.0
+
+
+def test_a_program_that_reads_values_back_is_caught_on_its_second_batch(digits, monkeypatch):
+    """`.tolist()` records (the batch's mean becomes a constant): the second batch of the shape shows it;
+    --compile refuses there, auto goes on eagerly and trains what an eager run trains."""
+    from ppl_vae.inference import compiled
+    from tests.ppl_vae.unrecordable import ReadsBack
+
+    x = digits.train[:300]  # batches of 128, 128 and 44
+    weights = {}
+    for mode in ("on", "auto", "off"):
+        monkeypatch.setattr(compiled, "compile_cost", lambda keys: (0.0, False))  # auto compiles
+        torch.manual_seed(0)
+        program = ReadsBack(64)
+        trainer = Trainer(program, tiny_config(train={"compile": mode, "epochs": 1}), x, x[:8], progress=False)
+        assert trainer.step_kind == ("off" if mode == "off" else "on"), trainer.step_reason
+        if mode == "on":
+            with pytest.raises(UserError, match="read tensor values back as numbers"):
+                trainer.run_epoch()
+            continue
+        trainer.run_epoch()
+        assert trainer.step_kind == "off"
+        if mode == "auto":
+            assert trainer.step_reason.startswith("eager step: --compile: the recorded step gives loss")
+            assert trainer.step_reason.endswith("(fallback)")
+        weights[mode] = [p.detach().clone() for p in program.parameters()]
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(weights["auto"], weights["off"]))
+
+
+def test_an_unusable_inductor_cache_folder_is_refused_in_one_line(tmp_path, capsys, monkeypatch):
+    """torch makes TORCHINDUCTOR_CACHE_DIR when its compiler is first imported (the optimizer does): say so first."""
+    from ppl_vae.cli import main
+
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "a-file" / "cache"))
+    out = tmp_path / "run"
+    assert main(["fit", "--out", str(out), "--epochs", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "TORCHINDUCTOR_CACHE_DIR=" in err[0] and "cannot be made a folder" in err[0], err
+    assert not out.exists()
