@@ -95,6 +95,14 @@ def _mark(out: Path, kind: str) -> None:
         write_json(out / STUDY_MARKER, {"format": STUDY_FORMAT, "kind": kind, "version": 1})
 
 
+HOW = ("compile_sampler",)  # evaluation settings that change how the numbers are computed, not what they are
+
+
+def _estimates(settings) -> dict | None:
+    """The evaluation settings that decide its numbers: ``settings`` without :data:`HOW`."""
+    return {k: v for k, v in settings.items() if k not in HOW} if isinstance(settings, dict) else None
+
+
 def _evaluated(run_dir: Path, workflow: EvalConfig, step: int, data_name: str) -> bool:
     """Whether ``run_dir`` holds an evaluation of checkpoint ``step`` at ``workflow``'s settings."""
     try:
@@ -106,7 +114,7 @@ def _evaluated(run_dir: Path, workflow: EvalConfig, step: int, data_name: str) -
         isinstance(settings, dict)
         and isinstance(evaluation, dict)
         and "log_px" in evaluation
-        and settings.get("evaluate") == asdict(workflow)
+        and _estimates(settings.get("evaluate")) == _estimates(asdict(workflow))
         and settings.get("data") == {"name": data_name, "split": "test"}
         and (settings.get("checkpoint") or {}).get("step") == step
         and (run_dir / EVALUATION / "pointwise.npz").is_file()

@@ -247,3 +247,17 @@ def test_a_run_evaluated_by_hand_is_evaluated_again_at_the_studys_settings(
     assert main([*GRID, "--out", str(out)]) == 0
     after = json.loads((out / "comparison.json").read_text())
     assert after["rows"] == before["rows"]
+
+
+def test_how_the_sampler_runs_does_not_make_a_study_evaluate_again(cli_comparison, tmp_path):
+    """Compiled or eager, the sampler gives the same numbers: --no-compile-sampler reuses every evaluation."""
+    import shutil
+
+    from ppl_vae.cli import main
+
+    out = tmp_path / "compare"
+    shutil.copytree(cli_comparison, out)
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/evaluation/evaluation.json")}
+    assert len(stamps) == 2
+    assert main([*GRID, "--out", str(out), "--no-compile-sampler"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/evaluation/evaluation.json")} == stamps
