@@ -2,7 +2,7 @@
 
 from .hierarchical import HierarchicalVAE
 from .likelihoods import LIKELIHOODS, IsotropicNormal, Likelihood, LocScale, Logits, check_scale
-from .networks import LAYERS, MLP, NETWORKS, ConvDecoder, ConvEncoder, GatedDense, Join, stack
+from .networks import INITS, LAYERS, MLP, NETWORKS, ConvDecoder, ConvEncoder, GatedDense, Join, stack
 from .priors import (
     PRIORS,
     PSEUDO_INPUTS,
@@ -22,6 +22,7 @@ __all__ = [
     "GatedDense",
     "Join",
     "stack",
+    "INITS",
     "LAYERS",
     "ConvDecoder",
     "ConvEncoder",

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-__all__ = ["MLP", "GatedDense", "Join", "ConvDecoder", "ConvEncoder", "NETWORKS", "LAYERS", "stack"]
+__all__ = ["MLP", "GatedDense", "Join", "ConvDecoder", "ConvEncoder", "NETWORKS", "LAYERS", "INITS", "stack"]
 
 
 class MLP(nn.Sequential):
@@ -226,3 +226,24 @@ NETWORKS: dict[str, tuple[Callable, Callable]] = {
     ),
 }
 """Network name -> (encoder constructor, decoder constructor)."""
+
+
+def he_normal(module: nn.Module) -> None:
+    r"""He initialisation of every linear layer in ``module``: :math:`W \sim \mathcal N(0, 2/\text{fan-in})`.
+
+    Heads and output layers included, biases left as they are: the initialisation of the
+    VampPrior paper's code, where every ``nn.Linear`` is drawn so.
+
+    References:
+        He et al. 2015, "Delving deep into rectifiers", arXiv:1502.01852.
+    """
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            nn.init.kaiming_normal_(layer.weight)
+
+
+INITS: dict[str, Callable[[nn.Module], None]] = {
+    "default": lambda module: None,  # each layer's own: PyTorch's, He-normal in gated layers
+    "he": he_normal,
+}
+"""Name on the command line -> a function that (re)initialises a program's weights in place."""

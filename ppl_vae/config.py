@@ -38,8 +38,9 @@ from .data.datasets import DATASETS
 from .errors import UserError
 from .guides import GUIDES
 from .inference.objectives import ELBOS
+from .inference.optimizers import OPTIMIZERS
 from .inference.schedules import ANNEALING, LR_SCHEDULES
-from .models import LAYERS, LIKELIHOODS, NETWORKS, PRIORS, PSEUDO_INPUTS
+from .models import INITS, LAYERS, LIKELIHOODS, NETWORKS, PRIORS, PSEUDO_INPUTS
 
 __all__ = [
     "Option",
@@ -184,6 +185,13 @@ class ModelConfig:
     )
     pseudo_mean: float = option(0.05, "initial mean of W for hardtanh pseudo-inputs", low=-1e3, high=1e3)
     pseudo_std: float = option(0.01, "initial standard deviation of W for hardtanh pseudo-inputs", low=0.0, high=1e3)
+    init: str = option(
+        "default",
+        "weight initialisation: default (each layer's own) | he (every linear layer He-normal, heads and output "
+        "included: the VampPrior paper's code)",
+        names=INITS.keys,
+        noun="initialisation",
+    )
     program: str = option("", "a user's own model program, path/to/file.py:factory", flag="--model", also="program")
 
 
@@ -206,6 +214,12 @@ class TrainConfig:
     epochs: int = option(100, "training epochs", low=1, high=1_000_000)
     batch_size: int = option(128, "minibatch size", low=1, high=2**24)
     lr: float = option(1e-3, "Adam learning rate", low=0.0, high=10.0, open_low=True)
+    optimizer: str = option(
+        "adam",
+        "adam | adamnormgrad (each parameter tensor's gradient divided by its L2 norm, then Adam: the VampPrior "
+        "paper's code)",
+        names=OPTIMIZERS.keys,
+    )
     lr_schedule: str = option(
         "constant", "learning-rate schedule", names=LR_SCHEDULES.keys, noun="learning-rate schedule"
     )
@@ -229,6 +243,12 @@ class TrainConfig:
         0,
         "early stopping: stop when the validation ELBO has not improved for N epochs after the β warm-up, and "
         "keep the best epoch's weights (0 = off; needs a validation split)",
+        low=0,
+        high=1_000_000,
+    )
+    min_epochs: int = option(
+        0,
+        "early stopping never stops before this many epochs (the VampPrior paper's protocol: 151)",
         low=0,
         high=1_000_000,
     )

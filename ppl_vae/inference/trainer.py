@@ -53,6 +53,7 @@ from .compiled import KINDS, choose_step
 from .distributed import SINGLE, Cluster, ProgramLoss
 from .importance import log_weights, max_plate_nesting, rng_untouched
 from .objectives import Objective
+from .optimizers import OPTIMIZERS
 from .params import foreign_params
 from .schedules import ANNEALING, LR_SCHEDULES
 from .trial import check_program
@@ -219,9 +220,7 @@ class Trainer:
         self.step_kind = "off" if self.compiled is None else "on" if self.compiled.fuse else "replay"
         if kept:
             self.step_reason = f"{KINDS[self.step_kind]} step, as when the run started"
-        # one fused kernel for all parameters instead of a dozen small ops per tensor
-        fused = self.train.device.type in ("cpu", "cuda")
-        self.optimizer = torch.optim.Adam(self.program.parameters(), lr=t.lr, fused=fused)
+        self.optimizer = OPTIMIZERS[t.optimizer](self.program.parameters(), t.lr)
         self._schedule = ANNEALING[t.anneal]  # names were checked by Config.validate()
         self._lr = LR_SCHEDULES[t.lr_schedule]
         self._signal: int | None = None
@@ -304,9 +303,12 @@ class Trainer:
         return max(range(len(scores)), key=lambda i: (scores[i], -i)) + 1  # the first of equal scores
 
     def stopped_early(self) -> bool:
-        """Whether ``patience`` epochs after the warm-up have passed without a better validation ELBO."""
+        """Whether ``patience`` epochs after the warm-up have passed without a better validation ELBO.
+
+        Never before ``min_epochs``: the VampPrior paper's protocol lets a model that peaked early
+        during the warm-up go on for the epochs after it."""
         t, best = self.config.train, self.best_epoch()
-        if not t.patience or best is None:
+        if not t.patience or best is None or self.epoch < t.min_epochs:
             return False
         warm_up = t.anneal_epochs if t.anneal != "none" else 0
         return self.epoch - max(best, warm_up) >= t.patience

@@ -26,7 +26,7 @@ from ..guides import (
     posterior_head,
 )
 from ..inference.trial import check_module
-from ..models import LAYERS, LIKELIHOODS, NETWORKS, PRIORS, PSEUDO_INPUTS, VAE, HierarchicalVAE, Join, stack
+from ..models import INITS, LAYERS, LIKELIHOODS, NETWORKS, PRIORS, PSEUDO_INPUTS, VAE, HierarchicalVAE, Join, stack
 from .programs import ProgramFile, import_factory, named_file
 
 __all__ = ["Program", "build_program", "check_support", "load_factory"]
@@ -101,6 +101,12 @@ def build_program(
         programs: the code of the user programs ``cfg`` names, already read (see
             :mod:`ppl_vae.runs.programs`); without it the named files are read.
     """
+    program = _program(cfg, data_dim, image_shape, init_data, num_classes, programs)
+    _pick(INITS, cfg.model.init, "initialisation")(program)
+    return program
+
+
+def _program(cfg, data_dim, image_shape, init_data, num_classes, programs) -> Program:
     m, g = cfg.model, cfg.guide
     facts = {"num_classes": num_classes, "image_shape": tuple(image_shape)}
     if m.stochastic_layers == 2:

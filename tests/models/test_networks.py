@@ -41,3 +41,25 @@ def test_gated_network_is_the_papers_mlp():
     assert [m.linear.weight.shape for m in encoder] == [(600, 784), (600, 300)]
     assert [m.linear.weight.shape for m in decoder[0]] == [(600, 40), (600, 300)]
     assert decoder[1].weight.shape == (784, 300) and encoder.out_features == 300
+
+
+def test_he_init_draws_every_linear_weight_with_variance_two_over_fan_in():
+    """``--init he``: every nn.Linear (heads and output included) is N(0, 2/fan-in); biases are left alone."""
+    from torch import nn
+
+    from ppl_vae.models import INITS
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(400, 300), nn.ReLU(), nn.Linear(300, 784))
+    biases = [m.bias.detach().clone() for m in net if isinstance(m, nn.Linear)]
+    INITS["he"](net)
+    for layer, bias in zip([m for m in net if isinstance(m, nn.Linear)], biases):
+        w = layer.weight.detach()
+        expected = 2.0 / layer.in_features
+        # the sample variance of ~10^5 N(0, s²) draws is within 2% of s² (its relative SE is sqrt(2/n) < 0.5%)
+        assert abs(w.var().item() / expected - 1) < 0.02
+        assert abs(w.mean().item()) < 4 * (expected / w.numel()) ** 0.5
+        torch.testing.assert_close(layer.bias.detach(), bias)
+    before = [p.detach().clone() for p in net.parameters()]
+    INITS["default"](net)
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))

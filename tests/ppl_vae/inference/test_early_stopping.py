@@ -25,6 +25,21 @@ def _trainer(digits, **train):
         ([-5.0, -4.0, -4.5, -4.6], {"patience": 2, "anneal": "linear", "anneal_epochs": 3}, 2, False),  # counts after
         ([-5.0, -4.0, -4.0, -4.0], {"patience": 2}, 2, True),  # a tie is no improvement
         ([-5.0, -4.0, -4.5, -4.6], {"patience": 0}, 2, False),  # off
+        ([-5.0, -4.0, -4.5, -4.6], {"patience": 2, "min_epochs": 5}, 2, False),  # never before min_epochs
+        ([-5.0, -4.0, -4.5, -4.6, -4.7], {"patience": 2, "min_epochs": 5}, 2, True),  # from min_epochs on
+        # the VampPrior paper's protocol: warm-up 3, patience 2, min 6 — after the warm-up, not before epoch 6
+        (
+            [-5.0, -4.0, -4.5, -4.6, -4.7],
+            {"patience": 2, "anneal": "linear", "anneal_epochs": 3, "min_epochs": 6},
+            2,
+            False,
+        ),
+        (
+            [-5, -4, -4.5, -4.6, -4.7, -4.8],
+            {"patience": 2, "anneal": "linear", "anneal_epochs": 3, "min_epochs": 6},
+            2,
+            True,
+        ),
     ],
 )
 def test_the_stopping_rule_reads_the_history(digits, scores, train, best, stop):
