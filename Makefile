@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 RUN    ?= runs/digits
 PIP_QUIET := -q --disable-pip-version-check
 
-.PHONY: install run test test-slow lint sigma-sweep compare benchmarks benchmarks-gpu mnist-nll m2 cvae conditional examples priors-table clean
+.PHONY: install run test test-slow lint sigma-sweep compare benchmarks benchmarks-gpu mnist-nll m2 cvae conditional examples priors-table priors-ablation clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,7 +24,7 @@ run: $(STAMP)
 
 ## make test: the whole suite; make test-slow: the long statistical runs marked slow
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=15
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow
@@ -56,10 +56,17 @@ benchmarks: $(STAMP)
 mnist-nll: $(STAMP)
 	cd benchmarks && ../$(PY) mnist_nll.py
 
-## make priors-table: the VampPrior paper's priors on dynamic MNIST and Caltech 101 Silhouettes (hours; resumable)
-PRIORS_ARGS ?= --epochs-mnist 40 --epochs-caltech 300
+## make priors-table: the VampPrior paper's priors at its authors' protocol on dynamic MNIST and Caltech 101
+## Silhouettes (hours; resumable); make priors-ablation: the VampPrior row on Caltech from the first protocol,
+## one of the authors' settings at a time
+PRIORS_ARGS ?= --protocol paper --epochs-mnist 40 --epochs-caltech 2000 --results results/priors_table.json
 priors-table: $(STAMP)
 	cd benchmarks && OMP_NUM_THREADS=1 nice -n 19 ../$(PY) priors_table.py $(PRIORS_ARGS) --resume
+
+priors-ablation: $(STAMP)
+	cd benchmarks && OMP_NUM_THREADS=1 nice -n 19 ../$(PY) priors_table.py --data caltech101 --rows vamp \
+		--ablation ours ours+warmup ours+constant-lr ours+min-epochs ours+adamnormgrad ours+he-init ours+pseudo-init \
+		--epochs-caltech 300 --k 1000 --jobs 1 --results results/priors_table.json --resume
 
 ## make benchmarks-gpu: the training-speed comparison on CUDA (benchmarks/gpu_check.sh)
 benchmarks-gpu: $(STAMP)
