@@ -193,6 +193,11 @@ class ModelConfig:
         noun="initialisation",
     )
     program: str = option("", "a user's own model program, path/to/file.py:factory", flag="--model", also="program")
+    data_plate: str = option(
+        "",
+        "the name of the programs' plate over the batch ('' = the one plate whose size follows x.shape[0]; "
+        "'data' where several do)",
+    )
 
 
 @dataclass

@@ -32,12 +32,13 @@ import pyro
 import torch
 
 from ..config import Config, from_dict, is_program_spec, to_toml
+from ..contracts import DATA_PLATE
 from ..data.datasets import Dataset, load_data
 from ..errors import CheckpointError, StorageError, UserError
 from ..inference.compiled import KINDS
 from ..inference.distributed import SINGLE, init_cluster
 from ..inference.importance import latent_sites, rng_untouched, trace_pair
-from ..inference.predictive import prior_decode, reconstruct
+from ..inference.predictive import data_columns, prior_decode, reconstruct, repeat_rows
 from ..inference.trainer import Trainer, TrainingDiverged, check_params
 from ..plots.figures import image_grid, plot_history, plot_images, plot_reconstructions, save_figure
 from ..storage.atomic import read_json, write_csv, write_json, write_text
@@ -139,6 +140,19 @@ class Run:
     def device(self) -> torch.device:
         return next(self.program.parameters()).device
 
+    @property
+    def model_module(self) -> torch.nn.Module:
+        """The module whose ``model`` was trained, as built: what ``--model file.py:factory`` returned, with its
+        own attributes (``run.model_module.encoder``), or the built-in model. ``run.program`` is the bench's
+        wrapper around it and :attr:`guide_module`."""
+        return self.program.model_module
+
+    @property
+    def guide_module(self) -> torch.nn.Module:
+        """The module whose ``guide`` was trained: the same object as :attr:`model_module` where one factory
+        built both, what ``--guide file.py:factory`` returned, or the built-in guide."""
+        return self.program.guide_module
+
     def dataset(self) -> Dataset:
         if self.data is None:
             self.data = load_data(self.config.data)
@@ -170,10 +184,20 @@ class Run:
 
     def sample(self, n: int, like: torch.Tensor | None = None, **inputs) -> torch.Tensor | None:
         """Decodings of n draws z ~ p(z): ``(n, D)``, given ``inputs`` (``y`` ``(n,)``) and rows ``like`` (a given
-        quadrant: what the model conditions on); ``None`` if no observed site holds x."""
+        quadrant: what the model conditions on); ``None`` if no observed site holds x or a part of it.
+
+        A program whose observed site holds only some of x's columns conditions on the others: without
+        ``like`` it is given the test split's first rows (repeated to n)."""
         like = None if like is None else like.to(self.device)
         with program_errors(self.programs):
+            if like is None and self._observes_part_of_x(**inputs):
+                like = self.dataset().test[:n].to(self.device)
             return prior_decode(self.program.model, n, self.data_dim, self.device, like=like, **inputs)
+
+    def _observes_part_of_x(self, **inputs) -> bool:
+        x = torch.zeros((2, self.data_dim), device=self.device)
+        with rng_untouched(x):
+            return data_columns(self.program.model, x, **repeat_rows(inputs, 2)) is not None
 
     def heldout_elpd(self):
         """The held-out elpd ``ppl-vae evaluate`` measured, as ``arviz.ELPDData``: ``az.compare``'s input.
@@ -220,6 +244,7 @@ def _check_extra(state: dict, where: Path) -> dict:
         "programs",
         "step_kind",
         "num_classes",
+        "data_plate",
     }
     history = extra.get("history")
     problem = None
@@ -251,6 +276,8 @@ def _check_extra(state: dict, where: Path) -> dict:
         problem = "step_kind must be on, replay or off"
     elif extra.get("num_classes") is not None and not _count(extra["num_classes"], 1):
         problem = "num_classes must be a positive integer"
+    elif not isinstance(extra.get("data_plate", DATA_PLATE), str) or not extra.get("data_plate", DATA_PLATE):
+        problem = "data_plate must name the programs' plate over the batch"
     if problem:
         raise CheckpointError(f"{where}/checkpoint/state.json: {problem}")
     return extra
@@ -687,7 +714,12 @@ def _train_into(target: _Target, run: Run, trainer: Trainer, programs, data: Dat
     write_text(target.dir / "config.toml", to_toml(config))
     if not resumed:
         store(programs, target.dir)
-    extra_fixed = {"data_dim": data.data_dim, "image_shape": list(data.image_shape), "num_classes": run.num_classes}
+    extra_fixed = {
+        "data_dim": data.data_dim,
+        "image_shape": list(data.image_shape),
+        "num_classes": run.num_classes,
+        "data_plate": run.program.data_plate,  # found by the trial (or named with --data-plate)
+    }
     if programs:
         extra_fixed["programs"] = record_of(programs)
 
@@ -784,6 +816,7 @@ def load(run_dir: str | Path, device: str = "auto", trust_program: bool = False)
             programs=programs,
         ).to(dev)
     load_checkpoint(run_dir / "checkpoint", program, device=str(dev), checkpoint=checkpoint)
+    program.data_plate = extra.get("data_plate", DATA_PLATE)
     program.eval()
     return Run(
         run_dir,
