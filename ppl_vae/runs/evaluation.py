@@ -223,9 +223,15 @@ def _write_into(out: Path, ev: Evaluation, image_shape: tuple[int, ...], setting
         figures / "khat_worst.png",
         title="largest k̂: " + ", ".join(f"{ev.khat[i]:.2f}" for i in worst),
     )
+    absent = {}  # figure -> why it is not drawn: the report says so
+    no_x = "no observed site of the model holds x, so its draws are not images of the data"
     if ev.prior_x is not None:
         plot_images(ev.prior_x.cpu(), image_shape, figures / "prior_predictive.png", title="x ~ p(x|z), z ~ p(z)")
-    if data_variable(ev.idata) is not None:
+    else:
+        absent["prior_predictive.png"] = no_x
+    if data_variable(ev.idata) is None:
+        absent["posterior_predictive.png"] = absent["ppc.png"] = no_x
+    else:
         name = data_variable(ev.idata)
         x_rep = ev.idata.posterior_predictive[name].values[0, :4, :8]  # (4 draws, 8 points, D)
         plot_reconstructions(
@@ -238,6 +244,10 @@ def _write_into(out: Path, ev: Evaluation, image_shape: tuple[int, ...], setting
         diagnostic_plots.ppc_image_statistics(ev.idata, figures / "ppc.png")
     if ev.sbc is not None:
         diagnostic_plots.sbc_rank_ecdf(ev.sbc, figures / "sbc.png")
+    else:
+        absent["sbc.png"] = f"calibration was skipped: {ev.summary.get('sbc_skipped')}"
+    if absent:
+        ev.summary["figures_absent"] = absent
 
     est = ev.estimates
     with atomic_path(out / "pointwise.npz") as tmp:
