@@ -354,6 +354,7 @@ def _compare(args) -> int:
         args.out,
         eval_config_from_args(args),
         seeds=study.seeds,
+        equivalence=study.equivalence,
         progress=not args.no_progress,
         overwrite=args.overwrite,
         executor=_executor_from_args(args),
