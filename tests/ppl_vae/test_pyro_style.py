@@ -106,7 +106,7 @@ def test_a_conditional_program_keeps_what_it_is_given_and_decodes_the_rest(tmp_p
 
 def test_loaded_runs_of_pyro_style_programs_train_under_plain_svi(tmp_path):
     """A loaded run's programs, renamed plate included, under ``pyro.infer.SVI``: every parameter moves."""
-    ppl_vae.fit(_config("m2_batch.py:make", data={"labels": "300"}), tmp_path / "m2", progress=False)
+    ppl_vae.fit(_config("m2_batch.py:make", **CASES["m2_batch.py:make"][0]), tmp_path / "m2", progress=False)
     run = ppl_vae.load(tmp_path / "m2", trust_program=True)
     assert run.program.data_plate == "batch"
     before = {name: p.detach().clone() for name, p in run.program.named_parameters()}
