@@ -57,6 +57,7 @@ class HierarchicalGuide(nn.Module):
         self.conditional = conditional
 
     def guide(self, x: torch.Tensor) -> None:
+        pyro.module("guide", self)  # Pyro's idiom: pyro.infer.SVI then trains both encoders as written
         with pyro.plate("data", x.shape[0]):
             z2 = pyro.sample("z2", self.encoder(x))
             pyro.sample("z1", self.conditional(x, z2))

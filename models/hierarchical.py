@@ -7,7 +7,8 @@ r"""The two-layer hierarchical generative program p(z2) p(z1 | z2) p(x | z1, z2)
     x_i \mid z_{1,i}, z_{2,i} \sim p\big(x \mid f_\theta(z_{1,i}, z_{2,i})\big),
 
 written as a Pyro model with one ``pyro.plate("data")`` and the sites ``"z2"``, ``"z1"`` and
-``"x"``. This is the VampPrior paper's HVAE: the prior on the top layer :math:`z_2` is any
+``"x"``; it registers its parts with ``pyro.module("model", self)``, so ``pyro.infer.SVI`` trains
+it as written. This is the VampPrior paper's HVAE: the prior on the top layer :math:`z_2` is any
 prior module (the standard Normal or the VampPrior, whose components are :math:`q(z_2 \mid u_c)`),
 and the decoder sees both layers. Its guide is :class:`ppl_vae.guides.HierarchicalGuide`,
 :math:`q(z_2 \mid x)\, q(z_1 \mid x, z_2)`.
@@ -54,6 +55,7 @@ class HierarchicalVAE(nn.Module):
         self.likelihood = likelihood
 
     def model(self, x: torch.Tensor) -> None:
+        pyro.module("model", self)  # Pyro's idiom: pyro.infer.SVI then trains every part as written
         with pyro.plate("data", x.shape[0]):
             z2 = pyro.sample("z2", self.prior())
             z1 = pyro.sample("z1", self.conditional(z2))

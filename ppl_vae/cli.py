@@ -277,7 +277,13 @@ def _sample(args) -> int:
     out = _check_png_out(args.out)
     run = load(args.run_dir, device=args.device, trust_program=args.trust_program)
     pyro.set_rng_seed(options.seed)
-    plot_images(run.sample(options.n), run.image_shape, out)
+    samples = run.sample(options.n)
+    if samples is None:
+        raise UserError(
+            f"{args.run_dir}: no observed site of the model holds x or some of its columns, so its draws are not "
+            "images of the data; draw the model's sites with pyro.infer.Predictive(run.program.model, ...)"
+        )
+    plot_images(samples, run.image_shape, out)
     print(f"wrote {options.n} samples to {out}")
     return 0
 
@@ -348,6 +354,7 @@ def _compare(args) -> int:
         args.out,
         eval_config_from_args(args),
         seeds=study.seeds,
+        equivalence=study.equivalence,
         progress=not args.no_progress,
         overwrite=args.overwrite,
         executor=_executor_from_args(args),

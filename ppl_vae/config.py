@@ -11,7 +11,8 @@ run before any work starts. A run's config has the sections ``[data]``, ``[model
 takes has its range here.
 
 Layer 2 — may import: the registries of ``ppl_vae.models``, ``ppl_vae.guides``,
-``ppl_vae.inference`` and ``ppl_vae.data`` (to check names), ``ppl_vae.errors``.
+``ppl_vae.inference`` and ``ppl_vae.data`` (to check names), the thresholds of
+``ppl_vae.diagnostics.verdicts`` (defaults), ``ppl_vae.errors``.
 
 Example:
     >>> config = Config()
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from .data.datasets import DATASETS
+from .diagnostics.verdicts import PRACTICAL_EQUIVALENCE
 from .errors import UserError
 from .guides import GUIDES
 from .inference.objectives import ELBOS
@@ -193,6 +195,11 @@ class ModelConfig:
         noun="initialisation",
     )
     program: str = option("", "a user's own model program, path/to/file.py:factory", flag="--model", also="program")
+    data_plate: str = option(
+        "",
+        "the name of the programs' plate over the batch ('' = the one plate whose size follows x.shape[0]; "
+        "'data' where several do)",
+    )
 
 
 @dataclass
@@ -301,6 +308,13 @@ class StudyConfig:
     """Options of ``compare`` and ``sigma-sweep`` that are not part of a variant's config."""
 
     seeds: int = option(1, "train every variant with this many seeds (the config's seed, +1, ...)", low=1, high=1000)
+    equivalence: float = option(
+        PRACTICAL_EQUIVALENCE,
+        "nats per datapoint under which a lead in log p(x) is too small to matter: the variants are called equal "
+        "in practice, however small its uncertainty",
+        low=0.0,
+        high=1e6,
+    )
 
     def validate(self) -> StudyConfig:
         _check_fields("study", self)

@@ -55,13 +55,16 @@ class LocalGuide(nn.Module):
         super().__init__()
         logits = logits or {}
         self.names = list(order)
+        # parameters are keyed by the site's place, not its name: a site name may hold a dot
+        key = {name: f"site{i}" for i, name in enumerate(self.names)}
+        self.keys = key
         self.event_dims = {name: loc.dim() - 1 for name, (loc, _) in moments.items()}
-        self.loc = nn.ParameterDict({n: nn.Parameter(loc.clone()) for n, (loc, _) in moments.items()})
+        self.loc = nn.ParameterDict({key[n]: nn.Parameter(loc.clone()) for n, (loc, _) in moments.items()})
         self.raw_scale = nn.ParameterDict(
-            {n: nn.Parameter(_inverse_softplus(scale.clamp(min=1e-4))) for n, (_, scale) in moments.items()}
+            {key[n]: nn.Parameter(_inverse_softplus(scale.clamp(min=1e-4))) for n, (_, scale) in moments.items()}
         )
         self.families = {n: family for n, (family, _) in logits.items()}
-        self.logits = nn.ParameterDict({n: nn.Parameter(value.clone()) for n, (_, value) in logits.items()})
+        self.logits = nn.ParameterDict({key[n]: nn.Parameter(value.clone()) for n, (_, value) in logits.items()})
         self.notes = {n: "Normal per datapoint" for n in moments}
         self.notes.update(
             {
@@ -73,11 +76,12 @@ class LocalGuide(nn.Module):
     def guide(self, x: torch.Tensor, **inputs) -> None:
         with pyro.plate(DATA_PLATE, x.shape[0]):
             for name in self.names:
+                key = self.keys[name]
                 if name in self.families:
-                    q = self.families[name](logits=self.logits[name])
+                    q = self.families[name](logits=self.logits[key])
                     pyro.sample(name, q, infer={"enumerate": "parallel"})
                 else:
-                    q = dist.Normal(self.loc[name], F.softplus(self.raw_scale[name]) + 1e-5)
+                    q = dist.Normal(self.loc[key], F.softplus(self.raw_scale[key]) + 1e-5)
                     pyro.sample(name, q.to_event(self.event_dims[name]))
 
 

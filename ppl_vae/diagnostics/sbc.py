@@ -26,7 +26,7 @@ from ..inference.importance import latent_sites, max_plate_nesting, vectorize
 from ..inference.params import local_params
 from ..inference.predictive import repeat_rows, simulate
 
-__all__ = ["SBCResult", "simulation_based_calibration", "ranks_with_ties"]
+__all__ = ["SBCResult", "SBCSkipped", "simulation_based_calibration", "ranks_with_ties"]
 
 
 @dataclass
@@ -39,6 +39,13 @@ class SBCResult:
     def pvalue(self) -> float:
         """Bonferroni-combined p-value of uniformity over all coordinates."""
         return float(min(1.0, self.pvalues.min() * len(self.pvalues)))
+
+
+@dataclass(frozen=True)
+class SBCSkipped:
+    """Calibration could not be run on this program: ``reason`` says which of its two needs failed."""
+
+    reason: str
 
 
 def _uniformity_pvalue(ranks: np.ndarray, num_draws: int, bins: int) -> float:
@@ -70,16 +77,22 @@ def simulation_based_calibration(
     like: torch.Tensor | None = None,
     seed: int = 0,
     **inputs,
-) -> SBCResult | None:
+) -> SBCResult | SBCSkipped:
     """Ranks of prior draws among guide draws for ``simulations`` simulated data sets of one point.
 
     ``like`` are data rows the model runs on (what a conditional program conditions on; the
     elements its observed sites model are simulated), ``inputs`` the programs' other inputs.
-    ``None`` if the model has no observed site holding x (nothing to hand the guide) or no latents.
+    :class:`SBCSkipped` says why where one of calibration's two needs is not met: a simulated x to
+    hand the guide (an observed site holding x, or some of its columns), and a latent site both
+    programs sample.
     """
     sim = simulate(model, simulations, data_dim, device, dtype, like, **inputs)  # z ~ p(z), x ~ p(x|z)
     if sim.x is None:
-        return None
+        names = ", ".join(map(repr, sim.observed)) or "none"
+        return SBCSkipped(
+            f"no simulated x to hand the guide: no observed site of the model holds x or some of its columns "
+            f"(observed sites: {names})"
+        )
     rows = repeat_rows(inputs, simulations)
     x = sim.x
     nesting = max_plate_nesting(model, guide, x, **rows)
@@ -93,7 +106,8 @@ def simulation_based_calibration(
         draws = site["value"].expand((num_draws,) + site["value"].shape[1:]).reshape(num_draws, simulations, -1)
         ranks.append(ranks_with_ties(true, draws, generator))  # (M, d)
     if not ranks:
-        return None
+        model_latents = ", ".join(map(repr, sim.latents)) or "none"
+        return SBCSkipped(f"no latent site drawn from the prior is sampled by the guide (the model's: {model_latents})")
     ranks_np = torch.cat(ranks, dim=-1).cpu().numpy()
     pvalues = np.array([_uniformity_pvalue(ranks_np[:, j], num_draws, bins) for j in range(ranks_np.shape[1])])
     return SBCResult(ranks_np, num_draws, pvalues)

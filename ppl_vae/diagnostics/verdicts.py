@@ -52,6 +52,14 @@ GAP_RATIO = 2.0  # Cremer et al. 2018 (arXiv:1801.03558): one gap at least twice
 GAP_NEGLIGIBLE = 0.01  # nats: a total gap this small is below what the refinement resolves
 ACTIVE_FRACTION = 0.5  # Burda et al. 2016 (arXiv:1509.00519): fewer than half the units active is collapse
 RESOLVE_Z = 2.0  # a difference beyond twice its uncertainty (about 95% under a normal approximation)
+PRACTICAL_EQUIVALENCE = 0.01
+"""Nats per datapoint under which two variants are equal in practice, however small the uncertainty.
+
+A lead of 0.01 nats is a likelihood ratio of e^0.01 ≈ 1.01 per point: below the IWAE-K bound's own
+gap to log p(x) at the default K and below the spread between retrainings of one variant with
+another seed, so a lead this small says nothing about which model is better, even when many
+paired test points make it "significant". ``compare --equivalence`` sets another threshold.
+"""
 
 TRY_GUIDE = "a richer guide (`--guide iaf`, flows)"
 
@@ -180,12 +188,14 @@ def beside(summary_verdicts: dict[str, str]) -> dict[str, str]:
     return {RULES[name].beside: text for name, text in summary_verdicts.items() if name in RULES}
 
 
-def conclusion(rows: list[dict], unit: str = "nats per datapoint") -> dict:
+def conclusion(rows: list[dict], unit: str = "nats per datapoint", equivalence: float = PRACTICAL_EQUIVALENCE) -> dict:
     """Which variant is best, by how much, and whether each lead exceeds :data:`RESOLVE_Z` × its uncertainty.
 
     ``rows`` are ranked best first, each with ``variant``, ``diff_to_best`` (Δ ≥ 0), ``diff_se``
     (the paired SE over test points) and, with seeds, ``diff_seed_sd`` (the SD over seeds of the
-    per-seed Δ). The uncertainty of Δ is the larger of the two.
+    per-seed Δ). The uncertainty of Δ is the larger of the two. A lead below ``equivalence``
+    (:data:`PRACTICAL_EQUIVALENCE`) is ``equivalent``: the variants are equal in practice,
+    whatever its z.
 
     Example:
         >>> rows = [{"variant": "a", "diff_to_best": 0.0, "diff_se": 0.0},
@@ -212,6 +222,7 @@ def conclusion(rows: list[dict], unit: str = "nats per datapoint") -> dict:
                 "basis": basis,
                 "z": z,
                 "resolved": bool(z > RESOLVE_Z),
+                "equivalent": bool(diff < equivalence),
             }
         )
     if not versus:
@@ -219,12 +230,18 @@ def conclusion(rows: list[dict], unit: str = "nats per datapoint") -> dict:
     near = versus[0]
     lead = f"`{best}` is best, {near['diff']:.3g} {unit} above `{near['variant']}`"
     size = f"{near['z']:.1f}× its {near['basis']} ({near['uncertainty']:.2g})"
-    if near["resolved"]:
+    if near["equivalent"]:
+        beyond = f"; it is {size}, but" if near["resolved"] else f", {size};"
+        sentence = (
+            f"`{best}` and `{near['variant']}` are equal in practice: `{best}` leads by {near['diff']:.3g} {unit}"
+            f"{beyond} a lead below {equivalence:g} {unit} is too small to matter (--equivalence)."
+        )
+    elif near["resolved"]:
         sentence = f"{lead}: {size}, a difference beyond {RESOLVE_Z:g}× its uncertainty."
     else:
         why = "; the seed-to-seed spread, not the test points, limits it" if near["basis"] == "seed SD" else ""
         sentence = f"{lead}, only {size}: not resolved (within {RESOLVE_Z:g}× its uncertainty){why}."
-    resolved = sum(v["resolved"] for v in versus)
+    resolved = sum(v["resolved"] and not v["equivalent"] for v in versus)
     if len(versus) > 1:
         sentence += f" It leads {resolved} of the {len(versus)} other variants beyond {RESOLVE_Z:g}× the uncertainty."
-    return {"best": best, "versus": versus, "sentence": sentence}
+    return {"best": best, "versus": versus, "sentence": sentence, "equivalence": equivalence}

@@ -8,6 +8,11 @@ pictures show it. ``pyro.deterministic`` sites and ``pyro.factor`` terms are not
 Elements an observed site does not model — masked by ``poutine.mask``, ``obs_mask`` or a
 distribution's ``.mask(m)`` (a conditional VAE observing three quadrants of an image) — are
 given, not predicted: decodings and predictive draws keep the observed value there.
+
+A conditional program may observe only a part of x (Pyro's ``examples/cvae``: the site holds
+``x[:, out]``, the pixels to predict, the others are what it conditions on). Which columns of x
+such a site holds is found by running the model once on x's column numbers
+(:func:`data_columns`); its decodings are then x with those columns decoded.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import contextlib
 from typing import NamedTuple
 
+import pyro
 import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
@@ -26,6 +32,7 @@ from .params import local_params
 __all__ = [
     "observed_sites",
     "data_site",
+    "data_columns",
     "element_mask",
     "site_mean",
     "reconstruct",
@@ -116,15 +123,60 @@ def _replayed(model, guide, x: torch.Tensor, num_particles: int, **inputs):
     return replayed_traces(model, guide, x, num_particles, max_plate_nesting(model, guide, x, **inputs), **inputs)
 
 
+@torch.no_grad()
+def data_columns(model, x: torch.Tensor, **inputs) -> tuple[str, torch.Tensor] | None:
+    """The observed site that holds some of x's columns, and which: ``(name, columns (d,) int64)``, or ``None``.
+
+    The model runs once on rows whose every value is its column's number 1..D (with Pyro's
+    validation off): a site whose value holds only such numbers, the same in every row, is a
+    selection of x's columns (a slice, a mask, a gather), and its values say which. A site holding
+    a function of x, or a model that fails on such rows, gives ``None``.
+    """
+    n, d = x.shape[0], x[0].numel()
+    if d >= 2**24:  # column numbers must be exact in float32
+        return None
+    numbers = torch.arange(1, d + 1, device=x.device, dtype=x.dtype).expand(n, d).reshape(x.shape)
+    try:
+        with pyro.validation_enabled(False), default_dtype(x.dtype):
+            trace = poutine.trace(poutine.uncondition(local_params(model))).get_trace(numbers, **inputs)
+    except Exception:  # noqa: BLE001 - a program that cannot run on column numbers holds no columns we can find
+        return None
+    for site in observed_sites(trace):
+        value = _value(site)
+        if value.dim() == 0 or value.shape[0] != n or value[0].numel() >= d:
+            continue
+        rows = value.reshape(n, -1)
+        columns = rows[0].round()
+        if torch.equal(rows, columns.expand_as(rows)) and bool(((columns >= 1) & (columns <= d)).all()):
+            return site["name"], columns.long() - 1
+    return None
+
+
+def _with_columns(x: torch.Tensor, columns: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``x`` ``(B, D)`` broadcast to the leading dims of ``values`` ``(..., B, d)``, ``columns`` replaced by them."""
+    out = x.reshape(x.shape[0], -1).expand(values.shape[:-1] + (-1,)).clone()
+    out[..., columns.to(out.device)] = values.to(out.dtype)
+    return out
+
+
 def reconstruct(model, guide, x: torch.Tensor, num_particles: int = 1, **inputs) -> torch.Tensor | None:
-    """Decodings E[x | z] of ``num_particles`` draws z ~ q(z | x): ``(K, B, D)`` (``None`` without a data site)."""
+    """Decodings E[x | z] of ``num_particles`` draws z ~ q(z | x): ``(K, B, D)``.
+
+    ``None`` where no observed site holds x or some of its columns (:func:`data_columns`).
+    """
     _, model_trace = _replayed(model, guide, x, num_particles, **inputs)
     site = data_site(model_trace, x)
-    if site is None:
+    if site is not None:
+        value = _value(site)
+        mean = _given_where_masked(site, site["fn"].mean.expand((num_particles,) + value.shape))
+        return mean.reshape((num_particles,) + x.shape)
+    part = data_columns(model, x, **inputs)
+    if part is None:
         return None
+    site = model_trace.nodes[part[0]]
     value = _value(site)
     mean = _given_where_masked(site, site["fn"].mean.expand((num_particles,) + value.shape))
-    return mean.reshape((num_particles,) + x.shape)
+    return _with_columns(x, part[1], mean.reshape(num_particles, x.shape[0], -1)).reshape((num_particles,) + x.shape)
 
 
 class Predictive(NamedTuple):
@@ -171,7 +223,11 @@ def repeat_rows(inputs: dict, n: int) -> dict:
 
 
 class Simulated(NamedTuple):
-    """Draws from the prior predictive: latents by site, the data site's x (or ``None``) and every observed site."""
+    """Draws from the prior predictive: latents by site, x (or ``None``) and every observed site.
+
+    ``x`` is the data site's draw, or the given rows with a column site's draw in its columns
+    (:func:`data_columns`), or ``None`` where no observed site holds x or a part of it.
+    """
 
     latents: dict[str, torch.Tensor]
     x: torch.Tensor | None  # (n, D)
@@ -209,6 +265,9 @@ def simulate(model, n: int, data_dim: int, device="cpu", dtype=None, like=None, 
     observed = {s["name"]: _given_where_masked(s, s["value"]) for s in observed_sites(trace)}
     data = data_site(trace, placeholder)
     x = None if data is None else observed[data["name"]].reshape(placeholder.shape)
+    part = None if data is not None else data_columns(model, placeholder, **repeat_rows(inputs, n))
+    if part is not None:  # the simulated columns in the given rows: the x a conditional program's guide sees
+        x = _with_columns(placeholder, part[1], observed[part[0]].reshape(n, -1)).reshape(placeholder.shape)
     latents = {s["name"]: s["value"] for s in latent_sites(trace) if not s["infer"].get("was_observed")}
     return Simulated(latents, x, observed)
 
@@ -223,9 +282,15 @@ def prior_predictive(model, n: int, data_dim: int, device="cpu", dtype=None, lik
 def prior_decode(model, n: int, data_dim: int, device="cpu", dtype=None, like=None, **inputs) -> torch.Tensor | None:
     """Decodings E[x | z] of n draws z ~ p(z): ``(n, D)`` (``None`` without a data site)."""
     placeholder = _placeholder(n, data_dim, device, dtype, like)
+    inputs = repeat_rows(inputs, n)
     with default_dtype(placeholder.dtype):
-        trace = poutine.trace(local_params(model)).get_trace(placeholder, **repeat_rows(inputs, n))
+        trace = poutine.trace(local_params(model)).get_trace(placeholder, **inputs)
     site = data_site(trace, placeholder)
-    if site is None:
+    if site is not None:
+        return _given_where_masked(site, site["fn"].mean.expand(_value(site).shape)).reshape(placeholder.shape)
+    part = data_columns(model, placeholder, **inputs)
+    if part is None:
         return None
-    return _given_where_masked(site, site["fn"].mean.expand(_value(site).shape)).reshape(placeholder.shape)
+    site = trace.nodes[part[0]]
+    mean = _given_where_masked(site, site["fn"].mean.expand(_value(site).shape))
+    return _with_columns(placeholder, part[1], mean.reshape(n, -1)).reshape(placeholder.shape)

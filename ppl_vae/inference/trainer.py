@@ -204,7 +204,9 @@ class Trainer:
         self.n_labelled = 0 if self._labelled is None else int(self._labelled.sum())
         self._check_params()
         beta = t.beta if t.anneal == "none" else 0.5  # annealing: β other than 1, whatever β is
-        self.nesting = check_program(self.program, self.objective, self.trial_batches(), self.name, beta)
+        self.nesting = check_program(
+            self.program, self.objective, self.trial_batches(), self.name, beta, self.config.model.data_plate
+        )
         self.loss = self.cluster.wrap(ProgramLoss(self.program, self.objective), self.train.device)
         # a program that cannot be recorded is refused (--compile) or trained eagerly (auto) before anything is written
         mode = "off" if self.cluster.world > 1 or self.labels is not None else (self.step_kind or t.compile)

@@ -30,6 +30,7 @@ from ..contracts import DATA_PLATE, Guide, Model
 from ..errors import UserError
 from .importance import latent_sites, log_weights, max_plate_nesting, replayed_traces, rng_untouched, sample_sites
 from .params import local_params
+from .plates import find_data_plate
 from .predictive import default_dtype
 
 __all__ = ["check_module", "check_program", "TRIAL_PARTICLES"]
@@ -55,19 +56,31 @@ class _LastSite(Messenger):
     def __init__(self):
         super().__init__()
         self.name: str | None = None
+        self.shape: tuple[int, ...] | None = None  # the shape of the last sample site's value
 
     def _postprocess_message(self, msg):
         if msg["type"] in ("sample", "param") and not site_is_subsample(msg) and not str(msg["name"]).startswith("_"):
             self.name = msg["name"]
+            value = msg["value"]
+            self.shape = tuple(value.shape) if msg["type"] == "sample" and isinstance(value, torch.Tensor) else None
 
 
-def _failure(where: str, what: str, last: _LastSite, err: Exception) -> UserError:
-    text = " ".join(str(err).split()) or type(err).__name__
+def _failure(where: str, what: str, last: _LastSite, err: Exception, particles: int = 0) -> UserError:
+    # Pyro appends every site's shapes to a shape error ("Trace Shapes: ..."): one line keeps the error itself
+    text = " ".join(str(err).split("Trace Shapes:")[0].split()) or type(err).__name__
     at = f" after site {last.name!r}" if last.name else " before its first site"
+    if particles and last.name and last.shape and last.shape[0] == particles:
+        alone = tuple(last.shape[1:])
+        return UserError(
+            f"{where}: {what} fails{at}: {type(err).__name__}: {text[:200]}; site {last.name!r} has shape "
+            f"{last.shape} with the K = {particles} particles in front, where the program expects {alone}: "
+            f"take batch dims from the value ({last.name}.shape[:-1]), not from x.shape[0]"
+        )
     return UserError(f"{where}: {what} fails{at}: {type(err).__name__}: {text[:300]}")
 
 
-def _run(where: str, what: str, fn: Callable, *args, **kwargs):
+def _run(where: str, what: str, fn: Callable, *args, particles: int = 0, **kwargs):
+    """``fn(*args, **kwargs)``; what it raises becomes one line saying what failed where (``particles``: K in front)."""
     last = _LastSite()
     try:
         with last:
@@ -75,36 +88,38 @@ def _run(where: str, what: str, fn: Callable, *args, **kwargs):
     except UserError as err:  # the bench's own refusal (an objective's soundness check): say whose
         raise UserError(f"{where}: {err}") from None
     except Exception as err:  # noqa: BLE001 - whatever the user's program raises becomes one line
-        raise _failure(where, what, last, err) from None
+        raise _failure(where, what, last, err, particles) from None
 
 
-def _structure(where: str, guide_trace, model_trace, batch: int, parameters: set[int]) -> None:
-    """The rules of :mod:`ppl_vae.contracts` that a trace can show."""
+def _structure(where: str, guide_trace, model_trace, batch: int, parameters: set[int], name: str = DATA_PLATE) -> None:
+    """The rules of :mod:`ppl_vae.contracts` that a trace can show; ``name``: the programs' name of the data plate."""
     for role, trace in (("guide", guide_trace), ("model", model_trace)):
-        plate = trace.nodes.get(DATA_PLATE)
+        plate = trace.nodes.get(name)
         if plate is not None and site_is_subsample(plate) and plate["fn"].size != batch:
             raise UserError(
-                f"{where}: the {role}'s plate {DATA_PLATE!r} has size {plate['fn'].size} on a batch of {batch}; "
-                f"use pyro.plate({DATA_PLATE!r}, x.shape[0]) (the bench scales minibatches itself)"
+                f"{where}: the {role}'s plate {name!r} has size {plate['fn'].size} on a batch of {batch}; "
+                f"use pyro.plate({name!r}, x.shape[0]) (the bench scales minibatches itself)"
             )
         for site in sample_sites(trace):
-            frames = [f for f in site["cond_indep_stack"] if f.name == DATA_PLATE]
+            frames = [f for f in site["cond_indep_stack"] if f.name == DATA_PLATE]  # the user's plate, renamed
             if not frames:
+                inside = [f"{f.name!r} (size {f.size})" for f in site["cond_indep_stack"] if f.vectorized]
+                where_it_is = f"inside only {', '.join(inside)}" if inside else "outside every plate"
                 raise UserError(
-                    f"{where}: {role} site {site['name']!r} is outside pyro.plate({DATA_PLATE!r}, x.shape[0]); "
-                    "every sample site must be inside it"
+                    f"{where}: {role} site {site['name']!r} is {where_it_is}, not in the plate over the batch "
+                    f"pyro.plate({name!r}, x.shape[0]); every sample site must be inside it"
                 )
             if frames[0].size not in (batch, -1, None):  # -1: pyro.plate("data") without a size broadcasts
                 raise UserError(
-                    f"{where}: the {role}'s plate {DATA_PLATE!r} has size {frames[0].size} on a batch of {batch}; "
-                    f"use pyro.plate({DATA_PLATE!r}, x.shape[0]) (the bench scales minibatches itself)"
+                    f"{where}: the {role}'s plate {name!r} has size {frames[0].size} on a batch of {batch}; "
+                    f"use pyro.plate({name!r}, x.shape[0]) (the bench scales minibatches itself)"
                 )
             if site["infer"].get("enumerate") == "parallel" and not site["is_observed"]:
                 nested = [f.name for f in site["cond_indep_stack"] if f.vectorized and f.name != DATA_PLATE]
                 if nested:
                     raise UserError(
                         f"{where}: enumerated {role} site {site['name']!r} sits in plate(s) {', '.join(nested)} "
-                        f"inside {DATA_PLATE!r}; the bench sums out enumerated sites of the data plate only"
+                        f"inside {name!r}; the bench sums out enumerated sites of the data plate only"
                     )
         for site in trace.nodes.values():
             if site["type"] != "param":
@@ -141,14 +156,28 @@ def check_program(
     batches: list[tuple[str, torch.Tensor, dict]],
     where: str = "the program",
     beta: float = 1.0,
+    data_plate: str = "",
 ) -> int:
     """Run ``program`` on trial batches ``(kind, x, inputs)``; a one-line :class:`UserError` if it breaks the contract.
 
     ``kind`` names the batch in messages ("labelled", "unlabelled"); ``x`` needs two rows at
     least (only the first two are used); ``objective`` is an :class:`~ppl_vae.inference.objectives.Objective`;
     ``beta`` a KL weight other than 1 the run will use, so that the objective is tried with it.
-    Nothing is drawn from the RNG. Returns the pair's plate nesting.
+    A program with a ``data_plate`` attribute (:class:`ppl_vae.runs.build.Program`) gets the name
+    of its plate over the batch set there: ``data_plate`` (``--data-plate``), or the plate found
+    by its size (:func:`~ppl_vae.inference.plates.find_data_plate`). Nothing is drawn from the
+    RNG. Returns the pair's plate nesting.
     """
+    if hasattr(program, "data_plate"):
+        program.data_plate = DATA_PLATE  # the programs as written, while their plate is looked for
+        kind, x, inputs = batches[0]
+        model, guide = local_params(program.model), local_params(program.guide)
+        with pyro.validation_enabled(False):
+            found = _run(
+                where, "looking for the plate over the batch", find_data_plate, model, guide, x, data_plate, **inputs
+            )
+        program.data_plate = found
+    plate = getattr(program, "data_plate", DATA_PLATE)
     model, guide = local_params(program.model), local_params(program.guide)  # the param store left alone
     parameters = {id(p) for p in program.parameters()}
     nesting = 0
@@ -160,7 +189,7 @@ def check_program(
             guide_trace = _run(where, f"the guide {on}", poutine.trace(guide).get_trace, x, **inputs)
             replayed = poutine.trace(poutine.replay(model, trace=guide_trace))
             model_trace = _run(where, f"the model {on}", replayed.get_trace, x, **inputs)
-            _structure(where, guide_trace, model_trace, x.shape[0], parameters)
+            _structure(where, guide_trace, model_trace, x.shape[0], parameters, plate)
             nesting = max_plate_nesting(model, guide, x, **inputs)
             lw = _run(
                 where,
@@ -172,6 +201,7 @@ def check_program(
                 x,
                 TRIAL_PARTICLES,
                 nesting,
+                particles=TRIAL_PARTICLES,
                 **inputs,
             )
             for name, value in (("log-weight", lw.total), ("ELBO", lw.elbo)):
@@ -179,7 +209,18 @@ def check_program(
                     raise UserError(f"{where}: the {name} is not finite {on}; check the likelihood's support")
             # what pictures and predictive checks run: sampled draws (discrete sites drawn, not summed), prior draws
             what = f"the guide and model with K = {TRIAL_PARTICLES} sampled draws {on}"
-            _run(where, what, replayed_traces, model, guide, x, TRIAL_PARTICLES, nesting, **inputs)
+            _run(
+                where,
+                what,
+                replayed_traces,
+                model,
+                guide,
+                x,
+                TRIAL_PARTICLES,
+                nesting,
+                particles=TRIAL_PARTICLES,
+                **inputs,
+            )
             prior = poutine.trace(poutine.uncondition(model)).get_trace
             with default_dtype(x.dtype):
                 _run(where, f"the model drawing from its prior {on}", prior, x, **inputs)

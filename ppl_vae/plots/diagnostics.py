@@ -36,8 +36,13 @@ def image_statistics(x: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def data_variable(idata) -> str:
-    """The observed variable holding the images (the one with a ``pixel`` dim)."""
-    return next(name for name, v in idata.observed_data.data_vars.items() if "pixel" in v.dims)
+    """The observed variable holding the images (the data site's, as the export's attributes name it)."""
+    from ..diagnostics.inference_data import data_variable as named
+
+    name = named(idata)
+    if name is None:
+        raise ValueError("the InferenceData has no data variable (no observed site holds x)")
+    return name
 
 
 def ppc_image_statistics(idata, path: str | Path) -> Path:

@@ -8,13 +8,14 @@ with them goes through Pyro's effect handlers.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from ..config import Config, is_program_spec
-from ..contracts import accepted_inputs, select_inputs
+from ..contracts import DATA_PLATE, accepted_inputs, select_inputs
 from ..errors import UserError
 from ..guides import (
     GUIDES,
@@ -25,6 +26,7 @@ from ..guides import (
     HierarchicalGuide,
     posterior_head,
 )
+from ..inference.plates import RenamePlate
 from ..inference.trial import check_module
 from ..models import INITS, LAYERS, LIKELIHOODS, NETWORKS, PRIORS, PSEUDO_INPUTS, VAE, HierarchicalVAE, Join, stack
 from .programs import ProgramFile, import_factory, named_file
@@ -33,20 +35,32 @@ __all__ = ["Program", "build_program", "check_support", "load_factory"]
 
 
 class Program(nn.Module):
-    """The pair the bench trains and saves: ``model_module.model`` and ``guide_module.guide``."""
+    """The pair the bench trains and saves: ``model_module.model`` and ``guide_module.guide``.
 
-    def __init__(self, model_module: nn.Module, guide_module: nn.Module):
+    ``model_module`` and ``guide_module`` are the modules as built (a user's factory returned
+    them: ``Run.model_module`` names them). ``data_plate`` is the name the programs give their
+    plate over the batch; where it is not :data:`~ppl_vae.contracts.DATA_PLATE`, the bench's
+    handlers see it under that name (:class:`~ppl_vae.inference.plates.RenamePlate`).
+    """
+
+    def __init__(self, model_module: nn.Module, guide_module: nn.Module, data_plate: str = DATA_PLATE):
         super().__init__()
         self.model_module = model_module
         self.guide_module = guide_module
+        self.data_plate = data_plate
         self._model_inputs = accepted_inputs(model_module.model)
         self._guide_inputs = accepted_inputs(guide_module.guide)
 
+    def _plate(self):
+        return contextlib.nullcontext() if self.data_plate == DATA_PLATE else RenamePlate(self.data_plate)
+
     def model(self, x: torch.Tensor, **inputs) -> None:
-        return self.model_module.model(x, **select_inputs(self._model_inputs, inputs))
+        with self._plate():
+            return self.model_module.model(x, **select_inputs(self._model_inputs, inputs))
 
     def guide(self, x: torch.Tensor, **inputs) -> None:
-        return self.guide_module.guide(x, **select_inputs(self._guide_inputs, inputs))
+        with self._plate():
+            return self.guide_module.guide(x, **select_inputs(self._guide_inputs, inputs))
 
     def takes(self, name: str) -> bool:
         """Whether the model or the guide names the input ``name`` (``y``: labels)."""

@@ -34,8 +34,8 @@ from ..data.rowfile import as_tensor
 from ..diagnostics.elpd import heldout_elpd, point_hashes
 from ..diagnostics.estimators import PointEstimates, classify, importance_sample, psis_khat, summarize
 from ..diagnostics.gaps import refine_local_guide
-from ..diagnostics.inference_data import to_inference_data
-from ..diagnostics.sbc import SBCResult, simulation_based_calibration
+from ..diagnostics.inference_data import data_variable, to_inference_data
+from ..diagnostics.sbc import SBCResult, SBCSkipped, simulation_based_calibration
 from ..diagnostics.verdicts import verdicts
 from ..errors import UserError
 from ..inference.predictive import prior_predictive
@@ -168,12 +168,12 @@ def evaluate(
         sbc = simulation_based_calibration(
             model, guide, run.data_dim, config.sbc_simulations, config.sbc_draws, **settings, **inputs
         )
+    skipped = "--sbc-simulations 0" if sbc is None else sbc.reason if isinstance(sbc, SBCSkipped) else None
+    sbc = None if skipped else sbc
     summary["sbc_pvalue"] = None if sbc is None else sbc.pvalue
     summary["sbc_pvalues"] = [] if sbc is None else [float(p) for p in sbc.pvalues]
-    if sbc is None:
-        summary["sbc_skipped"] = (
-            "--sbc-simulations 0" if not config.sbc_simulations else "no latent sites, or no observed site holds x"
-        )
+    if skipped:
+        summary["sbc_skipped"] = skipped
     summary["seconds"] = time.perf_counter() - start
     summary["verdicts"] = verdicts(summary)  # {diagnostic: what it says about this run, what to try next}
 
@@ -223,10 +223,16 @@ def _write_into(out: Path, ev: Evaluation, image_shape: tuple[int, ...], setting
         figures / "khat_worst.png",
         title="largest k̂: " + ", ".join(f"{ev.khat[i]:.2f}" for i in worst),
     )
+    absent = {}  # figure -> why it is not drawn: the report says so
+    no_x = "no observed site of the model holds x, so its draws are not images of the data"
     if ev.prior_x is not None:
         plot_images(ev.prior_x.cpu(), image_shape, figures / "prior_predictive.png", title="x ~ p(x|z), z ~ p(z)")
-    if any("pixel" in v.dims for v in ev.idata.observed_data.data_vars.values()):
-        name = diagnostic_plots.data_variable(ev.idata)
+    else:
+        absent["prior_predictive.png"] = no_x
+    if data_variable(ev.idata) is None:
+        absent["posterior_predictive.png"] = absent["ppc.png"] = no_x
+    else:
+        name = data_variable(ev.idata)
         x_rep = ev.idata.posterior_predictive[name].values[0, :4, :8]  # (4 draws, 8 points, D)
         plot_reconstructions(
             ev.x[:8].cpu(),
@@ -238,6 +244,10 @@ def _write_into(out: Path, ev: Evaluation, image_shape: tuple[int, ...], setting
         diagnostic_plots.ppc_image_statistics(ev.idata, figures / "ppc.png")
     if ev.sbc is not None:
         diagnostic_plots.sbc_rank_ecdf(ev.sbc, figures / "sbc.png")
+    else:
+        absent["sbc.png"] = f"calibration was skipped: {ev.summary.get('sbc_skipped')}"
+    if absent:
+        ev.summary["figures_absent"] = absent
 
     est = ev.estimates
     with atomic_path(out / "pointwise.npz") as tmp:

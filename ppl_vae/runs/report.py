@@ -34,6 +34,18 @@ WORKFLOW_FIGURES = [
 ]
 
 
+NAME_LISTS = ("latent_sites", "observed_sites")  # lists of a user program's site names, shown in the table
+
+
+def _figures(lines: list[str], figures: list[tuple[str, str]], folder: Path, prefix: str, absent: dict) -> None:
+    """Each figure that was drawn, with its caption; for one that was not, the reason the run recorded."""
+    for name, caption in figures:
+        if (folder / name).is_file():
+            lines += [f"![{caption}]({prefix}{name})", "", f"*{caption}*", ""]
+        elif isinstance(absent, dict) and isinstance(absent.get(name), str):
+            lines += [f"*{caption} (`{name}`): not drawn, {absent[name]}.*", ""]
+
+
 def _fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -50,6 +62,7 @@ def markdown_table(head: list[str], rows: list[list[str]]) -> str:
 def _table(d: dict, notes: dict[str, str] | None = None) -> list[str]:
     """Quantity and value, and where ``notes`` has one for the quantity, its verdict beside it."""
     rows = [[k, _fmt(v)] for k, v in d.items() if not isinstance(v, (dict, list))]
+    rows += [[k, ", ".join(f"`{s}`" for s in v)] for k, v in d.items() if k in NAME_LISTS and isinstance(v, list)]
     if not notes:
         return markdown_table(["quantity", "value"], rows).splitlines()
     rows = [row + [notes.get(row[0], "").replace("|", "\\|")] for row in rows]  # q(z|x): a pipe, not a cell
@@ -71,9 +84,7 @@ def write_report(run_dir: str | Path) -> Path:
     lines = [f"# ppl_vae run `{run_dir.name}`", ""]
     if metrics:
         lines += ["## Training", "", *_table(metrics), ""]
-    for name, caption in TRAIN_FIGURES:
-        if (run_dir / "figures" / name).is_file():
-            lines += [f"![{caption}](figures/{name})", "", f"*{caption}*", ""]
+    _figures(lines, TRAIN_FIGURES, run_dir / "figures", "figures/", (metrics or {}).get("figures_absent", {}))
     if evaluation:
         settings = _read(run_dir / EVALUATION / "settings.json") or {}
         data, point = settings.get("data") or {}, settings.get("checkpoint") or {}
@@ -81,9 +92,8 @@ def write_report(run_dir: str | Path) -> Path:
         if data.get("name") and "epoch" in point:
             lines += [f"Evaluated on `{data['name']}` after epoch {point['epoch']} (step {point.get('step')}).", ""]
         lines += [*_table(evaluation, beside(evaluation.get("verdicts", {}))), ""]
-        for name, caption in WORKFLOW_FIGURES:
-            if (run_dir / EVALUATION / "figures" / name).is_file():
-                lines += [f"![{caption}]({EVALUATION}/figures/{name})", "", f"*{caption}*", ""]
+        figures = run_dir / EVALUATION / "figures"
+        _figures(lines, WORKFLOW_FIGURES, figures, f"{EVALUATION}/figures/", evaluation.get("figures_absent", {}))
     text = "\n".join(lines)
     write_text(run_dir / "report.md", text)
     write_text(run_dir / "report.html", _html(lines))

@@ -32,12 +32,13 @@ import pyro
 import torch
 
 from ..config import Config, from_dict, is_program_spec, to_toml
+from ..contracts import DATA_PLATE
 from ..data.datasets import Dataset, load_data
 from ..errors import CheckpointError, StorageError, UserError
 from ..inference.compiled import KINDS
 from ..inference.distributed import SINGLE, init_cluster
 from ..inference.importance import latent_sites, rng_untouched, trace_pair
-from ..inference.predictive import prior_decode, reconstruct
+from ..inference.predictive import data_columns, observed_sites, prior_decode, reconstruct, repeat_rows
 from ..inference.trainer import Trainer, TrainingDiverged, check_params
 from ..plots.figures import image_grid, plot_history, plot_images, plot_reconstructions, save_figure
 from ..storage.atomic import read_json, write_csv, write_json, write_text
@@ -139,6 +140,19 @@ class Run:
     def device(self) -> torch.device:
         return next(self.program.parameters()).device
 
+    @property
+    def model_module(self) -> torch.nn.Module:
+        """The module whose ``model`` was trained, as built: what ``--model file.py:factory`` returned, with its
+        own attributes (``run.model_module.encoder``), or the built-in model. ``run.program`` is the bench's
+        wrapper around it and :attr:`guide_module`."""
+        return self.program.model_module
+
+    @property
+    def guide_module(self) -> torch.nn.Module:
+        """The module whose ``guide`` was trained: the same object as :attr:`model_module` where one factory
+        built both, what ``--guide file.py:factory`` returned, or the built-in guide."""
+        return self.program.guide_module
+
     def dataset(self) -> Dataset:
         if self.data is None:
             self.data = load_data(self.config.data)
@@ -170,10 +184,20 @@ class Run:
 
     def sample(self, n: int, like: torch.Tensor | None = None, **inputs) -> torch.Tensor | None:
         """Decodings of n draws z ~ p(z): ``(n, D)``, given ``inputs`` (``y`` ``(n,)``) and rows ``like`` (a given
-        quadrant: what the model conditions on); ``None`` if no observed site holds x."""
+        quadrant: what the model conditions on); ``None`` if no observed site holds x or a part of it.
+
+        A program whose observed site holds only some of x's columns conditions on the others: without
+        ``like`` it is given the test split's first rows (repeated to n)."""
         like = None if like is None else like.to(self.device)
         with program_errors(self.programs):
+            if like is None and self._observes_part_of_x(**inputs):
+                like = self.dataset().test[:n].to(self.device)
             return prior_decode(self.program.model, n, self.data_dim, self.device, like=like, **inputs)
+
+    def _observes_part_of_x(self, **inputs) -> bool:
+        x = torch.zeros((2, self.data_dim), device=self.device)
+        with rng_untouched(x):
+            return data_columns(self.program.model, x, **repeat_rows(inputs, 2)) is not None
 
     def heldout_elpd(self):
         """The held-out elpd ``ppl-vae evaluate`` measured, as ``arviz.ELPDData``: ``az.compare``'s input.
@@ -220,6 +244,7 @@ def _check_extra(state: dict, where: Path) -> dict:
         "programs",
         "step_kind",
         "num_classes",
+        "data_plate",
     }
     history = extra.get("history")
     problem = None
@@ -251,6 +276,8 @@ def _check_extra(state: dict, where: Path) -> dict:
         problem = "step_kind must be on, replay or off"
     elif extra.get("num_classes") is not None and not _count(extra["num_classes"], 1):
         problem = "num_classes must be a positive integer"
+    elif not isinstance(extra.get("data_plate", DATA_PLATE), str) or not extra.get("data_plate", DATA_PLATE):
+        problem = "data_plate must name the programs' plate over the batch"
     if problem:
         raise CheckpointError(f"{where}/checkpoint/state.json: {problem}")
     return extra
@@ -279,6 +306,13 @@ METRICS: dict[str, tuple[type, ...]] = {
     "likelihood": (str,),
     "prior": (str,),
     "guide": (str,),
+    "model": (str,),
+    "model_sha256": (str,),
+    "guide_sha256": (str,),
+    "latent_sites": (list,),
+    "observed_sites": (list,),
+    "data_plate": (str,),
+    "figures_absent": (dict,),
     "latent_dim": (int,),
     "data": (str,),
     "n_train": (int,),
@@ -305,8 +339,17 @@ def read_metrics(run_dir: str | Path) -> dict:
             raise CheckpointError(f"{path} has no {key!r}; it is not a finished run's metrics file")
     for key, value in metrics.items():
         kinds = METRICS.get(key, (int, float, str, type(None)))
-        if isinstance(value, bool) or not isinstance(value, kinds):
-            what = {(int,): "an integer", (int, float): "a number", (str,): "text"}.get(kinds, "a number or text")
+        texts = (
+            list(value.values()) + list(value) if isinstance(value, dict) else value if isinstance(value, list) else []
+        )
+        if isinstance(value, bool) or not isinstance(value, kinds) or not all(isinstance(t, str) for t in texts):
+            what = {
+                (int,): "an integer",
+                (int, float): "a number",
+                (str,): "text",
+                (list,): "a list of names",
+                (dict,): "a table of texts",
+            }.get(kinds, "a number or text")
             raise CheckpointError(f"{path}: {key!r} must be {what}, got {value!r}")
     if metrics["epochs"] < 1 or not metrics["seconds"] >= 0 or metrics["parameters"] < 0:
         raise CheckpointError(f"{path}: epochs, seconds and parameters must be counts")
@@ -428,10 +471,7 @@ def _write_outputs(run: Run, seconds: float, first_test_elbo: float, best_epoch:
         "first_epoch_test_elbo": first_test_elbo,
         "epochs": last["epoch"],
         "seconds": seconds,
-        "sigma": cfg.model.sigma,
-        "likelihood": cfg.model.likelihood if not cfg.model.program else cfg.model.program,
-        "prior": cfg.model.prior,
-        "guide": cfg.guide.name,
+        **_what_ran(run),
         "latent_dim": cfg.model.latent_dim,
         "data": data.name,
         "n_train": len(data.train),
@@ -448,14 +488,27 @@ def _write_outputs(run: Run, seconds: float, first_test_elbo: float, best_epoch:
     plot_history(run.history, figures / "elbo.png")
     x = data.test[:N_FIGURE].to(run.device)
     labels = None if data.test_labels is None else data.test_labels[:N_SAMPLES]
+    absent = {}  # figure -> why it is not drawn: the report says so
+    no_images = (
+        f"no observed site of the model holds x or some of its columns (observed sites: "
+        f"{', '.join(run.metrics.get('observed_sites', [])) or 'none'})"
+    )
     decodings = run.reconstruct(x, K_FIGURE, **_head(run.inputs(labels), N_FIGURE))
     if decodings is not None:
         plot_reconstructions(x, decodings, data.image_shape, figures / "reconstructions.png")
+    else:
+        absent["reconstructions.png"] = no_images
     samples = run.sample(N_SAMPLES, like=data.test[:N_SAMPLES], **run.inputs(labels))
     if samples is not None:
         plot_images(samples, data.image_shape, figures / "samples.png")
+    else:
+        absent["samples.png"] = no_images
     if run.program.takes("y") and run.num_classes:
-        _samples_by_class(run, data.test[:SAMPLES_PER_CLASS], data.image_shape, figures / "samples_by_class.png")
+        why = _samples_by_class(run, data.test[:SAMPLES_PER_CLASS], data.image_shape, figures / "samples_by_class.png")
+        if why:
+            absent["samples_by_class.png"] = why
+    if absent:
+        run.metrics["figures_absent"] = absent
     write_json(out / "metrics.json", run.metrics)  # last: a run with metrics.json has every output
     write_report(out)
 
@@ -470,19 +523,53 @@ def _head(inputs: dict, n: int) -> dict:
 SAMPLES_PER_CLASS = 8
 
 
-def _samples_by_class(run: Run, like: torch.Tensor, image_shape: tuple[int, ...], path: Path) -> None:
-    """One row of decodings of z ~ p(z) for each class y = 0..C-1 (a picture: skipped if the program cannot)."""
+def _samples_by_class(run: Run, like: torch.Tensor, image_shape: tuple[int, ...], path: Path) -> str:
+    """One row of decodings of z ~ p(z) for each class y = 0..C-1; where the program cannot, why not."""
     rows = []
     for c in range(run.num_classes):
         y = torch.full((SAMPLES_PER_CLASS,), c, dtype=torch.int64, device=run.device)
         try:
             rows.append(run.sample(SAMPLES_PER_CLASS, like=like, y=y))
-        except Exception:  # noqa: BLE001 - a program trained without labels may not take a given y
-            return
+        except Exception as err:  # noqa: BLE001 - a program trained without labels may not take a given y
+            return f"the model given y = {c} raised {type(err).__name__}"
     if any(r is None for r in rows):
-        return
+        return "no observed site of the model holds x or some of its columns"
     labels = [f"y={c}" for c in range(run.num_classes)]
     save_figure(image_grid([r.cpu() for r in rows], image_shape, labels, "x ~ p(x | y, z), z ~ p(z)"), path)
+    return ""
+
+
+def _what_ran(run: Run) -> dict:
+    """What ``metrics.json`` says was run: the built-in parts by name, a user's program by its file and its sites.
+
+    A user's program is described by what it is — the spec, the sha256 of the stored copy, its
+    latent and observed sites and its data plate — never by the defaults of built-in options it
+    does not use (σ, the prior, the likelihood).
+    """
+    cfg = run.config
+    described: dict = {}
+    if cfg.model.program:
+        described["model"] = cfg.model.program
+    else:
+        described.update(likelihood=cfg.model.likelihood, sigma=cfg.model.sigma, prior=cfg.model.prior)
+    described["guide"] = (
+        cfg.guide.name if not cfg.model.program or is_program_spec(cfg.guide.name) else cfg.model.program
+    )
+    for role, program in run.programs.items():
+        described[f"{role}_sha256"] = program.sha256
+    if run.programs:
+        x = run.dataset().test[:2].to(run.device)
+        labels = run.dataset().test_labels
+        with program_errors(run.programs), rng_untouched(x), pyro.validation_enabled(False):
+            guide_trace, model_trace = trace_pair(
+                run.program.model, run.program.guide, x, **_head(run.inputs(None if labels is None else labels[:2]), 2)
+            )
+        described["latent_sites"] = [
+            s["name"] for s in latent_sites(model_trace) if not s["infer"].get("_deterministic")
+        ]
+        described["observed_sites"] = [s["name"] for s in observed_sites(model_trace)]
+        described["data_plate"] = run.program.data_plate
+    return described
 
 
 def _absolute(spec: str) -> str:
@@ -687,7 +774,12 @@ def _train_into(target: _Target, run: Run, trainer: Trainer, programs, data: Dat
     write_text(target.dir / "config.toml", to_toml(config))
     if not resumed:
         store(programs, target.dir)
-    extra_fixed = {"data_dim": data.data_dim, "image_shape": list(data.image_shape), "num_classes": run.num_classes}
+    extra_fixed = {
+        "data_dim": data.data_dim,
+        "image_shape": list(data.image_shape),
+        "num_classes": run.num_classes,
+        "data_plate": run.program.data_plate,  # found by the trial (or named with --data-plate)
+    }
     if programs:
         extra_fixed["programs"] = record_of(programs)
 
@@ -784,6 +876,7 @@ def load(run_dir: str | Path, device: str = "auto", trust_program: bool = False)
             programs=programs,
         ).to(dev)
     load_checkpoint(run_dir / "checkpoint", program, device=str(dev), checkpoint=checkpoint)
+    program.data_plate = extra.get("data_plate", DATA_PLATE)
     program.eval()
     return Run(
         run_dir,

@@ -30,7 +30,7 @@ from ..config import Config, EvalConfig, StudyConfig, load_config, resolve_key, 
 from ..data.datasets import Dataset, load_data
 from ..diagnostics.elpd import check_comparable, compare_elpd, heldout_elpd
 from ..diagnostics.statistics import seed_sd_of_difference
-from ..diagnostics.verdicts import conclusion, verdicts
+from ..diagnostics.verdicts import PRACTICAL_EQUIVALENCE, conclusion, verdicts
 from ..errors import UserError
 from ..plots import comparison as compare_plots
 from ..runs.evaluation import read_pointwise
@@ -113,6 +113,7 @@ class Comparison:
         """The ranked table, the note on its numbers, and the ``plot_compare`` figure."""
         multi = any("log_px_seed_sd" in r for r in self.rows)
         weights = any(r.get("stacking_weight") is not None for r in self.rows)
+        accuracy = any(r.get("accuracy") is not None for r in self.rows)
         head = [
             "rank",
             "variant",
@@ -133,6 +134,8 @@ class Comparison:
             head.insert(5, "Δ sd over seeds")
         if weights:
             head.insert(4, "stacking weight")
+        if accuracy:
+            head.insert(head.index("MSE") + 1, "accuracy")
         table = []
         for r in self.rows:
             cells = [
@@ -155,6 +158,8 @@ class Comparison:
                 cells.insert(5, _cell(r.get("diff_seed_sd"), ".2f"))
             if weights:
                 cells.insert(4, f"{r['stacking_weight']:.2f}")
+            if accuracy:
+                cells.insert(head.index("accuracy"), _cell(r.get("accuracy"), ".3f"))
             table.append(cells)
         n, k = (self.rows[0]["n_points"], self.rows[0]["k"]) if self.rows else (0, 0)
         notes = [
@@ -199,6 +204,7 @@ MEANS = (
     "log_px_mc_se_rms",
     "amortization_gap",
     "approximation_gap",
+    "accuracy",  # argmax q(y|x) against the test labels, where the variant's guide classifies
 )
 
 
@@ -211,20 +217,24 @@ def compare(
     progress: bool = True,
     overwrite: bool = False,
     executor: Executor | None = None,
+    equivalence: float = PRACTICAL_EQUIVALENCE,
 ) -> Comparison:
     """Train (or reuse) and evaluate every variant with ``seeds`` seeds; write the comparison to ``out``.
 
     ``out`` must be new, empty or a comparison study (see :mod:`ppl_vae.studies.runner`); a run
     of a variant whose config changed is trained again only with ``overwrite``. ``executor``
     (:mod:`ppl_vae.studies.executors`) says where the runs are trained; the results do not depend on it.
+    A lead below ``equivalence`` nats per datapoint is concluded to be equal in practice.
     """
-    StudyConfig(seeds=seeds).validate()
+    StudyConfig(seeds=seeds, equivalence=equivalence).validate()
     workflow = (workflow or EvalConfig()).validate()
     with open_study(out, "compare") as out:
-        return _compare(variants, out, workflow, seeds, data, progress, overwrite, executor)
+        return _compare(variants, out, workflow, seeds, data, progress, overwrite, executor, equivalence)
 
 
-def _compare(variants, out: Path, workflow: EvalConfig, seeds: int, data, progress: bool, overwrite: bool, executor):
+def _compare(
+    variants, out: Path, workflow: EvalConfig, seeds: int, data, progress: bool, overwrite: bool, executor, equivalence
+):
     first = next(iter(variants.values()))
     for name, config in variants.items():
         if config.data != first.data:
@@ -269,7 +279,7 @@ def _compare(variants, out: Path, workflow: EvalConfig, seeds: int, data, progre
         for r in ranked:
             r["diff_seed_sd"] = seed_sd_of_difference(by_seed[ranked[0]["variant"]], by_seed[r["variant"]])
     said = {r["variant"]: said[r["variant"]] for r in ranked}
-    concluded = conclusion(ranked)
+    concluded = conclusion(ranked, equivalence=equivalence)
 
     comparison = Comparison(ranked, out, pointwise, elpds, table, said, concluded)
     write_csv(out / "comparison.csv", ranked)

@@ -160,7 +160,7 @@ def trial(program, elbo="trace", particles=1, x=X):
             "trace",
             "the model's latent site(s) 'z' are not sampled by the guide; the guide samples 'code'",
         ),
-        (OutsidePlate(), "trace", "site 'scale' is outside pyro.plate('data'"),
+        (OutsidePlate(), "trace", "site 'scale' is outside every plate, not in the plate over the batch"),
         (FixedPlateSize(), "trace", "plate 'data' has size 4 on a batch of 2"),
         (FreeParam(), "trace", "pyro.param site 'shift' is not a parameter of the program's modules"),
         (NestedEnumeration(), "traceenum", "enumerated model site 'c' sits in plate(s) pixels"),
