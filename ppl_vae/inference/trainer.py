@@ -108,6 +108,9 @@ class Interrupted(BaseException):
         super().__init__(message or f"interrupted by signal {signum}" + (f" ({forced})" if forced else ""))
         self.signum, self.forced = signum, forced
 
+    def __reduce__(self):  # whole across processes: a study's worker reports it to the parent
+        return type(self), (self.signum, self.forced, str(self))
+
 
 def epoch_permutation(n: int, seed: int, epoch: int, device="cpu") -> torch.Tensor:
     """The training order of ``epoch``: a function of (seed, epoch) alone."""

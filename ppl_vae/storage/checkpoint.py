@@ -470,8 +470,6 @@ def _check_optimizer_fit(
         problem = f"it holds {len(saved)} parameter groups of {[len(g['params']) for g in saved]} tensors"
     elif [p for g in saved for p in g["params"]] != list(range(len(params))):
         problem = "its parameter groups do not number the parameters in order"
-    elif any(set(a) != set(b) for a, b in zip(saved, groups)):
-        problem = "its parameter groups hold other settings"
     if problem:
         raise CheckpointError(f"{directory}: the optimizer state does not fit this program's optimizer: {problem}")
     template = _optimizer_template(optimizer)
