@@ -12,6 +12,7 @@ Layer 5 — may import everything; heavy modules are imported inside the command
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -19,26 +20,30 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import (
-    SECTIONS,
-    Config,
-    EvalConfig,
-    ExecutorConfig,
-    SampleConfig,
-    StudyConfig,
-    flag_of,
-    load_config,
-    options_of,
-    parse_text,
-)
-from .errors import UserError
+try:  # the registries import torch: seconds in which a Ctrl-C must still give one line
+    from .config import (
+        SECTIONS,
+        Config,
+        EvalConfig,
+        ExecutorConfig,
+        SampleConfig,
+        StudyConfig,
+        flag_of,
+        load_config,
+        options_of,
+        parse_text,
+    )
+except KeyboardInterrupt:
+    print("ppl-vae: interrupted while starting; nothing was written", file=sys.stderr)
+    raise SystemExit(130) from None
+from .errors import UserError, bounded
 
 __all__ = ["main", "build_parser", "config_from_args", "overrides_from_args", "one_line"]
 
 
 def one_line(message: str) -> str:
-    """The message on one printable line: control and line-break characters escaped."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message))
+    """The message on one printable line of bounded length: control and line-break characters escaped."""
+    return bounded("".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message)))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -247,15 +252,15 @@ def _fit(args) -> int:
 
 def _check_png_out(text: str) -> Path:
     """``--out`` of ``sample``: a .png path that can be written, and no other kind of file it would replace."""
-    from .storage.atomic import check_writable
+    from .storage.atomic import check_writable, open_regular
 
     out = Path(text)
-    if out.suffix != ".png":
+    if out.suffix.lower() != ".png":
         raise UserError(f"--out must name a .png file, got {text}")
     if out.is_dir():
         raise UserError(f"--out {out} is a directory")
     if out.exists():
-        with open(out, "rb") as f:
+        with open_regular(out, "--out") as f:
             if f.read(8) != b"\x89PNG\r\n\x1a\n":
                 raise UserError(f"--out {out} exists and is not a PNG image; it is kept: choose another --out")
     folder = out.parent
@@ -389,24 +394,37 @@ def _terminate(signum, frame):
     raise Terminated
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from .inference.compiled import kept_cache
-    from .inference.trainer import Interrupted
+def _interrupt_of(err: BaseException):
+    """``err`` as the trainer's :class:`~ppl_vae.inference.trainer.Interrupted`, if it is one (and the trainer,
+    with torch, was imported at all: an interrupt before that is a ``KeyboardInterrupt``)."""
+    trainer = sys.modules.get("ppl_vae.inference.trainer")
+    return err if trainer is not None and isinstance(err, trainer.Interrupted) else None
 
-    args = build_parser().parse_args(argv)
+
+def _printable_streams() -> None:
+    """A path or name the terminal's encoding cannot show is escaped, not a ``UnicodeEncodeError`` after the work."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
+def _run(argv: Sequence[str] | None) -> int:
     handle = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if handle else None
+    command = None
     try:
+        args = build_parser().parse_args(argv)
+        command = args.command
+        from .inference.compiled import kept_cache
+
         kept_cache()  # TorchInductor's cache folder: the user's, or a TORCHINDUCTOR_CACHE_DIR checked in one line
-        return COMMANDS[args.command](args)
+        return COMMANDS[command](args)
     except UserError as err:
         print(f"ppl-vae: error: {one_line(err)}", file=sys.stderr)
         return 2
-    except Interrupted as err:
-        print(f"ppl-vae: {err}; {AFTER_INTERRUPT.get(args.command, 'stopped')}", file=sys.stderr)
-        return 130
     except Terminated:
-        print(f"ppl-vae: terminated by signal {int(signal.SIGTERM)}; {AFTER_TERMINATE[args.command]}", file=sys.stderr)
+        after = AFTER_TERMINATE.get(command, "nothing was written")
+        print(f"ppl-vae: terminated by signal {int(signal.SIGTERM)}; {after}", file=sys.stderr)
         return 128 + int(signal.SIGTERM)
     except KeyboardInterrupt:
         print("ppl-vae: interrupted", file=sys.stderr)
@@ -421,9 +439,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f" ({err.filename})" if err.filename else ""
         print(f"ppl-vae: error: {one_line(err.strerror or err)}{where}", file=sys.stderr)
         return 2
+    except BaseException as err:
+        interrupt = _interrupt_of(err)
+        if interrupt is None:
+            raise
+        after = "" if interrupt.forced else f"; {AFTER_INTERRUPT.get(command, 'stopped')}"
+        resume = "; continue with --resume" if interrupt.forced and "is kept" in str(interrupt) else ""
+        print(f"ppl-vae: {one_line(interrupt)}{after}{resume}", file=sys.stderr)
+        return 128 + interrupt.signum
     finally:
         if handle:
             signal.signal(signal.SIGTERM, previous)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; its exit status. Called as the program (``argv`` None), it also ends the process once
+    its outputs are on disk, even where a user's program left a thread running."""
+    _printable_streams()
+    code = _run(argv)
+    if argv is None:
+        lingering = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+        if lingering and any(t.is_alive() for t in lingering):
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)  # every file is written and closed; only the program's thread would keep us
+    return code
 
 
 if __name__ == "__main__":

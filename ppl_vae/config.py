@@ -12,7 +12,7 @@ takes has its range here.
 
 Layer 2 — may import: the registries of ``ppl_vae.models``, ``ppl_vae.guides``,
 ``ppl_vae.inference`` and ``ppl_vae.data`` (to check names), the thresholds of
-``ppl_vae.diagnostics.verdicts`` (defaults), ``ppl_vae.errors``.
+``ppl_vae.diagnostics.verdicts`` (defaults), ``ppl_vae.errors``, ``ppl_vae.storage`` (to read files).
 
 Example:
     >>> config = Config()
@@ -43,6 +43,7 @@ from .inference.objectives import ELBOS
 from .inference.optimizers import OPTIMIZERS
 from .inference.schedules import ANNEALING, LR_SCHEDULES
 from .models import INITS, LAYERS, LIKELIHOODS, NETWORKS, PRIORS, PSEUDO_INPUTS
+from .storage.atomic import open_regular
 
 __all__ = [
     "Option",
@@ -63,6 +64,7 @@ __all__ = [
     "resolve_key",
     "from_dict",
     "load_config",
+    "get_value",
     "to_toml",
     "is_program_spec",
 ]
@@ -489,6 +491,12 @@ def set_value(config: Config, key: str, value: Any) -> None:
     setattr(target, name, coerce(f"{section}.{name}", kind, value, opt))
 
 
+def get_value(config: Config, key: str) -> Any:
+    """The value of the option named by ``key`` (see :func:`resolve_key`)."""
+    section, name = resolve_key(key)
+    return getattr(getattr(config, section), name)
+
+
 def from_dict(data: dict[str, Any], base: Config | None = None) -> Config:
     """Build a :class:`Config` from nested dicts (on top of ``base``), refusing unknown sections, keys and types."""
     if not isinstance(data, dict):
@@ -509,16 +517,26 @@ def from_dict(data: dict[str, Any], base: Config | None = None) -> Config:
     return config
 
 
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def load_config(path: str | Path, base: Config | None = None) -> Config:
     """Read a TOML config file (its keys set on top of ``base``, or of the defaults)."""
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
+        with open_regular(path, "config file") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise UserError(f"config file not found: {path}") from None
     except IsADirectoryError:
         raise UserError(f"config file {path} is a directory") from None
+    except OSError as err:
+        raise UserError(f"cannot read the config file {path}: {err.strerror}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise UserError(f"config file {path} is larger than {MAX_CONFIG_BYTES >> 20} MiB; it is not a config")
+    try:
+        # an editor's byte-order mark is not part of the TOML
+        data = tomllib.loads(raw.decode("utf-8").removeprefix("\ufeff"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"config file {path} is not valid TOML: {err}") from None
     return from_dict(data, base)

@@ -1,6 +1,18 @@
 """Errors the bench raises for bad input; the CLI prints them as one line and exits 2."""
 
-__all__ = ["UserError", "CheckpointError", "StorageError", "ProgramError"]
+__all__ = ["UserError", "CheckpointError", "StorageError", "ProgramError", "bounded", "MAX_MESSAGE"]
+
+MAX_MESSAGE = 1000
+"""The most characters of a message shown: what a user typed (a name, a path, a value) can be any length."""
+
+
+def bounded(text: str, limit: int = MAX_MESSAGE) -> str:
+    """``text`` cut to about ``limit`` characters, its head and tail kept and the cut said."""
+    text = str(text)
+    if len(text) <= limit:
+        return text
+    keep = max(limit - 40, 2) // 2
+    return f"{text[:keep]}...[{len(text) - 2 * keep} characters cut]...{text[-keep:]}"
 
 
 class UserError(ValueError):

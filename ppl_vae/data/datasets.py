@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..storage.atomic import check_regular, open_regular
 from .rowfile import RowFile
 
 if TYPE_CHECKING:  # the config layer sits above this one: read by attribute, imported for types only
@@ -206,7 +207,10 @@ def _digits(cfg: DataConfig) -> Dataset:
 def _find(cfg: DataConfig, default_subdir: str, filename: str) -> Path | None:
     if cfg.root:
         root = Path(cfg.root)
-        return root if root.is_file() else root / filename
+        check_regular(root, "--data-root")
+        path = root if root.is_file() else root / filename
+        check_regular(path, "data file")
+        return path
     shared = shared_data_dir()
     return shared / default_subdir / filename if shared else None
 
@@ -214,7 +218,7 @@ def _find(cfg: DataConfig, default_subdir: str, filename: str) -> Path | None:
 def _npz_with_split(path: Path, name: str) -> Dataset:
     try:
         with (
-            open(path, "rb") as handle,
+            open_regular(path, "data file") as handle,
             np.load(handle, allow_pickle=False) as f,
         ):  # numpy leaks its own handle on a bad zip
             if "x_train" not in f or "x_test" not in f:
@@ -290,10 +294,11 @@ def _caltech101(cfg: DataConfig) -> Dataset:
 
 
 def _user_file(path: Path, cfg: DataConfig) -> Dataset:
+    check_regular(path, "data file")
     if not path.is_file():
         raise UserError(f"data file not found: {path}")
     if path.suffix == ".npz":
-        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as f:
+        with open_regular(path, "data file") as handle, np.load(handle, allow_pickle=False) as f:
             if "x_train" in f:
                 return _npz_with_split(path, path.stem)
             if "x" not in f:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..storage.atomic import open_regular
 
 __all__ = ["RowFile", "as_tensor"]
 
@@ -27,7 +28,7 @@ class RowFile:
 
     def __init__(self, path: str | Path, rows: np.ndarray | None = None, device: torch.device | str = "cpu"):
         self.path = Path(path)
-        with open(self.path, "rb") as f:
+        with open_regular(self.path, "data file") as f:
             try:
                 version = np.lib.format.read_magic(f)
                 read_header = (
@@ -45,6 +46,8 @@ class RowFile:
             or np.issubdtype(dtype, np.complexfloating)
         ):
             raise UserError(f"{self.path}: expected a real numeric array, got dtype {dtype}")
+        if any(s < 0 for s in shape):
+            raise UserError(f"{self.path}: its header gives the shape {shape}, which no array has; the file is corrupt")
         if len(shape) < 2:
             raise UserError(f"{self.path}: expected an array of shape (N, D) or (N, H, W), got shape {shape}")
         if shape[0] == 0 or int(np.prod(shape[1:])) == 0:

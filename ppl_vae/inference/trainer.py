@@ -36,8 +36,10 @@ decision reads the history alone, so a resumed run stops where the original woul
 from __future__ import annotations
 
 import math
+import os
 import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -91,12 +93,23 @@ class TrainingDiverged(UserError):
     """The loss became NaN or infinite."""
 
 
-class Interrupted(Exception):
-    """SIGINT/SIGTERM arrived; a checkpoint was written at the step boundary."""
+GRACE_SECONDS = 10.0
+"""How long the step under way may take after a first SIGINT/SIGTERM before training stops without it."""
 
-    def __init__(self, signum: int):
-        super().__init__(f"interrupted by signal {signum}")
-        self.signum = signum
+
+class Interrupted(BaseException):
+    """SIGINT/SIGTERM arrived: a checkpoint was written at the step boundary, or (``forced``) a second signal,
+    or a step still running :data:`GRACE_SECONDS` after the first, stopped training at once.
+
+    A ``BaseException``, as ``KeyboardInterrupt`` is: a program's own ``except Exception`` does not swallow it.
+    """
+
+    def __init__(self, signum: int, forced: str = "", message: str = ""):
+        super().__init__(message or f"interrupted by signal {signum}" + (f" ({forced})" if forced else ""))
+        self.signum, self.forced = signum, forced
+
+    def __reduce__(self):  # whole across processes: a study's worker reports it to the parent
+        return type(self), (self.signum, self.forced, str(self))
 
 
 def epoch_permutation(n: int, seed: int, epoch: int, device="cpu") -> torch.Tensor:
@@ -351,6 +364,7 @@ class Trainer:
                 if self.on_step is not None:
                     self.on_step(self)
                 if self._signal is not None:
+                    self._end_grace()  # the step finished: the checkpoint below is written whatever it takes
                     if self.on_interrupt is not None:
                         self.on_interrupt(self)
                     raise Interrupted(self._signal)
@@ -395,12 +409,33 @@ class Trainer:
                     if self.on_epoch is not None:
                         self.on_epoch(self)
         finally:
+            self._end_grace()
             for s, handler in previous.items():
                 signal.signal(s, handler)
         return self.history
 
     def _on_signal(self, signum, frame):
-        self._signal = signum
+        """A first signal asks for a checkpoint at the next step boundary; a second one, or a step that has not
+        ended :data:`GRACE_SECONDS` later, stops training at once (the last whole checkpoint stays)."""
+        if self._signal is None:
+            self._signal = signum
+            self._overdue = False
+            self._grace = threading.Timer(GRACE_SECONDS, self._step_overdue, (signum,))
+            self._grace.daemon = True
+            self._grace.start()
+            return
+        late = getattr(self, "_overdue", False)
+        self._end_grace()
+        raise Interrupted(signum, forced=f"the step did not end within {GRACE_SECONDS:g}s" if late else "twice")
+
+    def _step_overdue(self, signum: int) -> None:
+        self._overdue = True
+        os.kill(os.getpid(), signum)  # handled in the main thread, as a second signal
+
+    def _end_grace(self) -> None:
+        grace, self._grace = getattr(self, "_grace", None), None
+        if grace is not None:
+            grace.cancel()
 
 
 def _main_thread() -> bool:

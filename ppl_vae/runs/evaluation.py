@@ -41,8 +41,8 @@ from ..errors import UserError
 from ..inference.predictive import prior_predictive
 from ..plots import diagnostics as diagnostic_plots
 from ..plots.figures import plot_images, plot_reconstructions
-from ..storage.atomic import atomic_path, check_writable, sha256_bytes, write_json
-from ..storage.directories import locked, remove_leftovers, staging_dir, swap_in
+from ..storage.atomic import atomic_path, check_writable, open_regular, sha256_bytes, write_json
+from ..storage.directories import check_contained, locked, remove_leftovers, staging_dir, swap_in
 from .budget import check_memory, evaluation_bytes
 from .layout import EVALUATION, RUN_SUBDIRS
 from .programs import program_errors
@@ -293,6 +293,7 @@ def evaluate_run(
         "lower --k, --points, --sbc-simulations, --sbc-draws, --idata-points or --idata-draws",
     )
     check_writable(run.path)  # before the work, not after it
+    check_contained(run.path, RUN_SUBDIRS, whole=(EVALUATION,))
     with program_errors(run.programs):
         ev = evaluate(run, config, x, progress, labels)
     settings = {
@@ -309,7 +310,7 @@ def read_pointwise(run_dir: str | Path) -> dict[str, np.ndarray]:
     path = Path(run_dir) / EVALUATION / "pointwise.npz"
     if not path.is_file():
         raise UserError(f"{run_dir} has no pointwise.npz; run `ppl-vae evaluate {run_dir}` first")
-    with np.load(path, allow_pickle=False) as arrays:
+    with open_regular(path, "evaluation file") as f, np.load(f, allow_pickle=False) as arrays:
         missing = [name for name in POINTWISE if name not in arrays]
         if missing:
             raise UserError(

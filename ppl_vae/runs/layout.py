@@ -35,6 +35,8 @@ import json
 import re
 from pathlib import Path
 
+from ..errors import UserError
+from ..storage.atomic import open_regular
 from ..storage.checkpoint import FORMAT
 
 __all__ = [
@@ -91,9 +93,9 @@ STUDY_LAYOUT: dict[str, object] = {
 def _is_run(path: Path) -> bool:
     state = path / "checkpoint" / "state.json"
     try:
-        with open(state, "rb") as f:
+        with open_regular(state) as f:
             head = json.loads(f.read(16 << 20).decode("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+    except (OSError, UserError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return False
     return isinstance(head, dict) and head.get("format") == FORMAT
 
@@ -103,13 +105,14 @@ def study_kind(path: str | Path) -> str | None:
     version wrote), else ``None``."""
     path = Path(path)
     try:
-        marker = json.loads((path / STUDY_MARKER).read_text("utf-8"))
+        with open_regular(path / STUDY_MARKER) as f:
+            marker = json.loads(f.read(1 << 20).decode("utf-8"))
         if isinstance(marker, dict) and marker.get("format") == STUDY_FORMAT and isinstance(marker.get("kind"), str):
             return marker["kind"]
         return None
     except FileNotFoundError:
         pass
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+    except (OSError, UserError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return None
     if (path / "runs").is_dir():
         if (path / "comparison.json").is_file():

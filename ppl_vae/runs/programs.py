@@ -33,7 +33,7 @@ from pyro.poutine.messenger import Messenger
 
 from ..config import Config, is_program_spec
 from ..errors import ProgramError, UserError
-from ..storage.atomic import sha256_bytes, write_bytes
+from ..storage.atomic import open_regular, sha256_bytes, write_bytes
 from .layout import PROGRAM
 
 __all__ = [
@@ -83,7 +83,7 @@ def program_specs(config: Config) -> dict[str, str]:
 
 def _read(path: Path, what: str) -> bytes:
     try:
-        with open(path, "rb") as f:
+        with open_regular(path, f"{what} program file") as f:
             code = f.read(MAX_PROGRAM_BYTES + 1)
     except FileNotFoundError:
         raise UserError(f"{what} program file not found: {path}") from None

@@ -39,11 +39,19 @@ from ..inference.compiled import KINDS
 from ..inference.distributed import SINGLE, init_cluster
 from ..inference.importance import latent_sites, rng_untouched, trace_pair
 from ..inference.predictive import data_columns, observed_sites, prior_decode, reconstruct, repeat_rows
-from ..inference.trainer import Trainer, TrainingDiverged, check_params
+from ..inference.trainer import Interrupted, Trainer, TrainingDiverged, check_params
 from ..plots.figures import image_grid, plot_history, plot_images, plot_reconstructions, save_figure
 from ..storage.atomic import read_json, write_csv, write_json, write_text
 from ..storage.checkpoint import load_checkpoint, read_checkpoint, read_state, save_checkpoint
-from ..storage.directories import locked, make_parents, remove_created, remove_leftovers, staging_dir, swap_in
+from ..storage.directories import (
+    check_contained,
+    locked,
+    make_parents,
+    remove_created,
+    remove_leftovers,
+    staging_dir,
+    swap_in,
+)
 from .budget import check_memory, human, training_bytes
 from .build import Program, build_program, check_support
 from .layout import RUN_SUBDIRS, foreign_entries, kind_of
@@ -281,6 +289,21 @@ def _check_extra(state: dict, where: Path) -> dict:
     if problem:
         raise CheckpointError(f"{where}/checkpoint/state.json: {problem}")
     return extra
+
+
+def _check_position(state: dict, batches: int, epochs: int, where: Path) -> None:
+    """The checkpoint's place in training — epoch, step and batch of the epoch — is one this data can reach:
+    ``batches`` batches an epoch, ``epochs`` in all. Checked before a resume trains or writes anything."""
+    epoch, step, index = state["epoch"], state["step"], state["extra"]["batch_index"]
+    problem = None
+    if epoch > epochs:
+        problem = f"epoch {epoch} is beyond the run's {epochs} epochs"
+    elif index > batches:
+        problem = f"batch_index {index} is beyond the {batches} batches of an epoch of this data"
+    elif step != epoch * batches + index:
+        problem = f"step {step} is not epoch {epoch} x {batches} batches + batch_index {index}"
+    if problem:
+        raise CheckpointError(f"{where}/checkpoint/state.json: {problem}; refusing to resume from it")
 
 
 def _config_of(state: dict, where: Path) -> Config:
@@ -627,6 +650,9 @@ def fit(
             raise UserError(
                 "--resume continues single-process runs; a distributed run restarts from its last checkpoint by hand"
             )
+        finished = _finished(_resume_plan(config, out)[1], out, trust_program)
+        if finished is not None:  # nothing to write: no lock either, so a run on a read-only disk is a no-op too
+            return finished
         with locked(out, "run directory"):
             return _resume(config, out, progress, data, trust_program)
     if config is None:
@@ -642,12 +668,12 @@ def fit(
     )
 
 
-def _resume(config: Config | None, out: Path, progress: bool, data: Dataset | None, trust: bool) -> Run:
+def _resume_plan(config: Config | None, out: Path) -> tuple[dict, Config]:
+    """The checkpoint a resume continues from and the config it continues with, every part checked; reads only."""
     kind = kind_of(out)
     if kind != "run":
         what = {"missing": "does not exist", "file": "is a file"}.get(kind, "is not a ppl_vae run directory")
         raise UserError(f"--resume {out} {what}")
-    remove_leftovers(out, RUN_SUBDIRS)
     state = read_state(out / "checkpoint")
     run_config = _config_of(state, out)
     _check_extra(state, out)
@@ -664,10 +690,26 @@ def _resume(config: Config | None, out: Path, progress: bool, data: Dataset | No
                 f"--epochs {given.train.epochs} is fewer than the {state['epoch']} epochs {out} has trained"
             )
         run_config.train.epochs = given.train.epochs
+    return state, run_config
+
+
+def _finished(run_config: Config, out: Path, trust: bool) -> Run | None:
+    """The run, loaded, when it has trained all its epochs and written its outputs; else ``None``."""
+    state = read_state(out / "checkpoint")
     if state["epoch"] >= run_config.train.epochs and read_metrics(out):
         run = load(out, trust_program=trust)
         run.note = "finished"
         return run
+    return None
+
+
+def _resume(config: Config | None, out: Path, progress: bool, data: Dataset | None, trust: bool) -> Run:
+    state, run_config = _resume_plan(config, out)  # again, now that no other writer can change it
+    finished = _finished(run_config, out, trust)
+    if finished is not None:
+        return finished
+    check_contained(out, RUN_SUBDIRS)  # before anything is written
+    remove_leftovers(out, RUN_SUBDIRS)
     programs = stored_programs(out, run_config, state["extra"].get("programs"), trust)
     return _train(
         run_config, out, programs, state=state, overwrite=False, data=data, distributed=False, progress=progress
@@ -723,9 +765,8 @@ def _train(
             cluster=cluster,
             step_kind=state["extra"].get("step_kind") if state is not None else None,  # a resumed run keeps its step
         )
-        if progress and cluster.is_main:
-            print(f"ppl-vae: {trainer.step_reason}", file=sys.stderr)
         if state is not None:
+            _check_position(state, len(trainer.batches()), config.train.epochs, out)
             state = load_checkpoint(
                 out / "checkpoint", program, trainer.optimizer, restore_rng=True, device=str(device)
             )
@@ -733,6 +774,9 @@ def _train(
             trainer.epoch, trainer.step = state["epoch"], state["step"]
             trainer.batch_index, trainer.epoch_loss = extra["batch_index"], extra["epoch_loss"]
             trainer.history = extra["history"]
+            run.checkpoint = {"epoch": state["epoch"], "step": state["step"]}
+        if progress and cluster.is_main:  # once every input, the checkpoint's tensors included, has been checked
+            print(f"ppl-vae: {trainer.step_reason}", file=sys.stderr)
         trainer.progress = progress
         if not cluster.is_main:  # a rank other than 0 trains its shard and writes nothing
             trainer.fit()
@@ -764,6 +808,16 @@ def _transaction(out: Path, run: Run, trainer: Trainer, programs, data: Dataset,
         raise TrainingDiverged(
             f"{str(err).split(';')[0]}; training stopped before its first checkpoint: {kept}"
         ) from None
+    except Interrupted as err:
+        target.abort()
+        if not err.forced:
+            raise
+        if target.committed and run.checkpoint:
+            where = f"epoch {run.checkpoint['epoch']}, step {run.checkpoint['step']}"
+            kept = f"the last whole checkpoint ({where}) is kept"
+        else:
+            kept = f"no checkpoint was written: {out} is as it was" if target.existed else "nothing was written"
+        raise Interrupted(err.signum, err.forced, f"{err}: training stopped at once; {kept}") from None
     except BaseException:
         target.abort()
         raise

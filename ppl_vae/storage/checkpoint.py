@@ -17,8 +17,10 @@ sha256 is checked on the very bytes that are then parsed, so a file replaced bet
 check and the use is never loaded. A reader that meets a checkpoint being replaced (a
 file already removed) reads ``state.json`` again and starts over. Every field of
 ``state.json`` is checked, the safetensors header is parsed (its 8-byte little-endian
-length, then that many bytes of JSON — never guessed from a magic byte), and every tensor's
-name, shape and dtype is checked against the program before anything is copied into it.
+length, then that many bytes of JSON — never guessed from a magic byte), and every tensor —
+the weights, the optimizer's moments and the RNG states — is checked for its name, shape,
+dtype and finiteness against the program and its optimizer before anything is copied into
+either. Only regular files are read (a FIFO planted as a file is refused, never waited on).
 Nothing is unpickled, so loading runs no code.
 """
 
@@ -43,7 +45,7 @@ from safetensors.torch import save, save_model
 from torch import nn
 
 from ..errors import CheckpointError
-from .atomic import atomic_path, sha256_bytes, sha256_file, write_json
+from .atomic import atomic_path, open_regular, sha256_bytes, sha256_file, write_json
 
 __all__ = ["save_checkpoint", "load_checkpoint", "read_state", "read_checkpoint", "state_digest", "FORMAT"]
 
@@ -331,7 +333,7 @@ def parse_header(data: bytes, file: Path) -> dict[str, Any]:
 
 def _read_state_bytes(path: Path) -> bytes:
     try:
-        with open(path, "rb") as f:
+        with open_regular(path, "checkpoint state", CheckpointError) as f:
             data = f.read(MAX_STATE_BYTES + 1)
     except FileNotFoundError:
         raise CheckpointError(f"{path.parent} is not a ppl_vae checkpoint (no state.json)") from None
@@ -364,7 +366,9 @@ def read_checkpoint(directory: str | Path) -> tuple[dict[str, Any], dict[str, by
         try:
             with contextlib.ExitStack() as stack:  # open every file first: once open, a removal cannot hurt
                 handles = {
-                    role: stack.enter_context(open(directory / entry["name"], "rb"))
+                    role: stack.enter_context(
+                        open_regular(directory / entry["name"], f"checkpoint {role} file", CheckpointError)
+                    )
                     for role, entry in state["files"].items()
                 }
                 contents = {role: f.read() for role, f in handles.items()}
@@ -390,8 +394,13 @@ def read_state(directory: str | Path) -> dict[str, Any]:
     return read_checkpoint(directory)[0]
 
 
+def _describe(dtype: torch.dtype, shape) -> str:
+    return f"{str(dtype).replace('torch.', '')} {list(shape)}"
+
+
 def _check_tensors_fit(header: dict[str, Any], file: Path, program: nn.Module) -> None:
-    """Every tensor in the file must exist in the program with the same shape and dtype."""
+    """The file holds every tensor of the program (a tensor shared under two names once), each with its shape
+    and dtype, and nothing else."""
     expected = program.state_dict()
     for key, info in header.items():
         if key not in expected:
@@ -402,22 +411,94 @@ def _check_tensors_fit(header: dict[str, Any], file: Path, program: nn.Module) -
         if shape != tuple(want.shape) or dtype != want.dtype:
             raise CheckpointError(
                 f"{file}: weights do not fit the program the config describes: {key!r} is "
-                f"{str(dtype).replace('torch.', '')} {list(shape)}, "
-                f"expected {str(want.dtype).replace('torch.', '')} {list(want.shape)}"
+                f"{_describe(dtype, shape)}, expected {_describe(want.dtype, want.shape)}"
             )
-
-
-def _load_into(program: nn.Module, tensors: dict[str, torch.Tensor], directory: Path) -> None:
-    """Copy ``tensors`` into ``program``; a tensor the program shares under two names is stored once."""
-    missing, unexpected = program.load_state_dict(tensors, strict=False)
-    state = program.state_dict()
-    stored = {(state[k].data_ptr(), tuple(state[k].shape)) for k in tensors}
-    missing = [k for k in missing if (state[k].data_ptr(), tuple(state[k].shape)) not in stored]
-    if missing or unexpected:
+    stored = {(expected[k].data_ptr(), tuple(expected[k].shape)) for k in header}
+    missing = [
+        k for k in expected if k not in header and (expected[k].data_ptr(), tuple(expected[k].shape)) not in stored
+    ]
+    if missing:
         raise CheckpointError(
-            f"{directory}: weights do not fit the program "
-            f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
+            f"{file}: weights do not fit the program the config describes: no tensor {sorted(missing)[0]!r}"
         )
+
+
+def _check_finite(tensors: dict[str, torch.Tensor], file: Path) -> None:
+    for key, value in tensors.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"{file}: tensor {key!r} holds NaN or infinite values; refusing to load it")
+
+
+def _load_into(program: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Copy ``tensors`` (checked by :func:`_check_tensors_fit`) into ``program``."""
+    program.load_state_dict(tensors, strict=False)
+
+
+def _optimizer_template(optimizer: torch.optim.Optimizer) -> dict[int, dict[str, Any]] | None:
+    """What ``optimizer``'s state holds for each parameter after a step: ``{index: {key: (shape, dtype) or None}}``
+    (``None``: a number). Found by one step of a twin optimizer on zero copies of the parameters; ``None`` where
+    the optimizer cannot be built again from its own param groups (then only shapes are checked)."""
+    clones, groups = [], []
+    for group in optimizer.param_groups:
+        params = [torch.zeros_like(p, requires_grad=True) for p in group["params"]]
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        clones += params
+        groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": params})
+    try:
+        twin = type(optimizer)(groups)
+        twin.step()
+    except Exception:  # noqa: BLE001 - an optimizer class whose constructor takes more than its param groups
+        return None
+    return {
+        i: {k: (tuple(v.shape), v.dtype) if torch.is_tensor(v) else None for k, v in twin.state[p].items()}
+        for i, p in enumerate(clones)
+    }
+
+
+def _check_optimizer_fit(
+    meta: dict[str, Any], tensors: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, directory: Path
+) -> None:
+    """The optimizer state fits ``optimizer``: its groups, and each entry's name, shape and dtype (and
+    finiteness) as a step of this optimizer on these parameters would leave them. A tensor of another
+    shape would be read out of bounds by a fused kernel, so this is checked before anything is loaded."""
+    groups = optimizer.param_groups
+    saved = meta["param_groups"]
+    params = [p for g in groups for p in g["params"]]
+    problem = None
+    if [len(g["params"]) for g in saved] != [len(g["params"]) for g in groups]:
+        problem = f"it holds {len(saved)} parameter groups of {[len(g['params']) for g in saved]} tensors"
+    elif [p for g in saved for p in g["params"]] != list(range(len(params))):
+        problem = "its parameter groups do not number the parameters in order"
+    if problem:
+        raise CheckpointError(f"{directory}: the optimizer state does not fit this program's optimizer: {problem}")
+    template = _optimizer_template(optimizer)
+    for pid, layout in meta["state"].items():
+        param, want = params[int(pid)], None if template is None else template[int(pid)]
+        if want is not None and set(layout) != set(want):
+            raise CheckpointError(
+                f"{directory}: the optimizer state of parameter {pid} holds {sorted(layout)}, expected {sorted(want)}"
+            )
+        for key, value in layout.items():
+            if value != "tensor":
+                if want is not None and want[key] is not None:
+                    raise CheckpointError(f"{directory}: the optimizer state {pid}.{key} must be a tensor")
+                continue
+            tensor = tensors[f"optim.{pid}.{key}"]
+            shape, dtype = tuple(tensor.shape), tensor.dtype
+            if want is not None:
+                if want[key] is None or want[key] != (shape, dtype):
+                    expected = "a number" if want[key] is None else _describe(want[key][1], want[key][0])
+                    got = _describe(dtype, shape)
+                    raise CheckpointError(
+                        f"{directory}: the optimizer tensor {pid}.{key} is {got}, expected {expected}"
+                    )
+            elif shape not in ((), tuple(param.shape)) or not (dtype.is_floating_point or shape == ()):
+                raise CheckpointError(
+                    f"{directory}: the optimizer tensor {pid}.{key} is {_describe(dtype, shape)}, "
+                    f"expected a number or {_describe(param.dtype, param.shape)}"
+                )
+    _check_finite({k: v for k, v in tensors.items() if k.startswith("optim.")}, directory)
 
 
 def _state_tensors(data: bytes, state: dict[str, Any], directory: Path) -> dict[str, torch.Tensor]:
@@ -435,6 +516,8 @@ def _state_tensors(data: bytes, state: dict[str, Any], directory: Path) -> dict[
         raise CheckpointError(f"{directory}: the state file does not match state.json (tensors {odd})")
     if tensors["rng.torch"].dtype != torch.uint8 or tensors["rng.torch"].shape != torch.get_rng_state().shape:
         raise CheckpointError(f"{directory}: the state file's torch RNG state is malformed")
+    if any(tensors[k].dtype != torch.uint8 or tensors[k].dim() != 1 for k in cuda):
+        raise CheckpointError(f"{directory}: the state file's CUDA RNG states are malformed")
     return tensors
 
 
@@ -472,9 +555,13 @@ def load_checkpoint(
         raise
     except Exception as err:  # noqa: BLE001 - safetensors raises its own error type for malformed files
         raise CheckpointError(f"{directory}: unreadable safetensors file: {err}") from None
-    _load_into(program, {k: v.to(device) for k, v in weights.items()}, directory)
-    if optimizer is not None and state["optimizer"]:
-        meta = state["optimizer"]
+    _check_finite(weights, weights_file)
+    meta = state["optimizer"] if optimizer is not None else None
+    if meta:
+        _check_optimizer_fit(meta, tensors, optimizer, directory)
+    # every tensor has been checked: nothing is copied before this line
+    _load_into(program, {k: v.to(device) for k, v in weights.items()})
+    if meta:
         restored = {
             int(pid): {
                 key: (tensors[f"optim.{pid}.{key}"].to(device) if value == "tensor" else value)

@@ -24,13 +24,21 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from ..errors import StorageError
 from .atomic import TMP_PATTERN, storage_error
 
-__all__ = ["locked", "staging_dir", "swap_in", "remove_leftovers", "make_parents", "remove_created"]
+__all__ = [
+    "locked",
+    "staging_dir",
+    "swap_in",
+    "remove_leftovers",
+    "make_parents",
+    "remove_created",
+    "check_contained",
+]
 
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
@@ -198,3 +206,28 @@ def remove_created(created: list[Path]) -> None:
     for parent in reversed(created):
         with contextlib.suppress(OSError):
             parent.rmdir()
+
+
+def check_contained(root: str | os.PathLike, names: Iterable[str], whole: Iterable[str] = ()) -> None:
+    """Refuse (one line), before any work, a write into ``root/<name>`` that a symbolic link would carry out of
+    ``root``: for each of ``names`` (relative paths) that exists, wherever a link sits on the way.
+
+    A file written atomically replaces a link rather than writing through it, so ``names`` are the folders
+    written into. The folders in ``whole`` are replaced as a whole (:func:`swap_in`), which a link cannot be:
+    those are refused as links wherever they point.
+    """
+    root = Path(root)
+    inside = Path(os.path.realpath(root))
+    whole = set(whole)
+    for name in [*names, *whole]:
+        path = root / name
+        if not (path.exists() or path.is_symlink()):
+            continue
+        real = Path(os.path.realpath(path))
+        if real != inside and inside not in real.parents:
+            raise StorageError(
+                f"{path} leads to {real}, outside {root}; ppl_vae writes only inside its own folders: "
+                "replace the link with a folder"
+            )
+        if name in whole and path.is_symlink():
+            raise StorageError(f"{path} is a symbolic link; ppl_vae replaces it as a whole: replace it with a folder")

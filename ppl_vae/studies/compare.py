@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import Config, EvalConfig, StudyConfig, load_config, resolve_key, set_value
+from ..config import Config, EvalConfig, StudyConfig, get_value, load_config, resolve_key, set_value
 from ..data.datasets import Dataset, load_data
 from ..diagnostics.elpd import check_comparable, compare_elpd, heldout_elpd
 from ..diagnostics.statistics import seed_sd_of_difference
@@ -44,17 +44,31 @@ __all__ = ["Comparison", "compare", "parse_grid", "variants_from"]
 
 
 def parse_grid(text: str) -> list[dict[str, str]]:
-    """``'guide=diagonal,iaf;prior=standard,vamp'`` -> the 4 combinations as dicts."""
-    axes = []
+    """``'guide=diagonal,iaf;prior=standard,vamp'`` -> the 4 combinations as dicts.
+
+    Each cell is named by its exact values, so a part that would make a name lie is refused,
+    naming the part: an empty value, a value listed twice, an option set twice (under one name
+    or two: ``sigma`` and ``model.sigma``).
+    """
+    axes, seen = [], {}
     for part in filter(None, (p.strip() for p in text.split(";"))):
         key, sep, values = part.partition("=")
-        options = [v.strip() for v in values.split(",") if v.strip()]
-        if not sep or not key.strip() or not options:
-            raise UserError(f"--grid must look like 'guide=diagonal,iaf;prior=standard,vamp', got {text!r}")
+        key = key.strip()
+        options = [v.strip() for v in values.split(",")]
+        if not sep or not key or not values.strip():
+            raise UserError(f"--grid must look like 'guide=diagonal,iaf;prior=standard,vamp', got {part!r}")
+        if not all(options):
+            raise UserError(f"--grid part {part!r} has an empty value; list each value between commas")
         if len(set(options)) < len(options):  # each cell is named by its exact values: a repeat is one run
-            raise UserError(f"--grid lists a value of {key.strip()!r} twice: {values.strip()!r}")
-        resolve_key(key.strip())  # an unknown key fails here, before any variant is trained
-        axes.append((key.strip(), options))
+            raise UserError(f"--grid lists a value of {key!r} twice: {values.strip()!r}")
+        option = resolve_key(key)  # an unknown key fails here, before any variant is trained
+        if option in seen:
+            raise UserError(
+                f"--grid part {part!r} sets {'.'.join(option)} again (part {seen[option]!r} set it); "
+                "list all its values in one part"
+            )
+        seen[option] = part
+        axes.append((key, options))
     combos = [{}]
     for key, options in axes:
         combos = [{**c, key: v} for c in combos for v in options]
@@ -83,8 +97,13 @@ def variants_from(base: Config, files: list[str] = (), grid: str = "", overrides
                 variants[name] = config
     if not variants:
         raise UserError("compare needs --variants FILE... and/or --grid")
+    cells = parse_grid(grid) if grid else [{}]
     for config in variants.values():
+        set_by_grid = {key: get_value(config, key) for key in cells[0]}
         (overrides or (lambda c: None))(config)
+        changed = [key for key, value in set_by_grid.items() if get_value(config, key) != value]
+        if changed:  # a variant named for its grid value must run with it
+            raise UserError(f"--grid sets {changed[0]!r} and so does an option given beside it; set it in one place")
         config.validate()
     return variants
 

@@ -35,7 +35,7 @@ from ..runs.programs import current_digests
 from ..runs.run import Run, fit, load, preflight, read_metrics, read_run_config, with_absolute_programs
 from ..storage.atomic import read_json, write_json
 from ..storage.checkpoint import read_state
-from ..storage.directories import locked, make_parents, remove_created
+from ..storage.directories import check_contained, locked, make_parents, remove_created
 from .executors import Executor
 
 __all__ = ["run_variants", "run_path", "safe_name", "open_study"]
@@ -173,6 +173,8 @@ def run_variants(
     """
     out = Path(out)
     plans, dirs = {}, {}
+    # a run or a folder of the study that a link carries elsewhere is refused before any variant is trained
+    check_contained(out, ("runs", "figures", *(str(run_path(out, name).relative_to(out)) for name in variants)))
     for name, config in variants.items():
         run_dir = run_path(out, name)
         if run_dir in dirs.values():

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import io
 import json
+import os
 import pickle
 import re
 import shutil
@@ -19,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
 
 from ppl_vae.cli import main
 from ppl_vae.storage.checkpoint import state_digest
@@ -94,6 +97,48 @@ def _set(keys, value):
     return edit
 
 
+def _retensor(run: Path, role: str, edit) -> None:
+    """Edit the tensors of a checkpoint file (``weights`` or ``state``) and record the new bytes' sha256 in a
+    state.json signed again: a checkpoint every digest of which checks out."""
+    state_path = run / "checkpoint" / "state.json"
+    state = json.loads(state_path.read_text())
+    file = run / "checkpoint" / state["files"][role]["name"]
+    tensors = dict(load_tensors(file.read_bytes()))
+    edit(tensors, state)
+    file.write_bytes(save_tensors(tensors))
+    state["files"][role]["sha256"] = hashlib.sha256(file.read_bytes()).hexdigest()
+    state["sha256"] = state_digest(state)
+    state_path.write_text(json.dumps(state))
+
+
+def _first_weight(tensors):
+    return next(k for k, v in tensors.items() if v.dim() == 2)
+
+
+def _rename_moment(tensors, state):
+    tensors["optim.0.exp_avg_sqq"] = tensors.pop("optim.0.exp_avg_sq")
+    layout = state["optimizer"]["state"]["0"]
+    layout["exp_avg_sqq"] = layout.pop("exp_avg_sq")
+
+
+TENSORS = {  # copy of the run -> (checkpoint file, edit of its tensors): every digest recomputed, as a planter would
+    "weights-shape": ("weights", lambda t, s: t.update({_first_weight(t): torch.zeros(3, 3)})),
+    "weights-dtype": ("weights", lambda t, s: t.update({_first_weight(t): t[_first_weight(t)].double()})),
+    "weights-missing": ("weights", lambda t, s: t.pop(_first_weight(t))),
+    "weights-nan": ("weights", lambda t, s: t[_first_weight(t)].fill_(float("nan"))),
+    "weights-inf": ("weights", lambda t, s: t[_first_weight(t)].view(-1)[0:1].fill_(float("inf"))),
+    "optimizer-shape": ("state", lambda t, s: t.update({"optim.0.exp_avg": torch.zeros(7, 3)})),
+    "optimizer-shape-of-another-parameter": (
+        "state",
+        lambda t, s: t.update({"optim.0.exp_avg": t["optim.1.exp_avg"].clone()}),
+    ),
+    "optimizer-dtype": ("state", lambda t, s: t.update({"optim.0.exp_avg_sq": t["optim.0.exp_avg_sq"].double()})),
+    "optimizer-nan": ("state", lambda t, s: t["optim.0.exp_avg_sq"].fill_(float("nan"))),
+    "optimizer-step-shape": ("state", lambda t, s: t.update({"optim.0.step": torch.zeros(5)})),
+    "optimizer-name": ("state", _rename_moment),
+    "rng-cuda-text": ("state", lambda t, s: t.update({"rng.cuda.0": torch.zeros(4)})),
+}
+
 CORRUPT = {  # copy of the run -> the edit of its checkpoint state (signed again unless said otherwise)
     "epoch-negative": _set(["epoch"], -1),
     "step-text": _set(["step"], "x"),
@@ -112,7 +157,11 @@ CORRUPT = {  # copy of the run -> the edit of its checkpoint state (signed again
     "field-unknown": _set(["unexpected"], True),
     "config-invalid": _set(["config", "model", "sigma"], -1.0),
     "config-unknown-key": _set(["config", "model", "nope"], 1),
+    # a position that the data cannot reach: beyond the epoch, or a step that does not add up
+    "position-beyond-epoch": _set(["extra", "batch_index"], 10**6),
+    "position-step": _set(["step"], 5),
 }
+POSITION = [name for name in CORRUPT if name.startswith("position-")]
 
 
 @pytest.fixture(scope="module")
@@ -192,6 +241,9 @@ def world(tmp_path_factory):
     for name, edit in CORRUPT.items():
         shutil.copytree(w / "run", w / f"ckpt-{name}")
         _resign(w / f"ckpt-{name}" / "checkpoint" / "state.json", edit)
+    for name, (role, edit) in TENSORS.items():
+        shutil.copytree(w / "run", w / f"ckpt-{name}")
+        _retensor(w / f"ckpt-{name}", role, edit)
     shutil.copytree(w / "run", w / "ckpt-unsigned")
     state = w / "ckpt-unsigned" / "checkpoint" / "state.json"
     state.write_text(state.read_text().replace('"epoch": 2', '"epoch": 1'))
@@ -207,6 +259,34 @@ def world(tmp_path_factory):
     metrics = json.loads((w / "run" / "metrics.json").read_text())
     (w / "ckpt-metrics-type" / "metrics.json").write_text(json.dumps({**metrics, "epochs": "two"}))
     (w / "ckpt-metrics-missing" / "metrics.json").write_text(json.dumps({"sigma": 0.1}))
+
+    # FIFOs where a file is read: reading one would wait for a writer forever
+    for name in ("fifo-state", "fifo-weights"):
+        shutil.copytree(w / "run", w / name)
+    os.unlink(w / "fifo-state" / "checkpoint" / "state.json")
+    os.mkfifo(w / "fifo-state" / "checkpoint" / "state.json")
+    weights = next((w / "fifo-weights" / "checkpoint").glob("weights-*.safetensors"))
+    os.unlink(weights)
+    os.mkfifo(weights)
+    for name in ("fifo.toml", "fifo.npy", "fifo.py", "fifo.png"):
+        os.mkfifo(w / name)
+
+    # folders of a run or study that a link carries out of it
+    (w / "outside").mkdir()
+    (w / "outside" / "theirs.txt").write_text("someone else's folder")
+    for name, folder in (("link-figures", "figures"), ("link-evaluation", "evaluation"), ("link-checkpoint", "best")):
+        shutil.copytree(w / "run", w / name)
+        if (w / name / folder).exists():
+            shutil.rmtree(w / name / folder)
+        (w / name / folder).symlink_to(w / "outside", target_is_directory=True)
+    shutil.copytree(w / "study", w / "link-study", symlinks=True)
+    shutil.rmtree(w / "link-study" / "runs")
+    (w / "link-study" / "runs").symlink_to(w / "outside", target_is_directory=True)
+
+    # a .npy whose header gives a negative length
+    with open(w / "negative.npy", "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (-5, 16)})
+        f.write(b"\0" * 64)
     return w
 
 
@@ -254,6 +334,17 @@ CASES = {
     "config not toml": ([*FIT, *NEW, "--config", "{w}/bad.toml"], "not valid TOML"),
     "config unknown key": ([*FIT, *NEW, "--config", "{w}/unknown_key.toml"], "unknown key"),
     "config wrong type": ([*FIT, *NEW, "--config", "{w}/wrong_type.toml"], "must be of type int"),
+    # FIFOs: refused at once, never waited on
+    "config a FIFO": ([*FIT, *NEW, "--config", "{w}/fifo.toml"], r"config file .*fifo\.toml is a FIFO"),
+    "data a FIFO": ([*FIT, *NEW, "--data", "{w}/fifo.npy"], r"fifo\.npy is a FIFO"),
+    "program a FIFO": ([*FIT, *NEW, "--model", "{w}/fifo.py:make"], r"fifo\.py is a FIFO"),
+    "sample state.json a FIFO": (["sample", "{w}/fifo-state", "--out", "{w}/s.png"], r"state\.json is a FIFO"),
+    "sample weights a FIFO": (["sample", "{w}/fifo-weights", "--out", "{w}/s.png"], r"weights file .* is a FIFO"),
+    "evaluate weights a FIFO": (["evaluate", "{w}/fifo-weights", *EVAL], r"is a FIFO"),
+    "resume state.json a FIFO": (["fit", "--resume", "{w}/fifo-state", "--epochs", "3"], r"state\.json is a FIFO"),
+    "sample out a FIFO": (["sample", "{w}/run", "--out", "{w}/fifo.png"], r"--out .*fifo\.png is a FIFO"),
+    "data npy of a negative length": ([*FIT, *NEW, "--data", "{w}/negative.npy"], r"shape \(-5, 16\), which no array"),
+    "guide name of a megabyte": ([*FIT, *NEW, "--guide", "g" * 10**6], r"characters cut"),
     # fit: output paths
     "out is a run": ([*FIT, "--out", "{w}/run"], "--overwrite"),
     "out is someone's folder": ([*FIT, "--out", "{w}/foreign", "--overwrite"], "not a ppl_vae run or study"),
@@ -302,6 +393,45 @@ CASES = {
         "no stored copy",
     ),
     "resume program untrusted": (["fit", "--resume", "{w}/prog_run", "--epochs", "2"], "--trust-program"),
+    # runs belong to themselves: nothing written through a link that leaves the run, checked before the work
+    "resume figures linked outside": (
+        ["fit", "--resume", "{w}/link-figures", "--epochs", "3"],
+        r"link-figures/figures leads to .*outside, outside",
+    ),
+    "resume best linked outside": (["fit", "--resume", "{w}/link-checkpoint", "--epochs", "3"], r"best leads to"),
+    "evaluate evaluation linked outside": (
+        ["evaluate", "{w}/link-evaluation", *EVAL],
+        r"link-evaluation/evaluation leads to .*outside",
+    ),
+    # every tensor of a checkpoint, the optimizer's included, and its position, before anything is loaded or written
+    **{
+        f"resume {name}": (["fit", "--resume", f"{{w}}/ckpt-{name}", "--epochs", "3"], message)
+        for name, message in {
+            "weights-shape": r"is float32 \[3, 3\], expected float32",
+            "weights-nan": r"holds NaN or infinite values",
+            "weights-missing": r"no tensor",
+            "optimizer-shape": r"optimizer tensor 0\.exp_avg is float32 \[7, 3\], expected float32",
+            "optimizer-shape-of-another-parameter": r"optimizer tensor 0\.exp_avg is float32",
+            "optimizer-dtype": r"optimizer tensor 0\.exp_avg_sq is float64",
+            "optimizer-nan": r"holds NaN or infinite values",
+            "optimizer-step-shape": r"optimizer tensor 0\.step is float32 \[5\]",
+            "optimizer-name": r"state of parameter 0 holds \['exp_avg', 'exp_avg_sqq', 'step'\]",
+            "rng-cuda-text": r"CUDA RNG states are malformed",
+            "position-beyond-epoch": r"batch_index 1000000 is beyond the \d+ batches of an epoch",
+            "position-step": r"step 5 is not epoch 2 x \d+ batches \+ batch_index 0",
+        }.items()
+    },
+    **{
+        f"{command} {name}": ([command, f"{{w}}/ckpt-{name}", *args], message)
+        for command, args in (("sample", ["--out", "{w}/s.png"]), ("evaluate", EVAL))
+        for name, message in {
+            "weights-shape": r"is float32 \[3, 3\]",
+            "weights-dtype": r"is float64",
+            "weights-missing": r"no tensor",
+            "weights-nan": r"holds NaN or infinite values",
+            "weights-inf": r"holds NaN or infinite values",
+        }.items()
+    },
     # sample
     "sample n zero": ([*SAMPLE, "--n", "0"], r"sample\.n must lie in"),
     "sample n huge": ([*SAMPLE, "--n", "100000"], r"sample\.n must lie in"),
@@ -377,6 +507,24 @@ CASES = {
     "compare grid unknown key": ([*COMPARE, "--grid", "nokey=1"], "unknown or ambiguous"),
     "compare grid repeated value": ([*COMPARE, "--grid", "guide=iaf,iaf"], "twice"),
     "compare grid value out of range": ([*COMPARE, "--grid", "sigma=0,0.1"], r"model\.sigma must lie in"),
+    "compare grid empty value": ([*COMPARE, "--grid", "guide=,iaf"], r"part 'guide=,iaf' has an empty value"),
+    "compare grid empty value last": ([*COMPARE, "--grid", "guide=iaf,"], r"part 'guide=iaf,' has an empty value"),
+    "compare grid repeated key": (
+        [*COMPARE, "--grid", "guide=diagonal;guide=iaf"],
+        r"part 'guide=iaf' sets guide\.name again \(part 'guide=diagonal' set it\)",
+    ),
+    "compare grid two names for one option": (
+        [*COMPARE, "--grid", "sigma=0.1;model.sigma=0.2"],
+        r"part 'model\.sigma=0\.2' sets model\.sigma again \(part 'sigma=0\.1'",
+    ),
+    "compare grid and a flag for one option": (
+        [*COMPARE, "--grid", "guide=diagonal,iaf", "--guide", "iaf"],
+        r"--grid sets 'guide' and so does an option given beside it",
+    ),
+    "compare study runs linked outside": (
+        ["compare", *FAST, *EVAL, "--grid", "guide=iaf", "--out", "{w}/link-study"],
+        r"link-study/runs leads to .*outside, outside",
+    ),
     "compare nothing to compare": (COMPARE, "compare needs"),
     "compare variants missing": ([*COMPARE, "--variants", "{w}/missing.toml"], "config file not found"),
     "compare into a run": (["compare", *FAST, "--grid", "latent_dim=2,3", "--out", "{w}/run"], "is a ppl_vae run"),
@@ -426,6 +574,16 @@ def test_adversarial_input_is_one_line_exit_2_and_changes_nothing(case, world):
     assert re.search(message, lines[0]), lines[0]
     assert _snapshot(world) == before
     assert not (world / "PWNED").exists(), "a planted program was imported"
+
+
+def test_every_planted_tensor_and_position_has_a_case():
+    planted = {name for name in TENSORS} | set(POSITION)
+    assert planted <= {argv[2 if argv[0] == "fit" else 1].rpartition("ckpt-")[2] for argv, _ in CASES.values()}
+
+
+def test_a_message_of_user_text_is_bounded(world):
+    _, err = cli([*FIT, *NEW, "--guide", "g" * 10**6])
+    assert len(err) < 1100 and err.count("g") < 1000, len(err)
 
 
 def test_data_nan_message_names_rows_inside_the_file(world):

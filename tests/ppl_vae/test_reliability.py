@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import re
 import signal
 import subprocess
@@ -286,3 +287,132 @@ def test_a_full_disk_during_fit_is_one_line_and_leaves_nothing(tmp_path):
     (line,) = result.stderr.strip().splitlines()
     assert "File too large; nothing was replaced" in line
     assert list(tmp_path.iterdir()) == []
+
+
+# --- programs that do not cooperate, and signals at any moment ------------------------------------
+
+STUCK = """
+import threading, time
+import pyro, pyro.distributions as dist
+from torch import nn
+
+CALLS = [0]
+
+class Program(nn.Module):
+    def __init__(self, data_dim, latent_dim):
+        super().__init__()
+        self.dec = nn.Linear(latent_dim, data_dim)
+        self.enc = nn.Linear(data_dim, 2 * latent_dim)
+
+    def model(self, x):
+        CALLS[0] += 1
+        while CALLS[0] > {stuck_after}:  # stuck: no step boundary is ever reached again
+            open({marker!r}, "w").close()
+            try:
+                time.sleep(0.01)
+            except Exception:  # a program that swallows what it can
+                pass
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(self.dec.in_features), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(self.dec(z), 0.1).to_event(1), obs=x)
+
+    def guide(self, x):
+        loc, raw = self.enc(x).chunk(2, -1)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(loc, nn.functional.softplus(raw) + 1e-3).to_event(1))
+
+def make(data_dim, latent_dim):
+    if {thread}:
+        threading.Thread(target=time.sleep, args=(3600,)).start()  # not a daemon: it would hold the process
+    return Program(data_dim, latent_dim)
+"""
+
+
+def _stuck_program(tmp_path: Path, stuck_after: int = 10**9, thread: bool = False) -> str:
+    """A program whose model never returns from its call number ``stuck_after`` on (it then creates ``stuck``)."""
+    path = tmp_path / "stuck.py"
+    path.write_text(STUCK.format(stuck_after=stuck_after, thread=thread, marker=str(tmp_path / "stuck")))
+    return f"{path}:make"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_a_second_signal_stops_a_stuck_program_at_once_and_keeps_the_last_checkpoint(tmp_path, sig):
+    run = tmp_path / "run"
+    proc = _spawn(
+        [*FIT, "--model", _stuck_program(tmp_path, 60), "--epochs", "50", "--checkpoint-steps", "5"]
+        + ["--out", str(run)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_for((tmp_path / "stuck").exists, proc, what="the program stuck")
+    kept = read_state(run / "checkpoint")
+    assert kept["step"] >= 5
+    proc.send_signal(sig)
+    time.sleep(0.5)
+    assert proc.poll() is None, "the first signal waits for the step boundary"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + sig, err
+    (line,) = err.strip().splitlines()
+    assert "Traceback" not in err and "twice" in line
+    assert f"the last whole checkpoint (epoch {kept['epoch']}, step {kept['step']}) is kept" in line, line
+    assert read_state(run / "checkpoint") == kept
+    assert not list(tmp_path.glob(".run.*")) and not list(run.rglob(".*.tmp-*"))
+
+
+def test_a_step_that_outlives_the_grace_period_is_stopped(tmp_path):
+    from ppl_vae.inference.trainer import GRACE_SECONDS
+
+    run = tmp_path / "run"
+    proc = _spawn(
+        [*FIT, "--model", _stuck_program(tmp_path, 60), "--epochs", "50", "--checkpoint-steps", "5"]
+        + ["--out", str(run)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_for((tmp_path / "stuck").exists, proc, what="the program stuck")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=GRACE_SECONDS + 60)
+    assert proc.returncode == 130, err
+    (line,) = err.strip().splitlines()
+    assert f"did not end within {GRACE_SECONDS:g}s" in line and "is kept" in line, line
+
+
+def test_a_thread_the_program_leaves_running_does_not_hold_the_process(tmp_path):
+    run = tmp_path / "run"
+    result = subprocess.run(
+        [*FIT, "--model", _stuck_program(tmp_path, thread=True), "--epochs", "1", "--out", str(run)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "trained 1 epochs" in result.stdout
+    assert (run / "metrics.json").exists() and (run / "report.md").exists()
+
+
+@pytest.mark.parametrize("delay", [0.3, 1.0, 2.5])
+def test_ctrl_c_while_starting_is_one_line(tmp_path, delay):
+    proc = _spawn([*FIT, "--out", str(tmp_path / "run")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)  # the imports of torch, pyro and the registries take seconds
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not list(tmp_path.glob(".*"))  # no staging directory, no lock: nothing, or a whole run with its checkpoint
+
+
+def test_a_path_the_terminal_cannot_encode_is_escaped_not_a_traceback(tmp_path):
+    run = tmp_path / "run"
+    subprocess.run([*FIT, "--epochs", "1", "--out", str(run)], check=True, capture_output=True)
+    out = tmp_path / "échantillons.PNG"
+    result = subprocess.run(
+        [sys.executable, "-m", "ppl_vae", "sample", str(run), "--out", str(out)],
+        capture_output=True,
+        env={**os.environ, "PYTHONIOENCODING": "ascii"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert b"\\xe9chantillons.PNG" in result.stdout and not result.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

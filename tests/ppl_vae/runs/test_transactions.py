@@ -217,3 +217,102 @@ def test_a_sweep_names_its_runs_by_exact_values(tmp_path):
     table = (tmp_path / "sweep" / "sweep.md").read_text().splitlines()
     assert [line.split("|")[1].strip() for line in table[2:]] == ["0.1", "0.1000001"]
     assert json.loads((tmp_path / "sweep" / "ppl_vae-study.json").read_text())["kind"] == "sigma-sweep"
+
+
+def test_resuming_a_finished_run_on_a_read_only_disk_is_a_no_op(evaluated, monkeypatch, capsys):
+    """A finished run needs no lock: where none can be taken (a read-only disk), resume still says there is
+    nothing to do, with exit 0, as the README promises."""
+    from ppl_vae.errors import StorageError
+    from ppl_vae.runs import run as run_module
+
+    def read_only(target, what="directory"):
+        raise StorageError(f"cannot write into {Path(target).parent}: Read-only file system; nothing was replaced")
+
+    monkeypatch.setattr(run_module, "locked", read_only)
+    before = snapshot(evaluated)
+    assert main(["fit", "--resume", str(evaluated), "--no-progress"]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert main(["fit", "--resume", str(evaluated), "--epochs", "2", "--no-progress"]) == 2  # more to train: refused
+    assert "Read-only file system" in capsys.readouterr().err
+    assert snapshot(evaluated) == before
+
+
+def test_a_config_file_with_a_byte_order_mark_is_read(tmp_path):
+    from ppl_vae.config import load_config
+
+    (tmp_path / "bom.toml").write_bytes("\ufeff[model]\nsigma = 0.2\n".encode())
+    assert load_config(tmp_path / "bom.toml").model.sigma == 0.2
+
+
+DIVERGES = "import torch\n" + program(
+    model_extra="z = z + self.t * (1.0 if float(self.t.detach()) == 0.5 else float('nan'))"
+).replace("super().__init__()", "super().__init__()\n        self.t = torch.nn.Parameter(torch.tensor(0.5))")
+
+
+def test_a_parallel_study_with_a_failing_variant_is_one_line_and_leaves_whole_runs(tmp_path):
+    (tmp_path / "good.py").write_text(program())
+    (tmp_path / "diverges.py").write_text(DIVERGES)
+    grid = f"model.program={tmp_path}/good.py:make,{tmp_path}/diverges.py:make"
+    study = tmp_path / "study"
+    code, err = cli(["compare", "--jobs", "2", "--grid", grid, *FAST, *EVAL, "--out", str(study)])
+    assert code == 2, err
+    (line,) = err.strip().splitlines()
+    assert "Traceback" not in err and "loss became" in line, line
+    assert not [p for p in tmp_path.rglob(".*")], "a staging directory, temporary file or lock was left"
+    runs = [state.parent.parent for state in study.rglob("checkpoint/state.json")]
+    assert len(runs) <= 1 and all("good" in p.name for p in runs)  # the failing variant left nothing
+    for run in runs:  # the other one is whole
+        assert ppl_vae.load(run, trust_program=True).sample(2).shape == (2, 64)
+
+
+STUDY = ["compare", "--grid", "latent_dim=2,3", "--epochs", "2", "--checkpoint-steps", "3", "--hidden-dim", "16"]
+STUDY += ["--no-compile", *EVAL]
+
+
+def _rows(study: Path) -> list[dict]:
+    rows = json.loads((study / "comparison.json").read_text())["rows"]
+    return [{k: v for k, v in row.items() if "seconds" not in k} for row in rows]
+
+
+def test_two_studies_on_one_folder_and_a_study_killed_mid_write_then_rerun(tmp_path):
+    """A second study of the same folder is refused in one line while the first writes; the first, killed
+    with -9 once its runs are being written, is finished by a rerun equal to a study never interrupted."""
+    import subprocess
+    import sys
+    import time
+
+    assert cli([*STUDY, "--out", str(tmp_path / "reference")])[0] == 0
+
+    study = tmp_path / "study"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ppl_vae", *STUDY, "--out", str(study)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 300
+        while not list(study.glob("runs/*/checkpoint/state.json")) and proc.poll() is None:
+            assert time.time() < deadline, "the study never wrote a run"
+            time.sleep(0.02)
+        before = snapshot(tmp_path / "reference")
+        code, err = cli([*STUDY, "--out", str(study)])
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert f"being written by another ppl-vae process (pid {proc.pid})" in err
+        assert snapshot(tmp_path / "reference") == before
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert not (study / "comparison.json").exists(), "killed before the end"
+
+    code, err = cli([*STUDY, "--out", str(study)])
+    assert code == 0, err
+    assert _rows(study) == _rows(tmp_path / "reference")
+    assert not [p for p in tmp_path.rglob(".*")]
+    for name in ("latent_dim-2", "latent_dim-3"):
+        a, b = (
+            load_file(str(next((d / "runs" / name / "checkpoint").glob("weights-*"))))
+            for d in (tmp_path / "reference", study)
+        )
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
