@@ -12,6 +12,8 @@ Layer 5 — may import everything; heavy modules are imported inside the command
 from __future__ import annotations
 
 import argparse
+import difflib
+import logging
 import os
 import signal
 import sys
@@ -54,6 +56,37 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit 2
         self.exit(2, f"{self.prog}: error: {one_line(message)}\n")
 
+    def parse_args(self, args=None, namespace=None):
+        """Parse; an unknown flag is refused with the nearest flag of the command it was given to."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}{self._near_miss(parsed, extras)}")
+        return parsed
+
+    def _near_miss(self, parsed: argparse.Namespace, extras: list[str]) -> str:
+        parser = self
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parser = action.choices.get(getattr(parsed, action.dest, None), self)
+        flags = [flag for action in parser._actions for flag in action.option_strings]
+        for extra in extras:
+            if extra.startswith("--"):
+                close = difflib.get_close_matches(extra.split("=")[0][:200], flags, n=1, cutoff=0.6)
+                if close:
+                    return f" (did you mean {close[0]}?)"
+        return ""
+
+
+def _metavar(kind: type, opt) -> str:
+    """The placeholder of a flag's value in ``--help``: N, FLOAT, NAME or PATH."""
+    if kind is int:
+        return "N"
+    if kind is float:
+        return "FLOAT"
+    if opt.also in ("data-file", "program") or opt.names is None and opt.also != "count":
+        return "PATH" if opt.also in ("data-file", "program") or "folder" in opt.help or "file" in opt.help else "TEXT"
+    return "N|all" if opt.also == "count" else "NAME"
+
 
 def _typed(kind: type, flag: str):
     def parse(text: str):
@@ -72,20 +105,40 @@ def _add_options(p: argparse.ArgumentParser, section: str, cls: type) -> None:
     for name, kind, opt in options_of(cls):
         flag, dest = flag_of(name, opt), f"{section}.{name}"
         default = getattr(cls(), name)
-        help_ = f"{opt.help} (default: {default!r})"
+        choices = f"; one of: {', '.join(opt.names())}" if opt.names is not None and not opt.switch else ""
+        help_ = f"{opt.help}{choices} (default: {default!r})"
         if opt.switch:
             group.add_argument(
-                flag, dest=dest, nargs="?", const="on", choices=opt.names(), default=argparse.SUPPRESS, help=help_
+                flag,
+                dest=dest,
+                nargs="?",
+                const="on",
+                choices=opt.names(),
+                metavar="auto|on|off",
+                default=argparse.SUPPRESS,
+                help=help_,
             )
             group.add_argument(
-                "--no-" + flag[2:], dest=dest, action="store_const", const="off", default=argparse.SUPPRESS
+                "--no-" + flag[2:],
+                dest=dest,
+                action="store_const",
+                const="off",
+                default=argparse.SUPPRESS,
+                help=f"the same as {flag} off",
             )
         elif kind is bool:
             group.add_argument(
                 flag, dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_
             )
         else:
-            group.add_argument(flag, dest=dest, type=_typed(kind, flag), default=argparse.SUPPRESS, help=help_)
+            group.add_argument(
+                flag,
+                dest=dest,
+                type=_typed(kind, flag),
+                metavar=_metavar(kind, opt),
+                default=argparse.SUPPRESS,
+                help=help_,
+            )
 
 
 def _add_config_options(p: argparse.ArgumentParser) -> None:
@@ -134,9 +187,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="ppl-vae", description="Variational autoencoders as Pyro programs, with a Bayesian-workflow bench."
     )
+    parser.add_argument("--version", action="version", version=f"ppl-vae {_version()}")
+    verbosity = _Parser(add_help=False)  # every command's -q/-v
+    verbosity.add_argument(
+        "-q", "--quiet", action="store_true", help="only errors and warnings: no progress, no per-epoch lines"
+    )
+    verbosity.add_argument("-v", "--verbose", action="store_true", help="also the bench's debugging messages")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("fit", help="train a model/guide pair and write a run directory")
+    p = sub.add_parser("fit", parents=[verbosity], help="train a model/guide pair and write a run directory")
     p.add_argument("--out", help="run directory to create")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument(
@@ -150,7 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_config_options(p)
 
-    p = sub.add_parser("evaluate", help="Bayesian-workflow analysis of a trained run (writes evaluation.json)")
+    p = sub.add_parser(
+        "evaluate", parents=[verbosity], help="Bayesian-workflow analysis of a trained run (writes evaluation.json)"
+    )
     p.add_argument("run_dir")
     p.add_argument("--data", help="evaluate on another data set (name or path); default: the run's test split")
     p.add_argument("--data-root", default="", help="folder or file holding that data set")
@@ -160,7 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_options(p, "evaluate", EvalConfig)
 
     p = sub.add_parser(
-        "sigma-sweep", help="train the fixed-σ model at several σ and compare rate, distortion, identity"
+        "sigma-sweep",
+        parents=[verbosity],
+        help="train the fixed-σ model at several σ and compare rate, distortion, identity",
     )
     p.add_argument("--sigmas", default="0.03,0.05,0.1,0.2,0.4", help="comma-separated σ values")
     p.add_argument("--out", required=True, help="directory for the sweep (new, empty, or a sweep to continue)")
@@ -170,7 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_options(p, "evaluate", EvalConfig)
     _add_options(p, "executor", ExecutorConfig)
 
-    p = sub.add_parser("compare", help="train and evaluate variants on equal terms, ranked by held-out log p(x)")
+    p = sub.add_parser(
+        "compare", parents=[verbosity], help="train and evaluate variants on equal terms, ranked by held-out log p(x)"
+    )
     p.add_argument(
         "--variants", nargs="*", default=[], metavar="FILE.toml", help="one TOML file a variant (its stem names it)"
     )
@@ -187,13 +252,41 @@ def build_parser() -> argparse.ArgumentParser:
     _add_options(p, "study", StudyConfig)
     _add_options(p, "executor", ExecutorConfig)
 
-    p = sub.add_parser("sample", help="decode draws z ~ p(z) of a trained run into an image grid")
+    p = sub.add_parser("sample", parents=[verbosity], help="decode draws z ~ p(z) of a trained run into an image grid")
     p.add_argument("run_dir")
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU) | cpu | cuda | cuda:N")
     p.add_argument("--trust-program", action="store_true", help=TRUST_HELP)
     _add_options(p, "sample", SampleConfig)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ppl_vae")
+    except PackageNotFoundError:  # a checkout on sys.path, not installed
+        return "unknown (not installed)"
+
+
+def configure_logging(quiet: bool = False, verbose: bool = False) -> None:
+    """The bench's messages (the ``ppl_vae`` logger) on stderr, one line each: warnings only with ``-q``,
+    debugging too with ``-v``. A library user routes or silences them with the standard ``logging`` module."""
+    logger = logging.getLogger("ppl_vae")
+    for handler in [h for h in logger.handlers if getattr(h, "_ppl_vae_cli", False)]:
+        logger.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("ppl-vae: %(message)s"))
+    handler._ppl_vae_cli = True
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+    logger.propagate = False
+
+
+def _progress(args) -> bool:
+    """Progress bars only on a terminal (a redirected stderr gets a plain line per epoch), never with -q."""
+    return not (getattr(args, "no_progress", False) or args.quiet) and sys.stderr.isatty()
 
 
 def _resume_config(args) -> Config | None:
@@ -226,7 +319,7 @@ def _fit(args) -> int:
         if args.out and Path(args.out) != Path(args.resume):
             raise UserError("--resume continues a run in place; leave out --out or give the same directory")
         config = _resume_config(args)
-        run = fit(config, args.resume, resume=True, progress=not args.no_progress, trust_program=args.trust_program)
+        run = fit(config, args.resume, resume=True, progress=_progress(args), trust_program=args.trust_program)
         if run.note == "finished":
             print(
                 f"{run.path} has already trained its {run.checkpoint['epoch']} epochs; nothing to do "
@@ -237,9 +330,7 @@ def _fit(args) -> int:
         if not args.out:
             raise UserError("fit needs --out RUN_DIR")
         config = config_from_args(args)
-        run = fit(
-            config, args.out, overwrite=args.overwrite, progress=not args.no_progress, distributed=args.distributed
-        )
+        run = fit(config, args.out, overwrite=args.overwrite, progress=_progress(args), distributed=args.distributed)
         if not run.metrics:  # a rank other than 0: rank 0 reports
             return 0
     m = run.metrics
@@ -310,7 +401,7 @@ def _evaluate(args) -> int:
                 f"{args.data} has {other.data_dim} values a row; the run was trained on {run.dataset().data_dim}"
             )
         x, labels = other.test, other.test_labels
-    r = evaluate_run(run, config, x=x, progress=not args.no_progress, labels=labels, data_name=args.data or None)
+    r = evaluate_run(run, config, x=x, progress=_progress(args), labels=labels, data_name=args.data or None)
     number = lambda key, spec: "skipped" if r.get(key) is None else format(r[key], spec)
     accuracy = f"accuracy {r['accuracy']:.4f}, " if "accuracy" in r else ""
     print(
@@ -338,7 +429,7 @@ def _sigma_sweep(args) -> int:
         config_from_args(args),
         args.out,
         eval_config_from_args(args),
-        progress=not args.no_progress,
+        progress=_progress(args),
         overwrite=args.overwrite,
         executor=_executor_from_args(args),
     )
@@ -360,7 +451,7 @@ def _compare(args) -> int:
         eval_config_from_args(args),
         seeds=study.seeds,
         equivalence=study.equivalence,
-        progress=not args.no_progress,
+        progress=_progress(args),
         overwrite=args.overwrite,
         executor=_executor_from_args(args),
     )
@@ -415,6 +506,7 @@ def _run(argv: Sequence[str] | None) -> int:
     try:
         args = build_parser().parse_args(argv)
         command = args.command
+        configure_logging(args.quiet, args.verbose)
         from .inference.compiled import kept_cache
 
         kept_cache()  # TorchInductor's cache folder: the user's, or a TORCHINDUCTOR_CACHE_DIR checked in one line

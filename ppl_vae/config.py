@@ -10,9 +10,9 @@ run before any work starts. A run's config has the sections ``[data]``, ``[model
 :class:`StudyConfig` those of a study's design (``compare --seeds``): every number any command
 takes has its range here.
 
-Layer 2 — may import: the registries of ``ppl_vae.models``, ``ppl_vae.guides``,
-``ppl_vae.inference`` and ``ppl_vae.data`` (to check names), the thresholds of
+Layer 2 — may import: ``ppl_vae.names`` (the registries' names, without torch), the thresholds of
 ``ppl_vae.diagnostics.verdicts`` (defaults), ``ppl_vae.errors``, ``ppl_vae.storage`` (to read files).
+Nothing it imports imports torch: the command line's parser is built from it in a blink.
 
 Example:
     >>> config = Config()
@@ -35,14 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .data.datasets import DATASETS
 from .diagnostics.verdicts import PRACTICAL_EQUIVALENCE
 from .errors import UserError
-from .guides import GUIDES
-from .inference.objectives import ELBOS
-from .inference.optimizers import OPTIMIZERS
-from .inference.schedules import ANNEALING, LR_SCHEDULES
-from .models import INITS, LAYERS, LIKELIHOODS, NETWORKS, PRIORS, PSEUDO_INPUTS
+from .names import names as _names
 from .storage.atomic import open_regular
 
 __all__ = [
@@ -120,13 +115,25 @@ _ALSO: dict[str, tuple[Callable[[str], bool], str]] = {
 }
 
 
+class _Options:
+    """A config section whose attributes are its options and nothing else: ``config.model.latent_dimz = 3``
+    (a typo that would otherwise be set and ignored) raises ``AttributeError`` naming the option meant."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name not in self.__dataclass_fields__:
+            raise AttributeError(
+                f"{type(self).__name__} has no option {name!r}{did_you_mean(name, self.__dataclass_fields__)}"
+            )
+        object.__setattr__(self, name, value)
+
+
 @dataclass
-class DataConfig:
+class DataConfig(_Options):
     name: str = option(
         "digits",
         "data set: a registered name or a path to a .npy/.npz file",
         flag="--data",
-        names=DATASETS.keys,
+        names=lambda: _names("DATASETS"),
         also="data-file",
         noun="data set",
     )
@@ -158,15 +165,17 @@ class DataConfig:
 
 
 @dataclass
-class ModelConfig:
-    likelihood: str = option("normal", "observation model p(x|z)", names=LIKELIHOODS.keys)
+class ModelConfig(_Options):
+    likelihood: str = option("normal", "observation model p(x|z)", names=lambda: _names("LIKELIHOODS"))
     sigma: float = option(0.1, "σ of the Normal likelihood (fixed), or its initial value (learned)", low=1e-6, high=1e6)
-    prior: str = option("standard", "prior p(z)", names=PRIORS.keys)
+    prior: str = option("standard", "prior p(z)", names=lambda: _names("PRIORS"))
     latent_dim: int = option(8, "dimension L of z", low=1, high=65536)
     hidden_dim: int = option(256, "width of encoder and decoder hidden layers", low=1, high=65536)
     hidden_layers: int = option(1, "hidden layers in each MLP", low=1, high=64)
     network: str = option(
-        "mlp", "encoder/decoder networks (linear: an affine decoder, probabilistic PCA's model)", names=NETWORKS.keys
+        "mlp",
+        "encoder/decoder networks (linear: an affine decoder, probabilistic PCA's model)",
+        names=lambda: _names("NETWORKS"),
     )
     n_components: int = option(
         16, "mixture components (mog) / pseudo-inputs (vamp)", flag="--components", low=1, high=100_000
@@ -184,7 +193,7 @@ class ModelConfig:
     pseudo_inputs: str = option(
         "data",
         "VampPrior pseudo-inputs: data (training rows) | hardtanh (hardtanh(W), W ~ N(mean, std²): the paper's)",
-        names=PSEUDO_INPUTS.keys,
+        names=lambda: _names("PSEUDO_INPUTS"),
         noun="pseudo-input parameterisation",
     )
     pseudo_mean: float = option(0.05, "initial mean of W for hardtanh pseudo-inputs", low=-1e3, high=1e3)
@@ -193,7 +202,7 @@ class ModelConfig:
         "default",
         "weight initialisation: default (each layer's own) | he (every linear layer He-normal, heads and output "
         "included: the VampPrior paper's code)",
-        names=INITS.keys,
+        names=lambda: _names("INITS"),
         noun="initialisation",
     )
     program: str = option("", "a user's own model program, path/to/file.py:factory", flag="--model", also="program")
@@ -205,12 +214,12 @@ class ModelConfig:
 
 
 @dataclass
-class GuideConfig:
+class GuideConfig(_Options):
     name: str = option(
         "diagonal",
         "posterior family q(z|x), or a user's guide program path/to/file.py:factory",
         flag="--guide",
-        names=GUIDES.keys,
+        names=lambda: _names("GUIDES"),
         also="program",
         noun="guide",
     )
@@ -219,7 +228,7 @@ class GuideConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(_Options):
     epochs: int = option(100, "training epochs", low=1, high=1_000_000)
     batch_size: int = option(128, "minibatch size", low=1, high=2**24)
     lr: float = option(1e-3, "Adam learning rate", low=0.0, high=10.0, open_low=True)
@@ -227,20 +236,20 @@ class TrainConfig:
         "adam",
         "adam | adamnormgrad (each parameter tensor's gradient divided by its L2 norm, then Adam: the VampPrior "
         "paper's code)",
-        names=OPTIMIZERS.keys,
+        names=lambda: _names("OPTIMIZERS"),
     )
     lr_schedule: str = option(
-        "constant", "learning-rate schedule", names=LR_SCHEDULES.keys, noun="learning-rate schedule"
+        "constant", "learning-rate schedule", names=lambda: _names("LR_SCHEDULES"), noun="learning-rate schedule"
     )
     lr_final: float = option(0.0, "learning rate at the end of a decaying schedule", low=0.0, high=10.0)
     seed: int = option(0, "random seed", low=0, high=MAX_SEED)
     device: str = option(
         "auto", "auto (CUDA when present, else CPU) | cpu | cuda | cuda:N", names=lambda: DEVICES, also="device"
     )
-    elbo: str = option("trace", "training objective", names=ELBOS.keys, noun="ELBO")
+    elbo: str = option("trace", "training objective", names=lambda: _names("ELBOS"), noun="ELBO")
     particles: int = option(1, "K Monte Carlo samples of the ELBO (vectorized)", low=1, high=2**20)
     beta: float = option(1.0, "weight β of the latent (KL) terms", low=0.0, high=1e6)
-    anneal: str = option("none", "warm-up of β", names=ANNEALING.keys, noun="annealing")
+    anneal: str = option("none", "warm-up of β", names=lambda: _names("ANNEALING"), noun="annealing")
     anneal_epochs: int = option(10, "length of a warm-up (or of one cycle) in epochs", low=1, high=1_000_000)
     compile: str = option(
         "auto",
@@ -267,7 +276,7 @@ class TrainConfig:
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(_Options):
     """Options of the workflow analysis of a trained run (not part of a run's config)."""
 
     k: int = option(1000, "importance samples per test point", low=2, high=10_000_000)
@@ -294,7 +303,7 @@ class EvalConfig:
 
 
 @dataclass
-class SampleConfig:
+class SampleConfig(_Options):
     """Options of ``sample`` (not part of a run's config)."""
 
     n: int = option(64, "decodings of z ~ p(z) to draw", low=1, high=10_000)
@@ -306,7 +315,7 @@ class SampleConfig:
 
 
 @dataclass
-class StudyConfig:
+class StudyConfig(_Options):
     """Options of ``compare`` and ``sigma-sweep`` that are not part of a variant's config."""
 
     seeds: int = option(1, "train every variant with this many seeds (the config's seed, +1, ...)", low=1, high=1000)
@@ -327,7 +336,7 @@ EXECUTOR_KINDS = ("local", "ray")
 
 
 @dataclass
-class ExecutorConfig:
+class ExecutorConfig(_Options):
     """Where the runs of ``compare`` and ``sigma-sweep`` are trained (:mod:`ppl_vae.studies.executors`)."""
 
     jobs: int = option(1, "train and evaluate N runs at once, in local worker processes", low=1, high=1024)
@@ -348,7 +357,7 @@ class ExecutorConfig:
 
 
 @dataclass
-class Config:
+class Config(_Options):
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     guide: GuideConfig = field(default_factory=GuideConfig)
@@ -366,9 +375,9 @@ class Config:
         if m.stochastic_layers == 2:
             if m.program or is_program_spec(g.name):
                 raise UserError("--stochastic-layers 2 builds its own programs; drop --model/--guide file.py:factory")
-            if m.network not in LAYERS:
+            if m.network not in _names("LAYERS"):
                 raise UserError(
-                    f"--stochastic-layers 2 is built from dense layers; use --network {' or '.join(LAYERS)}, "
+                    f"--stochastic-layers 2 is built from dense layers; use --network {' or '.join(_names('LAYERS'))}, "
                     f"not {m.network!r}"
                 )
         return self
@@ -386,6 +395,14 @@ def options_of(cls: type) -> Iterator[tuple[str, type, Option]]:
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         yield f.name, hints[f.name], f.metadata["option"]
+
+
+def did_you_mean(text: str, candidates: Iterable[str]) -> str:
+    """`` (did you mean X?)`` for the closest of ``candidates`` to a misspelt ``text``, else ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(str(text)[:200], list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def flag_of(name: str, opt: Option) -> str:
@@ -439,7 +456,7 @@ def coerce(where: str, kind: type, value: Any, opt: Option | None = None) -> Any
 
 def _check_fields(section: str, values: Any) -> None:
     for name, kind, opt in options_of(type(values)):
-        where = f"{section}.{name}"
+        where = f"{flag_of(name, opt)} ({section}.{name})"  # the flag a user typed, the key a TOML file holds
         value = coerce(where, kind, getattr(values, name), opt)
         if kind in (int, float) and not math.isfinite(value):
             raise UserError(f"{where} must be a finite number, got {value}")
@@ -448,7 +465,10 @@ def _check_fields(section: str, values: Any) -> None:
             accepted, description = _ALSO.get(opt.also, (lambda s: False, ""))
             if not accepted(value):
                 choices = ", ".join(opt.names()) + (f", or {description}" if description else "")
-                raise UserError(f"unknown {opt.noun or name.replace('_', ' ')} {value!r}; choose one of {choices}")
+                raise UserError(
+                    f"unknown {opt.noun or name.replace('_', ' ')} {value!r}{did_you_mean(value, opt.names())}; "
+                    f"choose one of {choices}"
+                )
         elif opt.also == "program" and value and opt.names is None and not is_program_spec(value):
             raise UserError(f"{where} must look like path/to/file.py:factory, got {value!r}")
         elif opt.also == "count" and not (value == "all" or (value.isascii() and value.isdigit())):

@@ -35,6 +35,7 @@ decision reads the history alone, so a resumed run stops where the original woul
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import signal
@@ -59,6 +60,8 @@ from .optimizers import OPTIMIZERS
 from .params import foreign_params
 from .schedules import ANNEALING, LR_SCHEDULES
 from .trial import check_program
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # the config layer sits above this one: read by attribute, imported for types only
     from ..config import Config
@@ -193,6 +196,7 @@ class Trainer:
     on_epoch: Callable[[Trainer], None] | None = None
     on_step: Callable[[Trainer], None] | None = None
     on_interrupt: Callable[[Trainer], None] | None = None
+    callbacks: list[Callable[[int, dict], None]] = field(default_factory=list)  # f(epoch, row) after on_epoch
     progress: bool = True
     epoch: int = 0  # completed epochs
     step: int = 0  # optimizer steps taken
@@ -408,6 +412,10 @@ class Trainer:
                     bar.set_postfix(train=f"{row['train_objective']:.2f}", test=f"{row['test_elbo']:.2f}")
                     if self.on_epoch is not None:
                         self.on_epoch(self)
+                    if not self.progress:  # a plain line where no bar is drawn; shown at the CLI's INFO level
+                        log.info("epoch %s", _epoch_line(row, t.epochs))
+                    for callback in self.callbacks:
+                        callback(self.epoch, dict(row))
         finally:
             self._end_grace()
             for s, handler in previous.items():
@@ -436,6 +444,15 @@ class Trainer:
         grace, self._grace = getattr(self, "_grace", None), None
         if grace is not None:
             grace.cancel()
+
+
+def _epoch_line(row: dict, epochs: int) -> str:
+    """``3/100: objective -95.2, test ELBO -98.1, validation ELBO -97.9, β 1.00 (2.1 s)``."""
+    val = f", validation ELBO {row['val_elbo']:.2f}" if "val_elbo" in row else ""
+    return (
+        f"{row['epoch']}/{epochs}: objective {row['train_objective']:.2f}, test ELBO {row['test_elbo']:.2f}{val}, "
+        f"β {row['beta']:.2f} ({row['seconds']:.1f} s)"
+    )
 
 
 def _main_thread() -> bool:

@@ -23,6 +23,7 @@ import math
 import shutil
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -633,6 +634,7 @@ def fit(
     data: Dataset | None = None,
     distributed: bool = False,
     trust_program: bool = False,
+    callbacks: Sequence[Callable[[int, dict], None]] = (),
 ) -> Run:
     """Train the program ``config`` describes and write a run directory at ``out``.
 
@@ -643,8 +645,12 @@ def fit(
     run's own) or the run's config with more ``train.epochs``, and a run made from a user program
     needs ``trust_program=True`` (its stored copy is imported). With ``distributed=True`` (under
     torchrun) every rank trains its shard of each batch with DDP and rank 0 writes the run.
+    Each of ``callbacks`` is called as ``f(epoch, row)`` after every epoch, once the epoch is on
+    disk, with the epoch's row of ``history.csv`` (objective, test and validation ELBO, β, seconds):
+    the place for a tracker, a notebook plot or a custom stopping rule.
     """
     out = Path(out)
+    hooks = {"progress": progress, "callbacks": list(callbacks)}
     if resume:
         if distributed:
             raise UserError(
@@ -654,7 +660,7 @@ def fit(
         if finished is not None:  # nothing to write: no lock either, so a run on a read-only disk is a no-op too
             return finished
         with locked(out, "run directory"):
-            return _resume(config, out, progress, data, trust_program)
+            return _resume(config, out, hooks, data, trust_program)
     if config is None:
         raise UserError("fit needs a config (or resume=True to continue a run)")
     config.validate()
@@ -663,9 +669,7 @@ def fit(
     programs = read_named(config)  # the caller named these files: importing them is its trust
     if overwrite:
         _refuse_inputs_inside(out, config, programs)
-    return _train(
-        config, out, programs, state=None, overwrite=overwrite, data=data, distributed=distributed, progress=progress
-    )
+    return _train(config, out, programs, state=None, overwrite=overwrite, data=data, distributed=distributed, **hooks)
 
 
 def _resume_plan(config: Config | None, out: Path) -> tuple[dict, Config]:
@@ -703,7 +707,7 @@ def _finished(run_config: Config, out: Path, trust: bool) -> Run | None:
     return None
 
 
-def _resume(config: Config | None, out: Path, progress: bool, data: Dataset | None, trust: bool) -> Run:
+def _resume(config: Config | None, out: Path, hooks: dict, data: Dataset | None, trust: bool) -> Run:
     state, run_config = _resume_plan(config, out)  # again, now that no other writer can change it
     finished = _finished(run_config, out, trust)
     if finished is not None:
@@ -711,9 +715,7 @@ def _resume(config: Config | None, out: Path, progress: bool, data: Dataset | No
     check_contained(out, RUN_SUBDIRS)  # before anything is written
     remove_leftovers(out, RUN_SUBDIRS)
     programs = stored_programs(out, run_config, state["extra"].get("programs"), trust)
-    return _train(
-        run_config, out, programs, state=state, overwrite=False, data=data, distributed=False, progress=progress
-    )
+    return _train(run_config, out, programs, state=state, overwrite=False, data=data, distributed=False, **hooks)
 
 
 def _train(
@@ -726,6 +728,7 @@ def _train(
     data: Dataset | None,
     distributed: bool,
     progress: bool,
+    callbacks: list[Callable[[int, dict], None]],
 ) -> Run:
     device = resolve_device(config.train.device)
     data = data if data is not None else load_data(config.data)
@@ -777,7 +780,7 @@ def _train(
             run.checkpoint = {"epoch": state["epoch"], "step": state["step"]}
         if progress and cluster.is_main:  # once every input, the checkpoint's tensors included, has been checked
             print(f"ppl-vae: {trainer.step_reason}", file=sys.stderr)
-        trainer.progress = progress
+        trainer.progress, trainer.callbacks = progress, callbacks
         if not cluster.is_main:  # a rank other than 0 trains its shard and writes nothing
             trainer.fit()
             run.history = trainer.history

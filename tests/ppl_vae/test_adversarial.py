@@ -299,13 +299,13 @@ SWEEP = ["sigma-sweep", *FAST, *EVAL, "--out", "{w}/new-sweep"]
 
 CASES = {
     # fit: numbers out of range, before any work
-    "fit seed negative": ([*FIT, *NEW, "--seed", "-1"], r"train\.seed must lie in"),
-    "fit seed 2**32": ([*FIT, *NEW, "--seed", str(2**32)], r"train\.seed must lie in"),
+    "fit seed negative": ([*FIT, *NEW, "--seed", "-1"], r"train\.seed\) must lie in"),
+    "fit seed 2**32": ([*FIT, *NEW, "--seed", str(2**32)], r"train\.seed\) must lie in"),
     "fit seed not an integer": ([*FIT, *NEW, "--seed", "1e3"], "expects int"),
     "fit epochs zero": ([*FIT, *NEW, "--epochs", "0"], r"train\.epochs"),
     "fit epochs huge": ([*FIT, *NEW, "--epochs", "10000000"], r"train\.epochs"),
     "fit batch zero": ([*FIT, *NEW, "--batch-size", "0"], r"train\.batch_size"),
-    "fit lr zero": ([*FIT, *NEW, "--lr", "0"], r"train\.lr must lie in"),
+    "fit lr zero": ([*FIT, *NEW, "--lr", "0"], r"train\.lr\) must lie in"),
     "fit lr nan": ([*FIT, *NEW, "--lr", "nan"], "finite"),
     "fit sigma tiny": ([*FIT, *NEW, "--sigma", "1e-7"], r"model\.sigma"),
     "fit latent zero": ([*FIT, *NEW, "--latent-dim", "0"], r"model\.latent_dim"),
@@ -433,10 +433,10 @@ CASES = {
         }.items()
     },
     # sample
-    "sample n zero": ([*SAMPLE, "--n", "0"], r"sample\.n must lie in"),
-    "sample n huge": ([*SAMPLE, "--n", "100000"], r"sample\.n must lie in"),
-    "sample seed negative": ([*SAMPLE, "--seed", "-1"], r"sample\.seed must lie in"),
-    "sample seed 2**32": ([*SAMPLE, "--seed", str(2**32)], r"sample\.seed must lie in"),
+    "sample n zero": ([*SAMPLE, "--n", "0"], r"sample\.n\) must lie in"),
+    "sample n huge": ([*SAMPLE, "--n", "100000"], r"sample\.n\) must lie in"),
+    "sample seed negative": ([*SAMPLE, "--seed", "-1"], r"sample\.seed\) must lie in"),
+    "sample seed 2**32": ([*SAMPLE, "--seed", str(2**32)], r"sample\.seed\) must lie in"),
     "sample out not png": (["sample", "{w}/run", "--out", "{w}/s.jpg"], r"\.png"),
     "sample out a folder": (["sample", "{w}/run", "--out", "{w}/dir.png"], "is a directory"),
     "sample out someone's file": (["sample", "{w}/run", "--out", "{w}/notpng.png"], "not a PNG"),
@@ -486,8 +486,8 @@ CASES = {
         }.items()
     },
     # evaluate
-    "evaluate k one": ([*EVALUATE, "--k", "1"], r"evaluate\.k must lie in"),
-    "evaluate k 10**12": ([*EVALUATE, "--k", str(10**12)], r"evaluate\.k must lie in"),
+    "evaluate k one": ([*EVALUATE, "--k", "1"], r"evaluate\.k\) must lie in"),
+    "evaluate k 10**12": ([*EVALUATE, "--k", str(10**12)], r"evaluate\.k\) must lie in"),
     "evaluate beyond memory": (
         [*EVALUATE, "--sbc-simulations", "1000000", "--sbc-draws", "100000"],
         "this evaluation needs at least",
@@ -501,12 +501,12 @@ CASES = {
     "evaluate corrupt metrics": (["evaluate", "{w}/ckpt-metrics-text", *EVAL], "metrics"),
     "evaluate unknown device": ([*EVALUATE, "--device", "tpu"], "unknown device"),
     # compare
-    "compare seeds zero": ([*COMPARE, "--grid", "latent_dim=2,3", "--seeds", "0"], r"study\.seeds must lie in"),
-    "compare seeds huge": ([*COMPARE, "--grid", "latent_dim=2,3", "--seeds", "100000"], r"study\.seeds must lie in"),
+    "compare seeds zero": ([*COMPARE, "--grid", "latent_dim=2,3", "--seeds", "0"], r"study\.seeds\) must lie in"),
+    "compare seeds huge": ([*COMPARE, "--grid", "latent_dim=2,3", "--seeds", "100000"], r"study\.seeds\) must lie in"),
     "compare grid malformed": ([*COMPARE, "--grid", "guide"], "--grid must look like"),
     "compare grid unknown key": ([*COMPARE, "--grid", "nokey=1"], "unknown or ambiguous"),
     "compare grid repeated value": ([*COMPARE, "--grid", "guide=iaf,iaf"], "twice"),
-    "compare grid value out of range": ([*COMPARE, "--grid", "sigma=0,0.1"], r"model\.sigma must lie in"),
+    "compare grid value out of range": ([*COMPARE, "--grid", "sigma=0,0.1"], r"model\.sigma\) must lie in"),
     "compare grid empty value": ([*COMPARE, "--grid", "guide=,iaf"], r"part 'guide=,iaf' has an empty value"),
     "compare grid empty value last": ([*COMPARE, "--grid", "guide=iaf,"], r"part 'guide=iaf,' has an empty value"),
     "compare grid repeated key": (
@@ -546,7 +546,7 @@ CASES = {
     "sweep sigma zero": ([*SWEEP, "--sigmas", "0,0.1"], "positive"),
     "sweep sigma text": ([*SWEEP, "--sigmas", "0.1,abc"], "comma-separated numbers"),
     "sweep sigma nan": ([*SWEEP, "--sigmas", "nan"], "positive"),
-    "sweep sigma out of range": ([*SWEEP, "--sigmas", "1e-7"], r"model\.sigma must lie in"),
+    "sweep sigma out of range": ([*SWEEP, "--sigmas", "1e-7"], r"model\.sigma\) must lie in"),
     "sweep into a run": (["sigma-sweep", *FAST, "--sigmas", "0.1", "--out", "{w}/run"], "is a ppl_vae run"),
     "sweep into someone's folder": (["sigma-sweep", *FAST, "--sigmas", "0.1", "--out", "{w}/foreign"], "not empty"),
     "sweep into a comparison": (["sigma-sweep", *FAST, "--sigmas", "0.1", "--out", "{w}/study"], "compare study"),

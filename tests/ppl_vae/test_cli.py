@@ -128,3 +128,113 @@ def test_flat_vectors_of_any_length_train_and_plot(tmp_path):
     out = tmp_path / "run"
     assert main(["fit", "--data", str(tmp_path / "flat.npy"), "--out", str(out), *FAST]) == 0
     assert (out / "figures" / "reconstructions.png").is_file()
+
+
+# --- a conventional command line: fast help, choices, --version, near misses, -q, logging ------------------------
+
+
+def _seconds(code: str) -> float:
+    """The median wall time of ``python -c code`` over three runs (the first warms the file cache)."""
+    import statistics
+    import time
+
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], capture_output=True, check=True)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def test_help_answers_without_paying_for_torch():
+    """``ppl-vae fit --help`` builds its parser from the config alone: well under the time of importing torch."""
+    help_ = _seconds("import sys; from ppl_vae.cli import main; sys.argv = ['ppl-vae', 'fit', '--help']; main()")
+    torch = _seconds("import torch")
+    assert help_ < 0.5 * torch, (help_, torch)
+
+
+def test_version_and_choices_in_help(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.startswith("ppl-vae ")
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    from ppl_vae.guides import GUIDES
+    from ppl_vae.models import PRIORS
+
+    assert f"one of: {', '.join(GUIDES)}" in text and f"one of: {', '.join(PRIORS)}" in text
+    assert "--latent-dim N" in text and "--sigma FLOAT" in text and "MODEL.LATENT_DIM" not in text
+    assert "--no-compile the same as --compile off" in text
+
+
+@pytest.mark.parametrize(
+    "args,hint",
+    [
+        (["fit", "--out", "x", "--epoch", "2"], "(did you mean --epochs?)"),
+        (["fit", "--out", "x", "--guide", "diagonl"], "(did you mean 'diagonal'?)"),
+        (["fit", "--out", "x", "--sigma", "-1"], "--sigma (model.sigma) must lie in"),
+    ],
+)
+def test_a_near_miss_is_named_with_the_flag_the_user_typed(args, hint, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    try:
+        code = main(args)
+    except SystemExit as stop:  # argparse's own refusal
+        code = stop.code
+    err = capsys.readouterr().err
+    assert code == 2 and hint in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "x").exists()
+
+
+def test_quiet_and_a_redirected_stderr_get_no_bars_and_no_control_codes(tmp_path):
+    """stderr to a file: no cursor codes, a plain line per epoch; with -q nothing but warnings."""
+    for flags, expect_epochs in (([], True), (["-q"], False)):
+        out = tmp_path / f"run{len(flags)}"
+        result = subprocess.run(
+            # no --no-progress: a redirected stderr alone turns the bars off
+            [sys.executable, "-m", "ppl_vae", "fit", "--out", str(out), "--hidden-dim", "32", "--epochs", "2", *flags],
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "\x1b" not in result.stderr and "\r" not in result.stderr
+        epochs = [line for line in result.stderr.splitlines() if line.startswith("ppl-vae: epoch ")]
+        assert len(epochs) == (2 if expect_epochs else 0), result.stderr
+        assert all("objective" in line and "test ELBO" in line for line in epochs)
+
+
+def test_the_bench_speaks_through_logging(tmp_path, caplog):
+    """A library user routes the bench's lines with the standard logging module."""
+    import logging
+
+    import ppl_vae
+    from tests.conftest import tiny_config
+
+    with caplog.at_level(logging.INFO, logger="ppl_vae"):
+        ppl_vae.fit(tiny_config(train={"epochs": 2}), tmp_path / "run", progress=False)
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")][-1].startswith("epoch 2/2:")
+
+
+def test_callbacks_are_called_once_per_epoch_with_its_row(tmp_path):
+    import ppl_vae
+    from tests.conftest import tiny_config
+
+    seen = []
+    run = ppl_vae.fit(
+        tiny_config(train={"epochs": 3}),
+        tmp_path / "run",
+        progress=False,
+        callbacks=[lambda e, row: seen.append((e, row))],
+    )
+    assert [e for e, _ in seen] == [1, 2, 3]
+    assert [row["test_elbo"] for _, row in seen] == [row["test_elbo"] for row in run.history]
+    more = []  # a resumed run calls them for the epochs it adds
+    ppl_vae.fit(
+        tiny_config(train={"epochs": 4}),
+        tmp_path / "run",
+        resume=True,
+        progress=False,
+        callbacks=[lambda e, r: more.append(e)],
+    )
+    assert more == [4]

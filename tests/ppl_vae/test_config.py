@@ -142,10 +142,10 @@ def test_unknown_names_are_refused_before_any_variant_is_built():
 @pytest.mark.parametrize(
     "section,key,value,message",
     [
-        ("train", "seed", -1, "train.seed must lie in"),
-        ("train", "seed", 2**40, "train.seed must lie in"),
-        ("train", "particles", 10**9, "train.particles must lie in"),
-        ("model", "latent_dim", 10**12, "model.latent_dim must lie in"),
+        ("train", "seed", -1, r"--seed \(train\.seed\) must lie in"),
+        ("train", "seed", 2**40, r"--seed \(train\.seed\) must lie in"),
+        ("train", "particles", 10**9, r"--particles \(train\.particles\) must lie in"),
+        ("model", "latent_dim", 10**12, r"--latent-dim \(model\.latent_dim\) must lie in"),
         ("train", "device", "tpu", "unknown device"),
         ("model", "program", "mine.py", "must look like path/to/file.py:factory"),
         ("train", "lr", float("inf"), "finite"),
@@ -156,3 +156,47 @@ def test_numbers_and_names_out_of_range(section, key, value, message):
     setattr(getattr(config, section), key, value)
     with pytest.raises(UserError, match=message):
         config.validate()
+
+
+def test_the_names_config_checks_are_the_registries_names():
+    """ppl_vae.names lists each registry's keys without torch; a registry entry without its name here fails."""
+    import importlib
+
+    from ppl_vae.names import REGISTRIES
+
+    for where, listed in REGISTRIES.items():
+        module, _, attr = where.partition(":")
+        assert tuple(getattr(importlib.import_module(module), attr)) == listed, where
+
+
+def test_the_config_imports_no_torch():
+    """Building the parser reads the config: it must not pay torch's import."""
+    import subprocess
+    import sys
+
+    heavy = "{'torch', 'pyro', 'numpy'}"
+    code = f"import sys, ppl_vae.cli; ppl_vae.cli.build_parser(); print(sorted({heavy} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_a_misspelt_config_attribute_is_refused_with_the_option_meant():
+    config = Config()
+    with pytest.raises(
+        AttributeError, match=r"ModelConfig has no option 'latent_dimz' \(did you mean 'latent_dim'\?\)"
+    ):
+        config.model.latent_dimz = 3
+    with pytest.raises(AttributeError, match="TrainConfig has no option"):
+        config.train.learning_rate = 0.1
+    config.model.latent_dim = 3  # the options themselves are set as before
+    assert config.validate().model.latent_dim == 3
+
+
+def test_an_unknown_name_suggests_the_nearest():
+    config = Config()
+    config.guide.name = "diagonl"
+    with pytest.raises(UserError, match=r"unknown guide 'diagonl' \(did you mean 'diagonal'\?\)"):
+        config.validate()
+    config.model.sigma = -1.0
+    with pytest.raises(UserError, match=r"^--sigma \(model\.sigma\) must lie in"):  # the flag the user typed
+        Config(model=config.model).validate()
