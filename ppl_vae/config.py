@@ -562,19 +562,8 @@ def load_config(path: str | Path, base: Config | None = None) -> Config:
     return from_dict(data, base)
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 def to_toml(config: Config) -> str:
-    """The resolved config as TOML text (round-trips through :func:`load_config`)."""
-    lines = []
-    for section, values in config.to_dict().items():
-        lines.append(f"[{section}]")
-        lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
-        lines.append("")
-    return "\n".join(lines)
+    """The resolved config as TOML text (round-trips through :func:`load_config`), written by ``tomli-w``."""
+    import tomli_w
+
+    return tomli_w.dumps(config.to_dict())

@@ -4,8 +4,8 @@ from pathlib import Path
 import pyro
 import pytest
 
-# ../shared/data beside the checkout; PPL_VAE_SHARED_DATA points a checkout elsewhere (a git worktree) at it
-SHARED_DATA = Path(os.environ.get("PPL_VAE_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+# ../shared/data beside the checkout; PPL_VAE_DATA (the bench's own variable) points a checkout elsewhere at it
+SHARED_DATA = Path(os.environ.get("PPL_VAE_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 
 
 @pytest.fixture(autouse=True)

@@ -21,6 +21,7 @@ and Tomczak & Welling 2018, arXiv:1705.07120).
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,13 +128,17 @@ def labelled_subset(labels: np.ndarray, count: str, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(picks)).astype(np.int64)
 
 
+DATA_ENV = "PPL_VAE_DATA"  # the documented way to point every command at a folder of data sets
+
+
 def shared_data_dir() -> Path | None:
-    """The read-only folder of real data sets beside a checkout (``../shared/data``), if present."""
-    here = Path(__file__).resolve().parent.parent
-    for candidate in (here.parent / "shared" / "data", Path.cwd().parent / "shared" / "data"):
-        if candidate.is_dir():
-            return candidate
-    return None
+    """Where named data sets are looked for when ``--data-root`` is not given: the folder ``$PPL_VAE_DATA``
+    names, else the read-only ``shared/data`` beside a checkout, if present. Never the working directory:
+    the same command finds the same data wherever it is run from."""
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV]).expanduser()
+    beside = Path(__file__).resolve().parents[3] / "shared" / "data"  # ppl_vae/data/datasets.py in a checkout
+    return beside if beside.is_dir() else None
 
 
 def validate_array(x: np.ndarray, name: str) -> np.ndarray:
@@ -215,6 +220,15 @@ def _find(cfg: DataConfig, default_subdir: str, filename: str) -> Path | None:
     return shared / default_subdir / filename if shared else None
 
 
+def _not_found(name: str, filename: str, path: Path | None) -> UserError:
+    """Where a named data set was looked for, and the two ways to say where it is."""
+    where = f"at {path}" if path is not None else f"(no --data-root given, ${DATA_ENV} unset, no shared/data)"
+    return UserError(
+        f"{name}: {filename} not found {where}; pass --data-root PATH/TO/{filename}, "
+        f"or set {DATA_ENV} to the folder holding the data sets"
+    )
+
+
 def _npz_with_split(path: Path, name: str) -> Dataset:
     try:
         with (
@@ -237,7 +251,7 @@ def _mnist_like(name: str, subdir: str, torchvision_cls: str) -> Callable[[DataC
         if npz is not None and npz.is_file():
             return _npz_with_split(npz, name)
         if not cfg.root:
-            raise UserError(f"{name}: no local copy found; pass --data-root DIR (with --download to fetch it)")
+            raise _not_found(name, f"{subdir}.npz", npz)
         import torchvision.datasets as tvd
 
         cls = getattr(tvd, torchvision_cls)
@@ -256,7 +270,7 @@ def _frey(cfg: DataConfig) -> Dataset:
 
     path = _find(cfg, "frey", "frey_rawface.mat")
     if path is None or not path.is_file():
-        raise UserError("frey: frey_rawface.mat not found; pass --data-root PATH/TO/frey_rawface.mat")
+        raise _not_found("frey", "frey_rawface.mat", path)
     try:
         ff = loadmat(path)["ff"]  # (560, 1965) uint8, one 28x20 face a column
     except Exception as err:  # noqa: BLE001 - scipy raises several types for corrupt files
@@ -276,9 +290,7 @@ def _caltech101(cfg: DataConfig) -> Dataset:
 
     path = _find(cfg, "caltech101_silhouettes", "caltech101_silhouettes_28_split1.mat")
     if path is None or not path.is_file():
-        raise UserError(
-            "caltech101: caltech101_silhouettes_28_split1.mat not found; pass --data-root PATH/TO/the .mat file"
-        )
+        raise _not_found("caltech101", "caltech101_silhouettes_28_split1.mat", path)
     try:
         raw = loadmat(path)
         splits = {k: raw[f"{k}_data"] for k in ("train", "val", "test")}

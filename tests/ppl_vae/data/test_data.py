@@ -141,3 +141,19 @@ def test_dynamic_mnist_test_split_is_the_one_binarization_of_mnist_nll(shared_da
     data = load_data(DataConfig(name="mnist", root=str(shared_data / "mnist"), binarize=True, validation=10000))
     assert torch.equal(data.test, torch.bernoulli(grey, generator=torch.Generator().manual_seed(123)))
     assert (len(data.train), len(data.val)) == (50000, 10000)
+
+
+def test_named_data_sets_are_found_through_ppl_vae_data_not_the_working_directory(tmp_path, monkeypatch):
+    """PPL_VAE_DATA names the folder of data sets; the working directory never decides what a name loads."""
+    from ppl_vae.data.datasets import shared_data_dir
+
+    folder = tmp_path / "elsewhere" / "frey"
+    folder.mkdir(parents=True)
+    monkeypatch.setenv("PPL_VAE_DATA", str(tmp_path / "elsewhere"))
+    assert shared_data_dir() == tmp_path / "elsewhere"
+    with pytest.raises(UserError, match=str(folder)):  # looked for exactly there
+        load_data(DataConfig(name="frey"))
+    monkeypatch.delenv("PPL_VAE_DATA")
+    before = shared_data_dir()
+    monkeypatch.chdir(tmp_path)  # a folder with no data beside it: same answer as from anywhere else
+    assert shared_data_dir() == before
