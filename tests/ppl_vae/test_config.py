@@ -200,3 +200,13 @@ def test_an_unknown_name_suggests_the_nearest():
     config.model.sigma = -1.0
     with pytest.raises(UserError, match=r"^--sigma \(model\.sigma\) must lie in"):  # the flag the user typed
         Config(model=config.model).validate()
+
+
+def test_a_config_with_a_newline_and_quotes_in_a_path_round_trips_through_toml(tmp_path):
+    from ppl_vae.config import load_config, to_toml
+
+    config = Config()
+    config.data.root = 'a "quoted"\nfolder\\with\ttabs'
+    path = tmp_path / "config.toml"
+    path.write_text(to_toml(config))
+    assert load_config(path).data.root == config.data.root
