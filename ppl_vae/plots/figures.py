@@ -1,8 +1,9 @@
 """Pictures: training curves, image grids (reconstructions, samples), diagnostics.
 
-Every function writes one PNG atomically and returns its path. Figures are made with
-matplotlib's object-oriented API (:class:`matplotlib.figure.Figure`), never through pyplot, so
-drawing chooses no backend and leaves a notebook's inline plotting alone.
+Every function returns its :class:`matplotlib.figure.Figure` (a notebook shows it as it is) and,
+given a ``path``, also writes it there as one PNG, atomically. Figures are made with matplotlib's
+object-oriented API, never through pyplot, so drawing chooses no backend and leaves a notebook's
+inline plotting alone.
 """
 
 from __future__ import annotations
@@ -27,12 +28,12 @@ def new_figure(figsize: tuple[float, float], nrows: int = 1, ncols: int = 1, **s
     return fig, fig.subplots(nrows, ncols, **subplots)
 
 
-def save_figure(fig, path: str | Path) -> Path:
-    """Write ``fig`` as a PNG at ``path``, atomically."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    return path
+def save_figure(fig, path: str | Path | None):
+    """Write ``fig`` as a PNG at ``path``, atomically (nothing when ``path`` is None); return ``fig``."""
+    if path is not None:
+        with atomic_path(Path(path)) as tmp:
+            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    return fig
 
 
 def display_shape(image_shape: Sequence[int]) -> tuple[int, ...]:
@@ -82,16 +83,20 @@ def image_grid(
 
 
 def plot_images(
-    x: torch.Tensor, image_shape: Sequence[int], path: str | Path, ncol: int = 8, title: str | None = None
-) -> Path:
+    x: torch.Tensor, image_shape: Sequence[int], path: str | Path | None = None, ncol: int = 8, title: str | None = None
+):
     """A grid of ``(N, D)`` images, ``ncol`` a row."""
     rows = list(x.split(ncol))
     return save_figure(image_grid(rows, image_shape, title=title), path)
 
 
 def plot_reconstructions(
-    x: torch.Tensor, decodings: torch.Tensor, image_shape: Sequence[int], path: str | Path, title: str | None = None
-) -> Path:
+    x: torch.Tensor,
+    decodings: torch.Tensor,
+    image_shape: Sequence[int],
+    path: str | Path | None = None,
+    title: str | None = None,
+):
     """Each column one datapoint: x on top, below it the decodings of K draws z ~ q(z|x).
 
     Args:
@@ -102,18 +107,32 @@ def plot_reconstructions(
     return save_figure(image_grid(rows, image_shape, labels, title), path)
 
 
-def plot_history(history: list[dict], path: str | Path) -> Path:
+def plot_history(history: list[dict], path: str | Path | None = None):
     """The test ELBO (β = 1) and the training objective per datapoint against epoch.
 
     They are different quantities: the training objective is what the optimizer saw (β-weighted
-    with annealing, or the IWAE bound), so it is drawn dashed and named for what it is.
+    with annealing, or the IWAE bound), so it is drawn dashed and named for what it is. The
+    y-axis spans the epochs after the first tenth: the first epochs' numbers, hundreds of nats
+    lower, would flatten the rest (they are off the scale, marked by the axis' lower edge).
     """
-    fig, ax = new_figure((5.5, 3.5))
+    fig, ax = new_figure((6, 3.6))
     epochs = [row["epoch"] for row in history]
-    ax.plot(epochs, [row["test_elbo"] for row in history], marker="o", ms=3, label="test ELBO (β = 1)")
-    ax.plot(epochs, [row["train_objective"] for row in history], ls="--", label="training objective (as optimized)")
+    curves = {
+        "test ELBO (β = 1)": ([row["test_elbo"] for row in history], {"marker": "o", "ms": 3}),
+        "training objective (as optimized)": ([row["train_objective"] for row in history], {"ls": "--"}),
+    }
+    if any("val_elbo" in row for row in history):
+        curves["validation ELBO (β = 1)"] = ([row.get("val_elbo", math.nan) for row in history], {"lw": 1})
+    for label, (values, style) in curves.items():
+        ax.plot(epochs, values, label=label, **style)
+    late = [v for values, _ in curves.values() for v in values[max(1, len(values) // 10) :] if math.isfinite(v)]
+    if len(history) > 5 and late:
+        low, high = min(late), max(late)
+        pad = 0.1 * (high - low) or 1.0
+        ax.set_ylim(low - pad, high + pad)
     ax.set_xlabel("epoch")
     ax.set_ylabel("nats per datapoint")
+    ax.set_title("ELBO per datapoint during training")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8, loc="lower right")
     return save_figure(fig, path)

@@ -524,7 +524,7 @@ def _write_outputs(run: Run, seconds: float, first_test_elbo: float, best_epoch:
         absent["reconstructions.png"] = no_images
     samples = run.sample(N_SAMPLES, like=data.test[:N_SAMPLES], **run.inputs(labels))
     if samples is not None:
-        plot_images(samples, data.image_shape, figures / "samples.png")
+        plot_images(samples, data.image_shape, figures / "samples.png", title="Decodings of z ~ p(z)")
     else:
         absent["samples.png"] = no_images
     if run.program.takes("y") and run.num_classes:
