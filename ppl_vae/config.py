@@ -37,6 +37,7 @@ from typing import Any
 from .data.datasets import DATASETS
 from .errors import UserError
 from .guides import GUIDES
+from .inference.compiled import COMPILE_STEPS, REPLAY_STEPS, SAMPLER_CHUNKS
 from .inference.objectives import ELBOS
 from .inference.optimizers import OPTIMIZERS
 from .inference.schedules import ANNEALING, LR_SCHEDULES
@@ -235,7 +236,8 @@ class TrainConfig:
     anneal_epochs: int = option(10, "length of a warm-up (or of one cycle) in epochs", low=1, high=1_000_000)
     compile: str = option(
         "auto",
-        "record the training step as a tensor graph, compile and replay it: on, off, or auto (when it pays)",
+        "record the training step as a tensor graph, compile and replay it: on, off, or auto (replayed from "
+        f"{REPLAY_STEPS} steps, compiled from {COMPILE_STEPS}, when the program can be recorded)",
         names=lambda: SWITCH,
         switch=True,
     )
@@ -273,7 +275,7 @@ class EvalConfig:
     compile_sampler: str = option(
         "auto",
         "record the importance sampler's chunk as a tensor graph, compile and replay it: on, off, or auto "
-        "(when it pays)",
+        f"(from {SAMPLER_CHUNKS} chunks)",
         names=lambda: SWITCH,
         switch=True,
     )

@@ -34,7 +34,7 @@ import torch
 from ..config import Config, from_dict, is_program_spec, to_toml
 from ..data.datasets import Dataset, load_data
 from ..errors import CheckpointError, StorageError, UserError
-from ..inference.compiled import KINDS
+from ..inference.compiled import STEP_KINDS, as_step_kind
 from ..inference.distributed import SINGLE, init_cluster
 from ..inference.importance import latent_sites, rng_untouched, trace_pair
 from ..inference.predictive import prior_decode, reconstruct
@@ -132,7 +132,7 @@ class Run:
     checkpoint: dict = field(default_factory=dict)  # epoch and step of the weights held
     programs: dict[str, ProgramFile] = field(default_factory=dict, repr=False)
     note: str = ""  # "finished": a resume found nothing left to train
-    step_kind: str = ""  # the training step fit() took: compiled, replayed or eager
+    step_kind: str = ""  # the training step fit() took: eager, replayed or compiled ("" before steps were recorded)
     num_classes: int | None = None
 
     @property
@@ -247,13 +247,23 @@ def _check_extra(state: dict, where: Path) -> dict:
         for i, row in enumerate(history)
     ):
         problem = "history rows must be numbers, one row an epoch, in order"
-    elif extra.get("step_kind") not in (None, "on", "replay", "off"):
-        problem = "step_kind must be on, replay or off"
+    elif extra.get("step_kind") is not None and not _step_kind(extra["step_kind"]):
+        problem = f"step_kind must be one of {', '.join(STEP_KINDS)}"
     elif extra.get("num_classes") is not None and not _count(extra["num_classes"], 1):
         problem = "num_classes must be a positive integer"
     if problem:
         raise CheckpointError(f"{where}/checkpoint/state.json: {problem}")
+    if extra.get("step_kind") is not None:
+        extra["step_kind"] = as_step_kind(extra["step_kind"])  # older checkpoints stored on, replay, off
     return extra
+
+
+def _step_kind(name) -> str:
+    """``name`` as a step kind, or "" where it names none."""
+    try:
+        return as_step_kind(name) if isinstance(name, str) else ""
+    except ValueError:
+        return ""
 
 
 def _config_of(state: dict, where: Path) -> Config:
@@ -438,7 +448,7 @@ def _write_outputs(run: Run, seconds: float, first_test_elbo: float, best_epoch:
         "n_test": len(data.test),
         "n_labelled": 0 if data.labelled is None else len(data.labelled),
         "parameters": sum(p.numel() for p in run.program.parameters()),
-        "step": run.step_kind,  # compiled or eager; why is printed when training starts
+        "step": run.step_kind,  # eager, replayed or compiled; why is printed when training starts
     }
     if best_epoch is not None:  # a validation split: its best epoch (the weights kept with early stopping)
         run.metrics["best_epoch"] = best_epoch
@@ -727,7 +737,7 @@ def _train_into(target: _Target, run: Run, trainer: Trainer, programs, data: Dat
         checkpoint(trainer)
     seconds = sum(row["seconds"] for row in trainer.history) if resumed else time.perf_counter() - start
     run.history = trainer.history
-    run.step_kind = KINDS[trainer.step_kind]
+    run.step_kind = trainer.step_kind
     if config.train.patience:
         # the run ends with the best validation epoch's weights, in the checkpoint that load() reads too
         load_checkpoint(target.dir / "best", run.program, device=str(run.device))
@@ -795,6 +805,6 @@ def load(run_dir: str | Path, device: str = "auto", trust_program: bool = False)
         history=extra["history"],
         checkpoint={"epoch": state["epoch"], "step": state["step"]},
         programs=programs,
-        step_kind={"on": "compiled", "off": "eager"}.get(extra.get("step_kind"), ""),
+        step_kind=extra.get("step_kind") or "",
         num_classes=extra.get("num_classes"),
     )
