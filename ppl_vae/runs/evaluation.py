@@ -47,6 +47,7 @@ from .budget import check_memory, evaluation_bytes
 from .layout import EVALUATION, RUN_SUBDIRS
 from .programs import program_errors
 from .report import write_report
+from .run import versions
 
 __all__ = [
     "Evaluation",
@@ -257,7 +258,7 @@ def _write_into(out: Path, ev: Evaluation, image_shape: tuple[int, ...], setting
         out / "settings.json",
         {**settings, "points": {"n": int(len(points)), "sha256": sha256_bytes(points.numpy().tobytes())}},
     )
-    write_json(out / "evaluation.json", ev.summary)
+    write_json(out / "evaluation.json", {**ev.summary, "versions": versions()})
 
 
 def evaluate_run(

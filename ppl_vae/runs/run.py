@@ -24,6 +24,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,7 @@ __all__ = [
     "with_absolute_programs",
     "check_latent_sites",
     "RESUMABLE",
+    "versions",
 ]
 
 N_FIGURE = 10  # test images shown in reconstructions.png
@@ -298,8 +300,23 @@ METRICS: dict[str, tuple[type, ...]] = {
     "step": (str,),
     "best_epoch": (int,),
     "best_val_elbo": (int, float),
+    "versions": (dict,),
 }
 REQUIRED_METRICS = ("train_objective", "test_elbo", "epochs", "seconds", "parameters")
+
+
+VERSIONED = ("torch", "pyro-ppl", "arviz")  # the libraries whose arithmetic a run's numbers come from
+
+
+def versions() -> dict[str, str]:
+    """``{library: version}`` of torch, pyro-ppl, arviz and ppl_vae: what a run's numbers were produced with.
+
+    The same command with the same versions on the same machine gives the same numbers, bit for
+    bit; other versions give them within float noise per step (README, *Reproducibility*).
+    """
+    from .. import __version__
+
+    return {**{name: metadata.version(name) for name in VERSIONED}, "ppl_vae": __version__}
 
 
 def read_metrics(run_dir: str | Path) -> dict:
@@ -316,8 +333,12 @@ def read_metrics(run_dir: str | Path) -> dict:
     for key, value in metrics.items():
         kinds = METRICS.get(key, (int, float, str, type(None)))
         if isinstance(value, bool) or not isinstance(value, kinds):
-            what = {(int,): "an integer", (int, float): "a number", (str,): "text"}.get(kinds, "a number or text")
+            what = {(int,): "an integer", (int, float): "a number", (str,): "text", (dict,): "a table"}.get(
+                kinds, "a number or text"
+            )
             raise CheckpointError(f"{path}: {key!r} must be {what}, got {value!r}")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in metrics.get("versions", {}).items()):
+        raise CheckpointError(f"{path}: 'versions' must name a version (text) for each library")
     if metrics["epochs"] < 1 or not metrics["seconds"] >= 0 or metrics["parameters"] < 0:
         raise CheckpointError(f"{path}: epochs, seconds and parameters must be counts")
     return metrics
@@ -449,6 +470,7 @@ def _write_outputs(run: Run, seconds: float, first_test_elbo: float, best_epoch:
         "n_labelled": 0 if data.labelled is None else len(data.labelled),
         "parameters": sum(p.numel() for p in run.program.parameters()),
         "step": run.step_kind,  # eager, replayed or compiled; why is printed when training starts
+        "versions": versions(),
     }
     if best_epoch is not None:  # a validation split: its best epoch (the weights kept with early stopping)
         run.metrics["best_epoch"] = best_epoch

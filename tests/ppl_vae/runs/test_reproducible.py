@@ -64,3 +64,21 @@ def test_the_same_command_gives_the_same_numbers(tmp_path):
     evaluations = [json.loads((out / "evaluation" / "evaluation.json").read_text()) for out in outs]
     assert _numbers(evaluations[0]) == _numbers(evaluations[1])
     assert evaluations[0]["log_px"] == evaluations[1]["log_px"] and evaluations[0]["log_px"] < 0
+
+
+def test_the_versions_that_produced_the_numbers_are_recorded_and_reported(tmp_path):
+    import arviz
+    import pyro
+    import torch
+
+    out = tmp_path / "run"
+    assert main(["fit", "--out", str(out), *FIT]) == 0
+    assert main(["evaluate", str(out), *EVALUATE, "--no-progress"]) == 0
+    want = {"torch": torch.__version__, "pyro-ppl": pyro.__version__, "arviz": arviz.__version__}
+    want["ppl_vae"] = ppl_vae.__version__
+    metrics = json.loads((out / "metrics.json").read_text())
+    evaluation = json.loads((out / "evaluation" / "evaluation.json").read_text())
+    assert metrics["versions"] == want and evaluation["versions"] == want
+    assert ppl_vae.load(out).metrics["versions"] == want  # read back through metrics.json's checks
+    line = "Produced with " + ", ".join(f"{name} {version}" for name, version in want.items()) + "."
+    assert (out / "report.md").read_text().count(line) == 2  # under the training and the evaluation tables
