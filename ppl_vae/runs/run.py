@@ -305,18 +305,21 @@ METRICS: dict[str, tuple[type, ...]] = {
 REQUIRED_METRICS = ("train_objective", "test_elbo", "epochs", "seconds", "parameters")
 
 
-VERSIONED = ("torch", "pyro-ppl", "arviz")  # the libraries whose arithmetic a run's numbers come from
-
-
 def versions() -> dict[str, str]:
     """``{library: version}`` of torch, pyro-ppl, arviz and ppl_vae: what a run's numbers were produced with.
 
-    The same command with the same versions on the same machine gives the same numbers, bit for
-    bit; other versions give them within float noise per step (README, *Reproducibility*).
+    torch's includes its build (``2.14.1+cu130``). The same command with the same versions on the
+    same machine gives the same numbers, bit for bit; other versions give them within float noise
+    per step (README, *Reproducibility*). arviz is named without being imported (it is slow to import).
     """
     from .. import __version__
 
-    return {**{name: metadata.version(name) for name in VERSIONED}, "ppl_vae": __version__}
+    return {
+        "torch": str(torch.__version__),
+        "pyro-ppl": pyro.__version__,
+        "arviz": metadata.version("arviz"),
+        "ppl_vae": __version__,
+    }
 
 
 def read_metrics(run_dir: str | Path) -> dict:
