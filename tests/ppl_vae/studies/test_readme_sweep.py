@@ -1,6 +1,7 @@
 """README's "Why MSE?" table is what `make sigma-sweep` produces, character for character."""
 
 import importlib.util
+import os
 import re
 import shlex
 import subprocess
@@ -48,10 +49,13 @@ def test_embedding_leaves_out_what_says_who_drew_a_figure_and_when(tmp_path):
 
 @pytest.mark.slow
 def test_the_readme_table_is_what_make_sigma_sweep_produces(tmp_path):
-    """`ppl-vae sigma-sweep $(SWEEP_ARGS)` in a fresh process, as `make sigma-sweep` runs it (several minutes)."""
+    """`ppl-vae sigma-sweep $(SWEEP_ARGS)` in a fresh process with the Makefile's thread count, as `make sigma-sweep`
+    runs it (several minutes)."""
     out = tmp_path / "sweep"
     command = [sys.executable, "-m", "ppl_vae", "sigma-sweep", *_make_variable("SWEEP_ARGS"), "--out", str(out)]
-    done = subprocess.run([*command, "--no-progress"], cwd=ROOT, capture_output=True, text=True)
+    threads = {"OMP_NUM_THREADS": _make_variable("SWEEP_THREADS")[0]}
+    env = {**os.environ, **threads}
+    done = subprocess.run([*command, "--no-progress"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     embed = _embed_sweep()
     readme = (ROOT / "README.md").read_text()
