@@ -33,16 +33,22 @@ test-slow: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
-## make sigma-sweep: the "Why MSE?" numbers and figures, embedded into README.md
+## make sigma-sweep: the "Why MSE?" numbers and figures, embedded into README.md (docs/sigma-sweep);
+## the same command on the same machine and versions writes the same bytes (tests/ppl_vae/studies/test_readme_sweep.py)
+## one torch thread: parallel sums are split by the thread count, so one thread gives the same table on any
+## number of cores (and the sweep's small networks gain little from more)
 SWEEP ?= runs/sigma-sweep
+SWEEP_ARGS := --sigmas 0.03,0.05,0.1,0.2,0.4 --latent-dim 16
+SWEEP_THREADS := 1
 sigma-sweep: $(STAMP)
-	$(VENV)/bin/ppl-vae sigma-sweep --sigmas 0.03,0.05,0.1,0.2,0.4 --latent-dim 16 --out $(SWEEP)
+	OMP_NUM_THREADS=$(SWEEP_THREADS) $(VENV)/bin/ppl-vae sigma-sweep $(SWEEP_ARGS) --out $(SWEEP)
 	$(PY) docs/embed_sweep.py $(SWEEP)
 
 ## make sigma-sweep-frey: the same on Frey Face (the AEVB paper's Gaussian-decoder data), where ../shared/data has it
+SWEEP_FREY ?= runs/sigma-sweep-frey
 sigma-sweep-frey: $(STAMP)
-	$(VENV)/bin/ppl-vae sigma-sweep --data frey --sigmas 0.03,0.05,0.1,0.2,0.4 --latent-dim 16 --out runs/sigma-sweep-frey
-	$(PY) docs/embed_sweep.py runs/sigma-sweep-frey sigma-sweep-frey
+	OMP_NUM_THREADS=$(SWEEP_THREADS) $(VENV)/bin/ppl-vae sigma-sweep --data frey $(SWEEP_ARGS) --out $(SWEEP_FREY)
+	$(PY) docs/embed_sweep.py $(SWEEP_FREY) sigma-sweep-frey
 
 ## make compare: guides x priors on digits, ranked by held-out log p(x)
 compare: $(STAMP)

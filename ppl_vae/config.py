@@ -37,6 +37,7 @@ from typing import Any
 
 from .diagnostics.verdicts import PRACTICAL_EQUIVALENCE
 from .errors import UserError
+from .inference.steps import COMPILE_STEPS, REPLAY_STEPS, SAMPLER_CHUNKS
 from .names import names as _names
 from .storage.atomic import open_regular
 
@@ -253,7 +254,8 @@ class TrainConfig(_Options):
     anneal_epochs: int = option(10, "length of a warm-up (or of one cycle) in epochs", low=1, high=1_000_000)
     compile: str = option(
         "auto",
-        "record the training step as a tensor graph, compile and replay it: on, off, or auto (when it pays)",
+        "record the training step as a tensor graph, compile and replay it: on, off, or auto (replayed from "
+        f"{REPLAY_STEPS} steps, compiled from {COMPILE_STEPS}, when the program can be recorded)",
         names=lambda: SWITCH,
         switch=True,
     )
@@ -291,7 +293,7 @@ class EvalConfig(_Options):
     compile_sampler: str = option(
         "auto",
         "record the importance sampler's chunk as a tensor graph, compile and replay it: on, off, or auto "
-        "(when it pays)",
+        f"(from {SAMPLER_CHUNKS} chunks)",
         names=lambda: SWITCH,
         switch=True,
     )

@@ -38,7 +38,6 @@ collapsed units as active) and of the draws where it has none (flows).
 
 from __future__ import annotations
 
-import time
 import warnings
 from dataclasses import dataclass, field
 
@@ -50,15 +49,7 @@ from pyro.infer.util import is_validation_enabled
 from tqdm.auto import tqdm
 
 from ..errors import UserError
-from ..inference.compiled import (
-    SAMPLER,
-    close,
-    compile_pays,
-    fuse_graph,
-    graph_key,
-    record,
-    remember_compile_seconds,
-)
+from ..inference.compiled import close, compiles_sampler, fuse_graph, record
 from ..inference.importance import (
     is_enumerated,
     latent_sites,
@@ -237,14 +228,15 @@ def _chunk_terms(model, guide, nesting: int, xb: torch.Tensor, kk: int, inputs: 
 
 
 class _Chunks:
-    """The sampler's chunks: eager, or — where it pays — recorded once for their common shape and compiled.
+    """The sampler's chunks: eager, or recorded once for their common shape and compiled.
 
     The chunks repeat one shape (the last point and particle chunks may be ragged), so the
     tensor operations of a chunk are recorded and compiled as the training step is
     (:mod:`ppl_vae.inference.compiled`), random draws left to the eager generator: a compiled
-    chunk draws what an eager one would. ``auto`` times the second full chunk (the first runs
-    with validation) and compiles when the remaining ones repay it twice over; a program that
-    cannot be recorded, or whose recording disagrees with it, stays eager (``on`` refuses it).
+    chunk draws what an eager one would. ``auto`` compiles when the evaluation has enough full
+    chunks to repay it (:func:`~ppl_vae.inference.compiled.compiles_sampler`: a count, not a
+    timing); a program that cannot be recorded, or whose recording disagrees with it, stays eager
+    (``on`` refuses it).
     """
 
     FLAG = "--compile-sampler"
@@ -252,55 +244,35 @@ class _Chunks:
     def __init__(self, model, guide, nesting: int, mode: str, full_chunks: int, say=None):
         self.model, self.guide, self.nesting = model, guide, nesting
         self.mode, self.full_chunks, self.say = mode, full_chunks, say
-        self.graph, self.key, self.seen, self.verified = None, None, 0, False
-        self.note = "eager importance sampler (--no-compile-sampler)" if mode == "off" else ""
-        if self.note and say is not None:
+        self.graph, self.key, self.verified = None, None, False
+        if mode == "off":
+            self.compiles, self.note = False, "eager importance sampler (--no-compile-sampler)"
+        elif mode == "on":
+            self.compiles, self.note = True, f"compiled importance sampler ({self.FLAG})"
+        else:
+            self.compiles, self.note = compiles_sampler(full_chunks)
+        if not self.compiles and say is not None:
             say(self.note)
 
     def __call__(self, xb: torch.Tensor, kk: int, inputs: dict) -> dict:
         key = (tuple(xb.shape), kk, tuple((k, None if v is None else tuple(v.shape)) for k, v in inputs.items()))
         if self.graph is not None and key == self.key and (self.verified or self._verify(xb, kk, inputs)):
             return self._replay(xb, *[v for v in inputs.values() if v is not None])
-        start = time.perf_counter()
         terms = _chunk_terms(self.model, self.guide, self.nesting, xb, kk, inputs)
-        seconds = time.perf_counter() - start
-        if not self.note and (self.key is None or key == self.key):
-            self.key, self.seen = key, self.seen + 1
-            if self.mode == "on" or self.seen == 2 or self.full_chunks < 2:
-                self._decide(xb, kk, inputs, seconds)
+        if self.compiles and self.key is None:  # the first chunk (run eagerly, with validation) is the shape
+            self.key = key
+            self._compile(xb, kk, inputs)
         return terms
 
-    def _decide(self, xb: torch.Tensor, kk: int, inputs: dict, seconds: float) -> None:
-        if self.mode == "on":
-            pays, why = True, f"compiled importance sampler ({self.FLAG})"
-        elif self.full_chunks <= self.seen:
-            pays, why = False, f"eager importance sampler: {self.full_chunks} chunk(s), nothing for compiling to repay"
-        else:
-            pays, why = compile_pays(
-                seconds, self.full_chunks - self.seen, 1, SAMPLER, keys=[self._key(xb, kk, inputs)]
-            )
-        self.note = why
-        if pays:
-            try:
-                self.graph = self._compiled(xb, kk, inputs)
-            except UserError as err:
-                if self.mode == "on":
-                    raise
-                self.note = f"eager importance sampler: {err} (fallback)"
+    def _compile(self, xb: torch.Tensor, kk: int, inputs: dict) -> None:
+        try:
+            self.graph = self._recorded(xb, kk, inputs)
+        except UserError as err:
+            if self.mode == "on":
+                raise
+            self.note = f"eager importance sampler: {err} (fallback)"
         if self.say is not None:
             self.say(self.note)
-
-    def _key(self, xb: torch.Tensor, kk: int, inputs: dict) -> str:
-        shapes = [(k, None if v is None else tuple(v.shape)) for k, v in inputs.items()]
-        return graph_key(
-            "sampler", self.model, graph_key("guide", self.guide), tuple(xb.shape), kk, shapes, xb.dtype, xb.device
-        )
-
-    def _compiled(self, xb: torch.Tensor, kk: int, inputs: dict):
-        start = time.perf_counter()
-        graph = self._recorded(xb, kk, inputs)
-        remember_compile_seconds(self._key(xb, kk, inputs), time.perf_counter() - start)
-        return graph
 
     def _recorded(self, xb: torch.Tensor, kk: int, inputs: dict):
         names = [k for k, v in inputs.items() if v is not None]
@@ -373,8 +345,8 @@ def importance_sample(
     ``x``. Enumerated sites multiply the work of a draw; chunks shrink to keep memory bounded.
     ``split_points=False`` keeps all points in every chunk (for per-datapoint guides whose
     parameters are tied to the rows of ``x``) and chunks over particles only. ``compile``
-    (auto | on | off) compiles the chunks where it pays (:class:`_Chunks`); ``say(line)`` is
-    told which path was taken and why.
+    (auto | on | off) compiles the chunks where there are enough of them to repay it
+    (:class:`_Chunks`); ``say(line)`` is told which path was taken and why.
     """
     n = x.shape[0]
     first = slice(0, min(n, 2) if split_points else n)  # a per-datapoint guide runs on all its rows only

@@ -37,23 +37,18 @@ The recording is faithful only where:
 
 The same recording, replayed without compiling, is the *replayed* step; :func:`record` and
 :func:`fuse_graph` also record and compile the importance sampler's chunks
-(:mod:`ppl_vae.diagnostics.estimators`). Whether either pays is estimated from a measured eager
-time against the one-off cost (:func:`step_choice`, :func:`compile_pays`), the compile time of a
-graph compiled before read from the note kept beside TorchInductor's cache.
+(:mod:`ppl_vae.diagnostics.estimators`). Which step a run takes by default, and whether an
+evaluation compiles its sampler, are functions of the run alone — its number of steps or chunks
+and whether its program can be recorded (:func:`default_step`, :func:`compiles_sampler`) — never
+of a measured time, so the same command takes the same path on a busy machine and a quiet one.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import statistics
-import time
 import traceback
 import warnings
-from dataclasses import dataclass
-from pathlib import Path
 
 import pyro
 import torch
@@ -63,22 +58,26 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils import _pytree as pytree
 
 from ..errors import UserError
-from ..storage.atomic import write_json
 from .distributed import ProgramLoss
 from .importance import latent_sites, replayed_traces, rng_untouched, sample_sites, trace_pair
 from .objectives import Objective, with_handlers
 from .params import ModuleParams, foreign_params
+from .steps import COMPILE_STEPS, REPLAY_STEPS, SAMPLER_CHUNKS
 
 __all__ = [
     "CompiledStep",
     "recordable_elbo",
     "choose_step",
-    "compile_pays",
+    "default_step",
+    "compiles_sampler",
+    "as_step_kind",
     "record",
     "fuse_graph",
     "close",
-    "STEP",
-    "SAMPLER",
+    "STEP_KINDS",
+    "REPLAY_STEPS",
+    "COMPILE_STEPS",
+    "SAMPLER_CHUNKS",
 ]
 
 RECORDABLE = ("trace", "iwae")
@@ -134,17 +133,10 @@ class CompiledStep:
     def _tensors(self) -> list[torch.Tensor]:
         return [t.detach() for t in self._inputs]
 
-    def key(self, shape, dtype: torch.dtype, device, scale: float) -> str:
-        """The name of the graph recorded for batches of ``shape`` scaled by ``scale`` (:func:`step_key`)."""
-        return step_key(self.program, self.objective, shape, dtype, device, scale)
-
     def __call__(self, x: torch.Tensor, scale: float, beta: float) -> torch.Tensor:
         key = (tuple(x.shape), x.dtype, x.device, float(scale))
         if key not in self._graphs:
-            start = time.perf_counter()
             self._graphs[key] = self._record(x, float(scale))
-            if self.fuse:
-                remember_compile_seconds(self.key(*key), time.perf_counter() - start)
         elif key not in self._verified:
             # once more on a batch it was not recorded on: a value read back as a number (.tolist(),
             # .numpy()) is a constant in the recording, which its own batch cannot show
@@ -359,188 +351,81 @@ def close(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-4) -> bool:
     return a.shape == b.shape and torch.allclose(a, b, rtol=rtol, atol=rtol * scale, equal_nan=True)
 
 
-# --- choosing: compiled when it pays ------------------------------------------------------------
+# --- choosing: a function of the run alone, never of a measured time ------------------------------
 
-COMPILE_SECONDS = 8.0  # one-off cost of recording and compiling one shape on CPU (BENCHMARKS.md: 5–23 s)
-MEMO = "compile-seconds.json"  # beside TorchInductor's kernels: what compiling each graph took last time
+STEP_KINDS = ("eager", "replayed", "compiled")
+# the names checkpoints stored before the kinds had one vocabulary; "on" and "off" are also what the
+# --compile switch says for the compiled and the eager step
+_OLD_NAMES = {"off": "eager", "replay": "replayed", "on": "compiled"}
+
+# the step counts that choose a kind: see ppl_vae.inference.steps
 
 
-def graph_key(kind: str, program, *shape) -> str:
-    """A name for one recorded graph: ``kind``, the program's class, structure and tensor shapes, ``shape``.
+def as_step_kind(name: str) -> str:
+    """``name`` in the one vocabulary of step kinds (:data:`STEP_KINDS`): ``eager``, ``replayed``, ``compiled``.
 
-    Two runs of the same program on the same shapes share it (and TorchInductor's cached
-    kernels); it is an estimate's key, not a proof that the graphs are equal.
+    Checkpoints written before stored ``off``, ``replay`` and ``on``, which are also the ``--compile``
+    switch's words for the eager and the compiled step; they are mapped here, once.
+
+    Example:
+        >>> as_step_kind("replay"), as_step_kind("compiled")
+        ('replayed', 'compiled')
     """
-    owner = getattr(program, "__self__", program)  # a bound method (program.model) names its module
-    if isinstance(owner, nn.Module):
-        tensors = sorted((n, tuple(t.shape), str(t.dtype)) for n, t in owner.state_dict().items())
-        what = [type(owner).__module__, type(owner).__qualname__, repr(owner), tensors]
-    else:
-        what = [getattr(owner, "__module__", ""), getattr(owner, "__qualname__", type(owner).__qualname__)]
-    text = repr([kind, what, [str(s) for s in shape], torch.__version__])
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
+    kind = _OLD_NAMES.get(name, name)
+    if kind not in STEP_KINDS:
+        raise ValueError(f"a step kind is one of {', '.join(STEP_KINDS)}, not {name!r}")
+    return kind
 
 
-def step_key(program: nn.Module, objective: Objective, shape, dtype: torch.dtype, device, scale: float) -> str:
-    """The :func:`graph_key` of the training step recorded for batches of ``shape`` scaled by ``scale``."""
-    o = objective
-    return graph_key("step", program, o.name, o.particles, tuple(shape), dtype, torch.device(device), float(scale))
+def default_step(steps: int, recordable: bool) -> str:
+    """The step ``--compile auto`` takes over a run of ``steps`` steps: eager, replayed or compiled.
 
-
-def measured_compile_seconds(key: str) -> float | None:
-    """What compiling the graph ``key`` took when it was last compiled with the kept cache, if it was."""
-    folder = kept_cache()
-    try:
-        seconds = float(json.loads(Path(folder, MEMO).read_text())[key]) if folder else None
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return seconds if seconds is not None and 0 < seconds < 1e6 else None  # a number no compile took: no memo
-
-
-def remember_compile_seconds(key: str, seconds: float) -> None:
-    """Note what compiling ``key`` took, so that the next estimate knows its kernels are cached (best effort)."""
-    folder = kept_cache()
-    if not folder:
-        return
-    path = Path(folder, MEMO)
-    try:
-        memo = json.loads(path.read_text()) if path.exists() else {}
-        memo = memo if isinstance(memo, dict) else {}
-    except (OSError, ValueError):
-        memo = {}
-    memo[key] = round(seconds, 3)
-    try:
-        write_json(path, dict(list(memo.items())[-MEMO_ENTRIES:]))
-    except (OSError, UserError):
-        pass  # an unwritable cache only costs the next estimate its precision
-
-
-MEMO_ENTRIES = 1000
-
-
-def compile_cost(keys: list[str]) -> tuple[float, bool]:
-    """Seconds to compile the graphs ``keys``: measured last time where known, else ``COMPILE_SECONDS`` each.
-
-    Also whether every one of them was measured.
+    Eager unless the program can be recorded and the run is long enough to repay it: replayed from
+    :data:`REPLAY_STEPS` steps, compiled from :data:`COMPILE_STEPS`. A function of the run alone, so
+    the same command takes the same step on a busy machine and a quiet one.
     """
-    known = [measured_compile_seconds(k) for k in keys]
-    return sum(COMPILE_SECONDS if s is None else s for s in known), all(s is not None for s in known)
+    if not recordable or steps < REPLAY_STEPS:
+        return "eager"
+    return "compiled" if steps >= COMPILE_STEPS else "replayed"
 
 
-@dataclass(frozen=True)
-class Saving:
-    """What compiling saves per call: ``fixed`` seconds plus ``fraction`` of the eager time."""
+def compiles_sampler(chunks: int) -> tuple[bool, str]:
+    """Whether ``--compile-sampler auto`` compiles an evaluation of ``chunks`` full chunks, and one line saying so.
 
-    fixed: float
-    fraction: float
-    noun: str  # what is compiled
-    unit: str  # what one call is
-
-
-# the training step: Pyro's messengers and autograd's graph building (fixed), fused elementwise kernels (fraction);
-# fitted to the digits and MNIST rows of BENCHMARKS.md: 1.1 ms of 2 ms, 2.4 ms of 12 ms
-STEP = Saving(8e-4, 0.13, "step", "steps")
-# the importance sampler's chunk (no gradients; its elementwise log-densities and sums dominate): 0.53 of 64 ms
-# for a 784-400-50 network, 0.74 of 12 ms for 64-256-8 (K = 100, 81 points), benchmarks/eval_speed.py
-SAMPLER = Saving(0.0, 0.5, "importance sampler", "chunks")
-
-
-def compile_pays(
-    eager_seconds: float, calls: int, shapes: int, saving: Saving = STEP, keys: list[str] | None = None
-) -> tuple[bool, str]:
-    """Whether compiling pays over ``calls`` calls, from a measured eager call time.
-
-    The estimate is ``saving.fixed + saving.fraction · t_eager`` a call against the compile time
-    of the ``shapes`` graphs: what it took last time for the graphs ``keys`` already compiled
-    (their kernels are in the kept cache), ``COMPILE_SECONDS`` for the others. It must pay twice
-    over, since the estimate is rough. Returns the decision and the one line that says why.
+    It does from :data:`SAMPLER_CHUNKS` chunks: a count, so the same evaluation takes the same path
+    on a busy machine and a quiet one.
     """
-    saved = calls * (saving.fixed + saving.fraction * eager_seconds)
-    cost, measured = compile_cost(keys) if keys else (shapes * COMPILE_SECONDS, False)
-    pays = saved > 2 * cost
-    verdict = "compiled" if pays else "eager"
-    return pays, (
-        f"{verdict} {saving.noun}: {calls} {saving.unit} × {1e3 * eager_seconds:.2f} ms eager would save about "
-        f"{saved:.0f} s compiled, against about {cost:.0f} s to compile {shapes} shape(s)"
-        + (" (as measured last time)" if measured else "")
-    )
-
-
-RECORD_SECONDS = 0.3  # recording one batch shape and checking it, not compiled (digits and MNIST networks, CPU)
-KINDS = {"off": "eager", "replay": "replayed", "on": "compiled"}  # a run's step kind, and what it is called
-
-
-def step_choice(eager_seconds: float, steps: int, keys: list[str]) -> tuple[str, str]:
-    """The step that saves most over ``steps`` steps — ``off`` (eager), ``replay`` or ``on`` — and why, in one line.
-
-    Compiling saves ``STEP.fixed + STEP.fraction · t_eager`` a step for the compile time of the
-    graphs ``keys`` (measured last time where their kernels are cached, :func:`compile_cost`);
-    replaying the recording uncompiled saves ``STEP.fixed`` a step (Pyro's messengers and
-    autograd's graph building) for ``RECORD_SECONDS`` a shape. Of those that repay their cost
-    twice over (the estimate is rough), the one with the larger net saving wins; eager if none does.
-    """
-    shapes = len(keys)
-    compile_seconds, measured = compile_cost(keys)
-    record_seconds = shapes * RECORD_SECONDS
-    saved = {"on": steps * (STEP.fixed + STEP.fraction * eager_seconds), "replay": steps * STEP.fixed}
-    cost = {"on": compile_seconds, "replay": record_seconds}
-    net = {"off": 0.0, **{k: saved[k] - cost[k] for k in saved if saved[k] > 2 * cost[k]}}
-    kind = max(net, key=net.get)
-    return kind, (
-        f"{KINDS[kind]} step: {steps} steps × {1e3 * eager_seconds:.2f} ms eager; compiling would save about "
-        f"{saved['on']:.0f} s against about {compile_seconds:.0f} s to compile {shapes} shape(s)"
-        + (" (as measured last time)" if measured else "")
-        + f", replaying the recording uncompiled about {saved['replay']:.1f} s against {record_seconds:.1f} s"
+    compiles = chunks >= SAMPLER_CHUNKS
+    kind = "compiled" if compiles else "eager"
+    return (
+        compiles,
+        f"{kind} importance sampler: {chunks} chunks (--compile-sampler auto: compiled from {SAMPLER_CHUNKS})",
     )
 
 
 def choose_step(
-    program: nn.Module,
-    objective: Objective,
-    loss,
-    x: torch.Tensor,
-    steps: int,
-    shapes: list[tuple[tuple, float]],
-    mode: str,
-) -> tuple[CompiledStep | None, str]:
-    """The step to train with under ``mode`` (auto | on | replay | off), and one line saying which and why.
+    program: nn.Module, objective: Objective, x: torch.Tensor, steps: int, mode: str
+) -> tuple[CompiledStep | None, str, str]:
+    """The step to train with, its kind and one line saying why, under ``mode``: ``auto`` or a step kind.
 
-    ``shapes`` are the run's batch shapes with their scales N/B. ``on`` records and compiles (or
-    refuses, as :class:`CompiledStep` does) whatever the estimate, ``replay`` records without
-    compiling (a resumed run keeps its kind), ``off`` is the eager step; ``auto`` times a few
-    eager steps of ``loss(x, scale, beta)`` on ``x`` and takes the :func:`step_choice`, falling
-    back to the eager step when the program cannot be recorded.
+    A kind is taken as asked (``compiled`` and ``replayed`` record, or refuse a program as
+    :class:`CompiledStep` does); ``auto`` takes :func:`default_step` of the run's ``steps``, and the
+    eager step where the program cannot be recorded (its refusal is the reason given).
     """
-    if mode == "off":
-        return None, "eager step (--no-compile)"
-    if mode in ("on", "replay"):
-        step = CompiledStep(program, objective, fuse=mode == "on")
+    if mode != "auto":
+        kind = as_step_kind(mode)
+        if kind == "eager":
+            return None, kind, "eager step (--no-compile)"
+        step = CompiledStep(program, objective, fuse=kind == "compiled")
         step.check(x)
-        return step, "compiled step (--compile)" if mode == "on" else "replayed step"
-    keys = [step_key(program, objective, shape, x.dtype, x.device, scale) for shape, scale in shapes]
-    kind, why = step_choice(_eager_step_seconds(loss, x), steps, keys)
-    if kind == "off":
-        return None, why
+        return step, kind, "compiled step (--compile)" if kind == "compiled" else "replayed step"
+    rule = f"--compile auto: replayed from {REPLAY_STEPS} steps, compiled from {COMPILE_STEPS}"
+    kind = default_step(steps, recordable=True)
+    if kind == "eager":
+        return None, kind, f"eager step: {steps} steps ({rule})"
     try:
-        step = CompiledStep(program, objective, fuse=kind == "on")
+        step = CompiledStep(program, objective, fuse=kind == "compiled")
         step.check(x)
     except UserError as err:
-        return None, f"eager step: {err}".replace(" train without --compile", " (fallback)")
-    return step, why
-
-
-def _eager_step_seconds(loss, x: torch.Tensor, repeats: int = 3) -> float:
-    """Median wall time of the eager loss and gradient on ``x`` (the RNG left as it was)."""
-    times = []
-    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-        for i in range(repeats + 1):
-            start = time.perf_counter()
-            value = loss(x, float(x.shape[0]), 1.0)
-            value.backward()
-            if x.device.type == "cuda":
-                torch.cuda.synchronize(x.device)
-            if i:  # the first call pays one-off costs (plate nesting, allocations)
-                times.append(time.perf_counter() - start)
-    for p in loss.parameters():
-        p.grad = None
-    return statistics.median(times)
+        return None, "eager", f"eager step: {err}".replace(" train without --compile", " (fallback)")
+    return step, kind, f"{kind} step: {steps} steps ({rule})"

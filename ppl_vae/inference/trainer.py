@@ -39,7 +39,6 @@ import logging
 import math
 import os
 import signal
-import sys
 import threading
 import time
 import warnings
@@ -52,7 +51,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import UserError
-from .compiled import KINDS, choose_step
+from .compiled import as_step_kind, choose_step
 from .distributed import SINGLE, Cluster, ProgramLoss
 from .importance import log_weights, max_plate_nesting, rng_untouched
 from .objectives import Objective
@@ -204,7 +203,7 @@ class Trainer:
     epoch_loss: float = 0.0  # their running objective sum
     cluster: Cluster = SINGLE  # this process's place among data-parallel ranks
     history: list[dict] = field(default_factory=list)
-    step_kind: str | None = None  # "on" (compiled), "replay" or "off" (eager) once chosen; a resumed run keeps it
+    step_kind: str | None = None  # eager, replayed or compiled once chosen; a resumed run keeps it
 
     def __post_init__(self):
         t = self.config.train
@@ -225,20 +224,20 @@ class Trainer:
             self.program, self.objective, self.trial_batches(), self.name, beta, self.config.model.data_plate
         )
         self.loss = self.cluster.wrap(ProgramLoss(self.program, self.objective), self.train.device)
-        # a program that cannot be recorded is refused (--compile) or trained eagerly (auto) before anything is written
-        mode = "off" if self.cluster.world > 1 or self.labels is not None else (self.step_kind or t.compile)
-        n, b = len(self.train), t.batch_size
-        steps = (t.epochs - self.epoch) * -(-n // b)
-        rows = [min(b, n)] + ([n % b] if n > b and n % b else [])  # the full batch, and the ragged last one
-        shapes = [((r,) + tuple(self.train.shape[1:]), n / r) for r in rows]
-        batch = self.train[: min(b, n)]
+        # a program that cannot be recorded is refused (--compile) or trained eagerly (auto) before anything is written;
+        # the choice reads the config and the data's shape, never a clock: the same command takes the same step
         kept = self.step_kind is not None
-        self.compiled, self.step_reason = choose_step(
-            self.program, self.objective, self.loss, batch, steps, shapes, mode
-        )
-        self.step_kind = "off" if self.compiled is None else "on" if self.compiled.fuse else "replay"
+        steps = t.epochs * -(-len(self.train) // t.batch_size)  # the whole run's, so a resume decides as its start did
+        if self.cluster.world > 1 or self.labels is not None:
+            why = "several processes" if self.cluster.world > 1 else "a program given labels"
+            self.compiled, self.step_kind, self.step_reason = None, "eager", f"eager step ({why} train eagerly)"
+        else:
+            mode = as_step_kind(self.step_kind) if kept else "auto" if t.compile == "auto" else as_step_kind(t.compile)
+            self.compiled, self.step_kind, self.step_reason = choose_step(
+                self.program, self.objective, self.train[: t.batch_size], steps, mode
+            )
         if kept:
-            self.step_reason = f"{KINDS[self.step_kind]} step, as when the run started"
+            self.step_reason = f"{self.step_kind} step, as when the run started"
         self.optimizer = OPTIMIZERS[t.optimizer](self.program.parameters(), t.lr)
         self._schedule = ANNEALING[t.anneal]  # names were checked by Config.validate()
         self._lr = LR_SCHEDULES[t.lr_schedule]
@@ -381,10 +380,9 @@ class Trainer:
             except UserError as err:  # the recording disagreed with the program on a new batch
                 if self.config.train.compile == "on":
                     raise
-                self.compiled, self.step_kind = None, "off"
+                self.compiled, self.step_kind = None, "eager"
                 self.step_reason = f"eager step: {err}".replace(" train without --compile", " (fallback)")
-                if self.progress:
-                    tqdm.write(f"ppl-vae: {self.step_reason}", file=sys.stderr)
+                log.warning(self.step_reason)
         loss = self.loss(x, scale, beta, **(inputs or {}))
         value = loss.item()
         if math.isfinite(value):

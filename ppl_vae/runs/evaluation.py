@@ -16,8 +16,8 @@ out. Enumerated discrete sites are summed out exactly everywhere.
 
 from __future__ import annotations
 
+import logging
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import pyro
 import torch
-from tqdm.auto import tqdm
 
 from ..config import EvalConfig
 from ..data.datasets import is_class_labels
@@ -47,6 +46,9 @@ from .budget import check_memory, evaluation_bytes
 from .layout import EVALUATION, RUN_SUBDIRS
 from .programs import program_errors
 from .report import write_report
+from .run import versions
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "Evaluation",
@@ -130,8 +132,7 @@ def evaluate(
 
     def say(line: str) -> None:
         sampler.append(line)
-        if progress:
-            tqdm.write(f"ppl-vae: {line}", file=sys.stderr)
+        log.info(line)
 
     est = importance_sample(
         model, guide, x, config.k, progress=progress, compile=config.compile_sampler, say=say, **inputs
@@ -267,7 +268,7 @@ def _write_into(out: Path, ev: Evaluation, image_shape: tuple[int, ...], setting
         out / "settings.json",
         {**settings, "points": {"n": int(len(points)), "sha256": sha256_bytes(points.numpy().tobytes())}},
     )
-    write_json(out / "evaluation.json", ev.summary)
+    write_json(out / "evaluation.json", {**ev.summary, "versions": versions()})
 
 
 def evaluate_run(

@@ -78,12 +78,20 @@ def _read(path: Path) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
+def _versions(table: dict) -> list[str]:
+    """One line naming the library versions that produced ``table``'s numbers, where it records them."""
+    versions = table.get("versions")
+    if not isinstance(versions, dict) or not versions:
+        return []
+    return ["Produced with " + ", ".join(f"{name} {version}" for name, version in versions.items()) + ".", ""]
+
+
 def write_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     metrics, evaluation = _read(run_dir / "metrics.json"), _read(run_dir / EVALUATION / "evaluation.json")
     lines = [f"# ppl_vae run `{run_dir.name}`", ""]
     if metrics:
-        lines += ["## Training", "", *_table(metrics), ""]
+        lines += ["## Training", "", *_table(metrics), "", *_versions(metrics)]
     _figures(lines, TRAIN_FIGURES, run_dir / "figures", "figures/", (metrics or {}).get("figures_absent", {}))
     if evaluation:
         settings = _read(run_dir / EVALUATION / "settings.json") or {}
@@ -91,7 +99,7 @@ def write_report(run_dir: str | Path) -> Path:
         lines += ["## Bayesian workflow", ""]
         if data.get("name") and "epoch" in point:
             lines += [f"Evaluated on `{data['name']}` after epoch {point['epoch']} (step {point.get('step')}).", ""]
-        lines += [*_table(evaluation, beside(evaluation.get("verdicts", {}))), ""]
+        lines += [*_table(evaluation, beside(evaluation.get("verdicts", {}))), "", *_versions(evaluation)]
         figures = run_dir / EVALUATION / "figures"
         _figures(lines, WORKFLOW_FIGURES, figures, f"{EVALUATION}/figures/", evaluation.get("figures_absent", {}))
     text = "\n".join(lines)

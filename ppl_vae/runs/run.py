@@ -19,12 +19,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import logging
 import math
 import shutil
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from ..config import Config, from_dict, is_program_spec, to_toml
 from ..contracts import DATA_PLATE
 from ..data.datasets import Dataset, load_data
 from ..errors import CheckpointError, StorageError, UserError
-from ..inference.compiled import KINDS
+from ..inference.compiled import STEP_KINDS, as_step_kind
 from ..inference.distributed import SINGLE, init_cluster
 from ..inference.importance import latent_sites, rng_untouched, trace_pair
 from ..inference.predictive import data_columns, observed_sites, prior_decode, reconstruct, repeat_rows
@@ -59,6 +60,8 @@ from .layout import RUN_SUBDIRS, foreign_entries, kind_of
 from .programs import ProgramFile, program_errors, read_named, record_of, store, stored_programs
 from .report import write_report
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "Run",
     "fit",
@@ -71,6 +74,7 @@ __all__ = [
     "with_absolute_programs",
     "check_latent_sites",
     "RESUMABLE",
+    "versions",
 ]
 
 N_FIGURE = 10  # test images shown in reconstructions.png
@@ -142,7 +146,7 @@ class Run:
     checkpoint: dict = field(default_factory=dict)  # epoch and step of the weights held
     programs: dict[str, ProgramFile] = field(default_factory=dict, repr=False)
     note: str = ""  # "finished": a resume found nothing left to train
-    step_kind: str = ""  # the training step fit() took: compiled, replayed or eager
+    step_kind: str = ""  # the training step fit() took: eager, replayed or compiled ("" before steps were recorded)
     num_classes: int | None = None
 
     @property
@@ -281,14 +285,16 @@ def _check_extra(state: dict, where: Path) -> dict:
         for i, row in enumerate(history)
     ):
         problem = "history rows must be numbers, one row an epoch, in order"
-    elif extra.get("step_kind") not in (None, "on", "replay", "off"):
-        problem = "step_kind must be on, replay or off"
+    elif extra.get("step_kind") is not None and not _step_kind(extra["step_kind"]):
+        problem = f"step_kind must be one of {', '.join(STEP_KINDS)}"
     elif extra.get("num_classes") is not None and not _count(extra["num_classes"], 1):
         problem = "num_classes must be a positive integer"
     elif not isinstance(extra.get("data_plate", DATA_PLATE), str) or not extra.get("data_plate", DATA_PLATE):
         problem = "data_plate must name the programs' plate over the batch"
     if problem:
         raise CheckpointError(f"{where}/checkpoint/state.json: {problem}")
+    if extra.get("step_kind") is not None:
+        extra["step_kind"] = as_step_kind(extra["step_kind"])  # older checkpoints stored on, replay, off
     return extra
 
 
@@ -305,6 +311,14 @@ def _check_position(state: dict, batches: int, epochs: int, where: Path) -> None
         problem = f"step {step} is not epoch {epoch} x {batches} batches + batch_index {index}"
     if problem:
         raise CheckpointError(f"{where}/checkpoint/state.json: {problem}; refusing to resume from it")
+
+
+def _step_kind(name) -> str:
+    """``name`` as a step kind, or "" where it names none."""
+    try:
+        return as_step_kind(name) if isinstance(name, str) else ""
+    except ValueError:
+        return ""
 
 
 def _config_of(state: dict, where: Path) -> Config:
@@ -346,8 +360,26 @@ METRICS: dict[str, tuple[type, ...]] = {
     "step": (str,),
     "best_epoch": (int,),
     "best_val_elbo": (int, float),
+    "versions": (dict,),
 }
 REQUIRED_METRICS = ("train_objective", "test_elbo", "epochs", "seconds", "parameters")
+
+
+def versions() -> dict[str, str]:
+    """``{library: version}`` of torch, pyro-ppl, arviz and ppl_vae: what a run's numbers were produced with.
+
+    torch's includes its build (``2.14.1+cu130``). The same command with the same versions on the
+    same machine gives the same numbers, bit for bit; other versions give them within float noise
+    per step (README, *Reproducibility*). arviz is named without being imported (it is slow to import).
+    """
+    from .. import __version__
+
+    return {
+        "torch": str(torch.__version__),
+        "pyro-ppl": pyro.__version__,
+        "arviz": metadata.version("arviz"),
+        "ppl_vae": __version__,
+    }
 
 
 def read_metrics(run_dir: str | Path) -> dict:
@@ -375,6 +407,8 @@ def read_metrics(run_dir: str | Path) -> dict:
                 (dict,): "a table of texts",
             }.get(kinds, "a number or text")
             raise CheckpointError(f"{path}: {key!r} must be {what}, got {value!r}")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in metrics.get("versions", {}).items()):
+        raise CheckpointError(f"{path}: 'versions' must name a version (text) for each library")
     if metrics["epochs"] < 1 or not metrics["seconds"] >= 0 or metrics["parameters"] < 0:
         raise CheckpointError(f"{path}: epochs, seconds and parameters must be counts")
     return metrics
@@ -502,7 +536,8 @@ def _write_outputs(run: Run, seconds: float, first_test_elbo: float, best_epoch:
         "n_test": len(data.test),
         "n_labelled": 0 if data.labelled is None else len(data.labelled),
         "parameters": sum(p.numel() for p in run.program.parameters()),
-        "step": run.step_kind,  # compiled or eager; why is printed when training starts
+        "step": run.step_kind,  # eager, replayed or compiled; why is printed when training starts
+        "versions": versions(),
     }
     if best_epoch is not None:  # a validation split: its best epoch (the weights kept with early stopping)
         run.metrics["best_epoch"] = best_epoch
@@ -778,8 +813,8 @@ def _train(
             trainer.batch_index, trainer.epoch_loss = extra["batch_index"], extra["epoch_loss"]
             trainer.history = extra["history"]
             run.checkpoint = {"epoch": state["epoch"], "step": state["step"]}
-        if progress and cluster.is_main:  # once every input, the checkpoint's tensors included, has been checked
-            print(f"ppl-vae: {trainer.step_reason}", file=sys.stderr)
+        if cluster.is_main:  # once every input, the checkpoint's tensors included, has been checked
+            log.info(trainer.step_reason)
         trainer.progress, trainer.callbacks = progress, callbacks
         if not cluster.is_main:  # a rank other than 0 trains its shard and writes nothing
             trainer.fit()
@@ -876,7 +911,7 @@ def _train_into(target: _Target, run: Run, trainer: Trainer, programs, data: Dat
         checkpoint(trainer)
     seconds = sum(row["seconds"] for row in trainer.history) if resumed else time.perf_counter() - start
     run.history = trainer.history
-    run.step_kind = KINDS[trainer.step_kind]
+    run.step_kind = trainer.step_kind
     if config.train.patience:
         # the run ends with the best validation epoch's weights, in the checkpoint that load() reads too
         load_checkpoint(target.dir / "best", run.program, device=str(run.device))
@@ -945,6 +980,6 @@ def load(run_dir: str | Path, device: str = "auto", trust_program: bool = False)
         history=extra["history"],
         checkpoint={"epoch": state["epoch"], "step": state["step"]},
         programs=programs,
-        step_kind={"on": "compiled", "off": "eager"}.get(extra.get("step_kind"), ""),
+        step_kind=extra.get("step_kind") or "",
         num_classes=extra.get("num_classes"),
     )

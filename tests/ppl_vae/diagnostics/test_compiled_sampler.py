@@ -1,4 +1,4 @@
-"""The compiled importance sampler: the eager sampler's numbers from the same draws, chosen only where it pays."""
+"""The compiled importance sampler: the eager sampler's numbers from the same draws, chosen by a count of chunks."""
 
 import json
 
@@ -9,7 +9,6 @@ import torch
 from ppl_vae.diagnostics.estimators import importance_sample
 from ppl_vae.errors import UserError
 from ppl_vae.inference import compiled
-from ppl_vae.inference.compiled import SAMPLER, compile_pays
 from tests.ppl_vae.linear_gaussian import PosteriorGuide, make
 from tests.ppl_vae.mixtures import MixtureGuide, MixturePPCA
 from tests.ppl_vae.unrecordable import Branching, ReadsBack
@@ -60,7 +59,7 @@ def test_an_unrecordable_program_is_refused_on_and_falls_back_on_auto(monkeypatc
         _sample(program.model, program.guide, x, "on")
     line = Branching.guide.__code__.co_firstlineno + 1  # the line that reads x back: `if x.sum() > 0`
     assert f"at unrecordable.py:{line}, in guide;" in str(refused.value), refused.value
-    monkeypatch.setattr(compiled, "COMPILE_SECONDS", 0.0)  # so that auto tries to compile it
+    monkeypatch.setattr(compiled, "SAMPLER_CHUNKS", 1)  # so that auto tries to compile it
     says = []
     eager = _sample(program.model, program.guide, x, "off")
     fallback = _sample(program.model, program.guide, x, "auto", says)
@@ -68,16 +67,38 @@ def test_an_unrecordable_program_is_refused_on_and_falls_back_on_auto(monkeypatc
     _agree(eager, fallback)
 
 
-def test_auto_compiles_only_where_the_remaining_chunks_repay_it():
-    # a 784-400-50 network, K = 100: a chunk takes ~64 ms eager and ~30 ms compiled; compiling ~8 s
-    assert not compile_pays(0.064, 123, 1, SAMPLER)[0]  # 10,000 test points, K = 100: ~4 s saved
-    assert compile_pays(0.039, 10_000, 1, SAMPLER)[0]  # K = 5000: a chunk per point, ~3 min saved
-    pays, why = compile_pays(0.064, 123, 1, SAMPLER)
-    assert why.startswith("eager importance sampler: 123 chunks × 64.00 ms") and "to compile 1 shape" in why
+def test_auto_compiles_from_a_count_of_chunks_never_from_a_timing():
+    from ppl_vae.inference.compiled import SAMPLER_CHUNKS, compiles_sampler
+
+    assert SAMPLER_CHUNKS == 1_000  # the constant BENCHMARKS.md gives its reason for
+    assert not compiles_sampler(123)[0]  # 10,000 MNIST test points at K = 100
+    assert compiles_sampler(1_221)[0]  # ... at K = 1000
     ppca = make()
     says = []
-    _sample(ppca.model, PosteriorGuide(ppca).guide, ppca.sample(40), "auto", says)  # a few ms: never pays
-    assert len(says) == 1 and says[0].startswith("eager importance sampler: ")
+    _sample(ppca.model, PosteriorGuide(ppca).guide, ppca.sample(40), "auto", says)  # 40 points × 50 draws: 10 chunks
+    assert says == ["eager importance sampler: 10 chunks (--compile-sampler auto: compiled from 1000)"]
+
+
+def test_auto_takes_the_same_path_however_slow_a_chunk_is(monkeypatch):
+    """The same evaluation compiles (or not) whether a chunk takes microseconds or 20 ms longer, and says the same."""
+    import time
+
+    ppca = make()
+    x = ppca.sample(40)
+    guide = PosteriorGuide(ppca, width=1.3).guide
+
+    def slow_model(x):
+        time.sleep(0.02)
+        return ppca.model(x)
+
+    for threshold in (10, 11):  # auto compiles these 10 chunks; and not
+        monkeypatch.setattr(compiled, "SAMPLER_CHUNKS", threshold)
+        said = {}
+        for name, model in (("fast", ppca.model), ("slow", slow_model)):
+            said[name] = []
+            _sample(model, guide, x, "auto", said[name])
+        assert said["fast"] == said["slow"] and len(said["fast"]) == 1, said
+        assert said["fast"][0].startswith("compiled" if threshold == 10 else "eager"), said
 
 
 def test_evaluate_says_which_sampler_ran_and_records_it(tmp_path, capsys):
@@ -103,7 +124,7 @@ def test_a_program_that_reads_values_back_as_numbers_is_caught_on_a_chunk_it_was
     x = torch.rand(40, 3) + torch.arange(40.0)[:, None] / 10  # every chunk has its own mean
     with pytest.raises(UserError, match="reads tensor values back as numbers"):
         _sample(program.model, program.guide, x, "on")
-    monkeypatch.setattr(compiled, "compile_cost", lambda keys: (0.0, False))  # so that auto compiles it
+    monkeypatch.setattr(compiled, "SAMPLER_CHUNKS", 1)  # so that auto compiles it
     says = []
     eager = _sample(program.model, program.guide, x, "off")
     fallback = _sample(program.model, program.guide, x, "auto", says)
