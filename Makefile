@@ -20,7 +20,8 @@ install: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/ppl-vae fit --out $(RUN) --overwrite
 	$(VENV)/bin/ppl-vae evaluate $(RUN)
-	@echo "report: $(RUN)/report.md"
+	@sed -n '/^## Summary/,/^## Figures/{/^## Figures/!p;}' $(RUN)/report.md
+	@echo "report: $(RUN)/report.md (and report.html)"
 
 ## make test: the whole suite; make test-slow: the long statistical runs marked slow
 test: $(STAMP)

@@ -271,15 +271,20 @@ def _version() -> str:
 
 
 def configure_logging(quiet: bool = False, verbose: bool = False) -> None:
-    """The bench's messages (the ``ppl_vae`` logger) on stderr, one line each: warnings only with ``-q``,
-    debugging too with ``-v``. A library user routes or silences them with the standard ``logging`` module."""
+    """The bench's messages (the ``ppl_vae`` logger), one line each: what it is doing (the step it takes,
+    a line per epoch where no bar is drawn) on stdout, warnings on stderr — so stderr carries only what
+    went wrong, and an error is the one line there. ``-q`` keeps the warnings only, ``-v`` adds the
+    debugging messages. A library user routes or silences them with the standard ``logging`` module."""
     logger = logging.getLogger("ppl_vae")
     for handler in [h for h in logger.handlers if getattr(h, "_ppl_vae_cli", False)]:
         logger.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("ppl-vae: %(message)s"))
-    handler._ppl_vae_cli = True
-    logger.addHandler(handler)
+    narrative, problems = logging.StreamHandler(sys.stdout), logging.StreamHandler(sys.stderr)
+    narrative.addFilter(lambda record: record.levelno < logging.WARNING)
+    problems.setLevel(logging.WARNING)
+    for handler in (narrative, problems):
+        handler.setFormatter(logging.Formatter("ppl-vae: %(message)s"))
+        handler._ppl_vae_cli = True
+        logger.addHandler(handler)
     logger.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
     logger.propagate = False
 

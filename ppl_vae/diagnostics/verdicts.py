@@ -33,6 +33,7 @@ __all__ = [
     "Rule",
     "RULES",
     "verdicts",
+    "reliability",
     "conclusion",
     "KHAT_GOOD",
     "KHAT_BAD",
@@ -245,3 +246,34 @@ def conclusion(rows: list[dict], unit: str = "nats per datapoint", equivalence: 
     if len(versus) > 1:
         sentence += f" It leads {resolved} of the {len(versus)} other variants beyond {RESOLVE_Z:g}× the uncertainty."
     return {"best": best, "versus": versus, "sentence": sentence, "equivalence": equivalence}
+
+
+def reliability(summary: dict) -> tuple[bool, str]:
+    """``(trustworthy, one line)``: whether the headline log p(x) and the guide pass the checks that can fail.
+
+    The headline number is not to be trusted where PSIS k̂ > :data:`KHAT_BAD` for some test
+    points (their IWAE estimates can be far off at any practical K) or where SBC rejects the
+    guide's calibration at :data:`SBC_ALPHA` (q(z|x) is not the model's posterior). Checks that
+    were skipped are named as such.
+
+    Example:
+        >>> reliability({"khat_frac_gt_0_7": 0.0, "sbc_pvalue": 0.4})
+        (True, 'no warning: k̂ ≤ 0.7 at every test point; SBC finds q(z|x) calibrated (p = 0.4)')
+    """
+    problems, fine = [], []
+    bad = summary.get("khat_frac_gt_0_7")
+    if _present(bad):
+        (problems if bad > 0 else fine).append(
+            f"k̂ > {KHAT_BAD} at {bad:.0%} of test points" if bad > 0 else f"k̂ ≤ {KHAT_BAD} at every test point"
+        )
+    p = summary.get("sbc_pvalue")
+    if _present(p):
+        if p < SBC_ALPHA:
+            problems.append(f"SBC rejects q(z|x)'s calibration (p = {p:.2g})")
+        else:
+            fine.append(f"SBC finds q(z|x) calibrated (p = {p:.2g})")
+    else:
+        fine.append("SBC skipped")
+    if problems:
+        return False, "log p(x) is not to be trusted as it stands: " + "; ".join(problems)
+    return True, "no warning: " + "; ".join(fine)

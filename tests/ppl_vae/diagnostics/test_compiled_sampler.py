@@ -109,7 +109,7 @@ def test_evaluate_says_which_sampler_ran_and_records_it(tmp_path, capsys):
     fast = ["--k", "20", "--points", "40", "--gap-points", "0", "--sbc-simulations", "0"]
     capsys.readouterr()
     assert main(["evaluate", str(run), *fast]) == 0
-    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ppl-vae: ")]
+    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("ppl-vae: ")]
     assert len(said) == 1 and said[0].startswith("ppl-vae: eager importance sampler: "), said
     summary = json.loads((run / "evaluation" / "evaluation.json").read_text())
     assert summary["sampler"] == said[0][len("ppl-vae: ") :]

@@ -159,7 +159,7 @@ def test_evaluate_writes_every_key(tmp_path):
         assert (out / "evaluation" / "figures" / name).is_file(), name
         assert f"evaluation/figures/{name}" in (out / "report.md").read_text()
     assert (out / "evaluation" / "inference_data.nc").is_file()
-    assert "Bayesian workflow" in (out / "report.md").read_text()
+    assert "## Diagnostics" in (out / "report.md").read_text()
 
 
 def test_active_units_counts_variance_of_posterior_means():

@@ -310,9 +310,9 @@ def test_fit_announces_its_step_in_one_line(tmp_path, capsys):
     from ppl_vae.cli import main
 
     assert main(["fit", "--out", str(tmp_path / "r"), "--epochs", "1", "--hidden-dim", "16"]) == 0
-    err = [
+    err = [  # what the bench is doing goes to stdout: stderr is for what went wrong
         line
-        for line in capsys.readouterr().err.splitlines()
+        for line in capsys.readouterr().out.splitlines()
         if line.startswith("ppl-vae: ") and not line.startswith("ppl-vae: epoch ")
     ]
     assert len(err) == 1 and err[0].startswith("ppl-vae: eager step: ") and "(--compile auto: " in err[0]
