@@ -47,3 +47,11 @@ def test_the_flag_is_refused_where_it_cannot_apply():
         tiny_config(model={"decoder_prior": "normal", "network": "conv"})
     with pytest.raises(UserError, match="unknown decoder prior 'laplace'"):
         tiny_config(model={"decoder_prior": "laplace"})
+
+
+def test_compare_ranks_a_bayesian_decoder_beside_a_point_estimate(tmp_path):
+    out = tmp_path / "cmp"
+    args = ["compare", "--grid", "decoder-prior=none,normal", *FAST_FIT[:-1], "--epochs", "1", "--out", str(out)]
+    assert main([*args, *FAST_EVAL]) == 0
+    table = json.loads((out / "comparison.json").read_text())
+    assert "decoder-prior-normal" in json.dumps(table) and "conclusion" in table
