@@ -316,7 +316,7 @@ def evaluate_run(
         "this evaluation",
         evaluation_bytes(config, run.config, n_points, run.data_dim),
         run.device,
-        "lower --k, --points, --sbc-simulations, --sbc-draws, --idata-points or --idata-draws",
+        "lower --k, --points, --global-draws, --sbc-simulations, --sbc-draws, --idata-points or --idata-draws",
     )
     check_writable(run.path)  # before the work, not after it
     with program_errors(run.programs):
