@@ -65,3 +65,20 @@ def test_heldout_log_px_is_the_posterior_predictive_under_q_mu():
     assert summary["global_draws"] == 400 and summary["khat_max"] == 0.0
     assert summary["log_px_mc_se_inner"] < 1e-6 < summary["log_px_mc_se_outer"]
     assert "posterior predictive" in summary["log_px_estimand"]
+
+
+def test_sample_decodes_at_theta_from_the_guide_and_the_export_keeps_it_without_the_point_dim():
+    from ppl_vae.diagnostics.inference_data import to_inference_data
+    from ppl_vae.inference.predictive import prior_decode
+
+    pair = make_global(s=1e-4)
+    with torch.no_grad():
+        pair.m.fill_(10.0)  # q(μ) far from the prior N(0, I)
+    x = pair.ppca.sample(6, generator=torch.Generator().manual_seed(4))
+    fitted = prior_decode(pair.model, 2000, 3, dtype=torch.float64, guide=pair.guide)  # μ ~ q(μ), z ~ p(z)
+    prior = prior_decode(pair.model, 2000, 3, dtype=torch.float64)  # μ ~ p(μ): one draw near 0
+    assert torch.allclose(fitted.mean(0), torch.full((3,), 10.0, dtype=torch.float64), atol=0.25)
+    assert float(prior.mean(0).abs().max()) < 5.0
+    idata = to_inference_data(pair.model, pair.guide, x, draws=4)
+    assert idata.posterior["mu"].dims == ("chain", "draw", "mu_dim") and idata.posterior["mu"].shape == (1, 4, 3)
+    assert idata.posterior["z"].dims[:3] == ("chain", "draw", "obs") and "mu" not in idata.prior
