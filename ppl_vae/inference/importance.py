@@ -228,7 +228,7 @@ def global_names(model: Callable, guide: Callable, x: torch.Tensor, **inputs) ->
 
 @dataclass(frozen=True)
 class GlobalDraws:
-    """S draws :math:`\theta_s \\sim q(\theta)` of the guide's global sites.
+    r"""S draws :math:`\theta_s \sim q(\theta)` of the guide's global sites.
 
     ``values[name]`` holds the S draws in its dimension ``dims[name]`` (where a vectorized pass
     has its particles); ``events[name]`` is the site's event rank.
@@ -421,7 +421,7 @@ def _enumerated(frame: Frame, guide_trace, model_trace) -> tuple[LogWeights, Fra
 
 
 def _global_terms(frame: Frame, guide_trace, model_trace) -> torch.Tensor:
-    """:math:`g_k = \\log p(\theta_k) - \\log q(\theta_k)`, summed over the global sites: ``(K,)``."""
+    r""":math:`g_k = \log p(\theta_k) - \log q(\theta_k)`, summed over the global sites: ``(K,)``."""
     like = sample_sites(model_trace)[0]["log_prob"]  # dtype and device
     g = like.new_zeros(frame.K)
     for site in sample_sites(model_trace):
