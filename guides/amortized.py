@@ -36,7 +36,7 @@ class MeanFieldNormal(nn.Module):
 
     Example:
         >>> q = MeanFieldNormal({"w": torch.zeros(2, 3)})
-        >>> q()["w"].event_shape, round(float(q()["w"].base_dist.scale[0, 0]), 4)
+        >>> q()["w"].event_shape, round(q()["w"].base_dist.scale[0, 0].item(), 4)
         (torch.Size([2, 3]), 0.001)
     """
 
