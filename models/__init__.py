@@ -13,10 +13,13 @@ from .priors import (
     StandardNormal,
     VampPrior,
 )
-from .vae import VAE
+from .vae import DECODER_PRIORS, VAE, BayesianLinear, split_output
 
 __all__ = [
     "VAE",
+    "BayesianLinear",
+    "DECODER_PRIORS",
+    "split_output",
     "HierarchicalVAE",
     "MLP",
     "GatedDense",

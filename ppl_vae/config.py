@@ -206,6 +206,13 @@ class ModelConfig(_Options):
         names=lambda: _names("INITS"),
         noun="initialisation",
     )
+    decoder_prior: str = option(
+        "none",
+        "none | normal: a Bayesian decoder, N(0, 1) on the weights and biases of the decoder's output layer "
+        "(global latents) with a mean-field Gaussian guide on them (Kingma & Welling 2014, appendix F)",
+        names=lambda: _names("DECODER_PRIORS"),
+        noun="decoder prior",
+    )
     program: str = option("", "a user's own model program, path/to/file.py:factory", flag="--model", also="program")
     data_plate: str = option(
         "",
@@ -289,6 +296,13 @@ class EvalConfig(_Options):
     sbc_draws: int = option(99, "guide draws ranked against each simulated z", low=1, high=100_000)
     idata_points: int = option(200, "test points stored in inference_data.nc", low=1, high=1_000_000)
     idata_draws: int = option(20, "draws per point stored in inference_data.nc", low=1, high=100_000)
+    global_draws: int = option(
+        10,
+        "draws θ ~ q(θ) of a program's global latents (sites outside the data plate), shared by all test points; "
+        "log p(x) is then the posterior predictive (programs without them: unused)",
+        low=2,
+        high=100_000,
+    )
     seed: int = option(0, "seed of the evaluation draws", flag="--eval-seed", low=0, high=MAX_SEED)
     compile_sampler: str = option(
         "auto",
@@ -374,6 +388,17 @@ class Config(_Options):
             raise UserError(f"lr_final must lie in [0, lr = {t.lr}], got {t.lr_final}")
         if m.prior == "vamp" and (m.program or is_program_spec(g.name)):
             raise UserError("the vamp prior needs a built-in amortized guide (its encoder), not a user program")
+        if m.decoder_prior != "none":
+            if m.program or is_program_spec(g.name):
+                raise UserError(
+                    "--decoder-prior builds the canonical VAE and its guide; a user program puts its own prior on "
+                    "its weights (sites outside the data plate)"
+                )
+            if m.stochastic_layers == 2 or m.network not in ("mlp", "linear", "gated"):
+                raise UserError(
+                    "--decoder-prior needs one stochastic layer and a decoder that ends in a linear layer "
+                    f"(--network mlp, linear or gated), not --network {m.network} with {m.stochastic_layers} layer(s)"
+                )
         if m.stochastic_layers == 2:
             if m.program or is_program_spec(g.name):
                 raise UserError("--stochastic-layers 2 builds its own programs; drop --model/--guide file.py:factory")

@@ -27,8 +27,12 @@ is all-labelled or all-unlabelled). A program that does not name ``y`` never get
 directory exists, :func:`ppl_vae.inference.trial.check_program`; a broken rule is one line
 naming the site and the reason, exit status 2):
 
-- one ``pyro.plate("data", x.shape[0])`` over the batch; every sample site inside it (other
-  plates may nest inside it);
+- one ``pyro.plate("data", x.shape[0])`` over the batch; every per-point sample site inside it
+  (other plates may nest inside it);
+- latent sites outside it are global latents θ (a prior on decoder weights, a hyperprior), in
+  model and guide alike: one value for the data set, whose shape does not follow the batch;
+  they count once per data set, the local sites N/B times a minibatch, and held-out log p(x*)
+  is the posterior predictive log E_q(θ)[p(x*|θ)]. Observed and enumerated sites stay inside;
 - any number of latent sites, continuous or discrete, and any number and shape of observed
   sites (``obs=``); the guide samples every latent site of the model, under the same names;
 - a discrete site marked ``infer={"enumerate": "parallel"}`` (in the guide; or in the model

@@ -30,6 +30,7 @@ REGISTRIES: dict[str, tuple[str, ...]] = {
     "ppl_vae.models:LAYERS": ("mlp", "gated"),
     "ppl_vae.models:PSEUDO_INPUTS": ("data", "hardtanh"),
     "ppl_vae.models:INITS": ("default", "he"),
+    "ppl_vae.models:DECODER_PRIORS": ("none", "normal"),
     "ppl_vae.guides:GUIDES": ("diagonal", "lowrank", "iaf", "naf", "spline", "planar", "radial", "householder"),
     "ppl_vae.inference.objectives:ELBOS": ("trace", "meanfield", "traceenum", "iwae"),
     "ppl_vae.inference.optimizers:OPTIMIZERS": ("adam", "adamnormgrad"),

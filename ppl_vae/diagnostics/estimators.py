@@ -29,6 +29,23 @@ computed from the normalised weights (a softmax of the log-weights, so nothing o
 :math:`1/\sum_k \tilde w_{ik}^2` is the effective sample size. It is trustworthy only where the
 weights' variance is finite, i.e. where k̂ < 0.5; above 0.7 it understates the error.
 
+A program with global latents θ (sites outside the data plate) is scored by its posterior
+predictive under the fitted guide: S draws :math:`\theta_s \sim q(\theta)`, shared by all test
+points, and an IWAE-K over the local latents given each,
+
+.. math::
+
+    \widehat{\log p}(x_i) = \log \frac1S \sum_s \hat p(x_i \mid \theta_s), \qquad
+    \hat p(x_i \mid \theta_s) = \frac1K \sum_k \frac{p(x_i, z_{isk} \mid \theta_s)}{q(z_{isk} \mid x_i, \theta_s)},
+
+a consistent estimate of :math:`\log \mathbb E_{q(\theta)}[p(x_i \mid \theta)]` (biased low for
+finite S and K, as IWAE is). Its Monte Carlo SE is the delta method on the S estimates
+:math:`\hat p(x_i|\theta_s)`, whose spread holds both the outer (θ) and the inner (z) noise; the
+inner part alone is :math:`\sqrt{\sum_s \tilde v_s^2\, \mathrm{SE}_{is}^2}` with
+:math:`\tilde v_s` the share of draw s in the sum and :math:`\mathrm{SE}_{is}` the inner
+IWAE's. The ELBO, rate and distortion are averages over all S·K draws: :math:`\mathbb E_{q(\theta)}` of
+the local ones. PSIS k̂ is fitted to the inner weights of each draw; a point reports the largest.
+
 Active units follow Burda
 et al. 2016: :math:`\operatorname{Cov}_x(\mathbb E_q[z_u]) > 0.01`, with :math:`\mathbb E_q[z]` the
 mean of the guide's own distribution where it has one (exact for a Gaussian encoder at any
@@ -51,8 +68,10 @@ from tqdm.auto import tqdm
 from ..errors import UserError
 from ..inference.compiled import close, compiles_sampler, fuse_graph, record
 from ..inference.importance import (
+    draw_globals,
+    global_names,
     is_enumerated,
-    latent_sites,
+    local_latent_sites,
     log_mean_exp,
     log_weights,
     max_plate_nesting,
@@ -82,7 +101,7 @@ ROWS_PER_CHUNK = 1 << 13  # particles x points decoded at once: bounds memory, s
 class PointEstimates:
     """Per-point results of importance sampling with K particles."""
 
-    log_w: torch.Tensor  # (N, K) log-weights, float64
+    log_w: torch.Tensor  # (N, K) log-weights, float64; with global latents (N, S, K): K per draw θ_s
     log_px: torch.Tensor  # (N,) IWAE-K
     elbo: torch.Tensor  # (N,)
     kl: torch.Tensor  # (N,) Monte Carlo rate
@@ -95,11 +114,29 @@ class PointEstimates:
 
     @property
     def k(self) -> int:
-        return self.log_w.shape[1]
+        return self.log_w.shape[-1]
 
     @property
-    def log_px_mc_se(self) -> torch.Tensor:  # (N,) Monte Carlo SE of each log_px: :func:`iwae_mc_se`
-        return iwae_mc_se(self.log_w)
+    def global_draws(self) -> int:
+        """S, the draws θ_s ~ q(θ) shared by the points (0: the program has no global latent)."""
+        return self.log_w.shape[1] if self.log_w.dim() == 3 else 0
+
+    @property
+    def log_px_mc_se(self) -> torch.Tensor:
+        """(N,) Monte Carlo SE of each log_px: :func:`iwae_mc_se` (over the S inner estimates with global latents)."""
+        if self.log_w.dim() == 2:
+            return iwae_mc_se(self.log_w)
+        return iwae_mc_se(log_mean_exp(self.log_w, dim=-1))
+
+    @property
+    def log_px_mc_se_inner(self) -> torch.Tensor:
+        """(N,) the part of the Monte Carlo SE that comes from the inner IWAE (all of it without global latents)."""
+        if self.log_w.dim() == 2:
+            return iwae_mc_se(self.log_w)
+        n, S, K = self.log_w.shape
+        share = torch.softmax(log_mean_exp(self.log_w, dim=-1), dim=-1)  # (N, S) of each draw in Σ_s p̂(x|θ_s)
+        inner = iwae_mc_se(self.log_w.reshape(n * S, K)).reshape(n, S)
+        return (share.square() * inner.square()).sum(-1).sqrt()
 
 
 def iwae_mc_se(log_w: torch.Tensor) -> torch.Tensor:
@@ -194,7 +231,7 @@ def _latent_terms(traced, terms: dict) -> None:
     a Gaussian encoder, whatever K); draws where it does not (flows).
     """
     frame, parts = traced.frame, []
-    for site in latent_sites(traced.guide_trace):
+    for site in local_latent_sites(traced.guide_trace):
         if is_enumerated(site) or not torch.is_floating_point(site["value"]):
             continue
         event = site["fn"].event_dim
@@ -217,8 +254,14 @@ def _latent_terms(traced, terms: dict) -> None:
     terms["within"] = within.sum(0)  # E[Var(z | upstream draws)]
 
 
-def _chunk_terms(model, guide, nesting: int, xb: torch.Tensor, kk: int, inputs: dict) -> dict:
-    """One chunk's sums over its ``kk`` particles, per point: ``{"log_w": (b, kk), key: (b, ...)}``."""
+def _chunk_terms(model, guide, nesting: int, xb: torch.Tensor, kk: int, inputs: dict, theta=None) -> dict:
+    """One chunk's sums over its ``kk`` particles, per point: ``{"log_w": (b, kk), key: (b, ...)}``.
+
+    ``theta``: ``(draws, s)``, the global latents held at draw s (:class:`~ppl_vae.inference.importance.GlobalDraws`).
+    """
+    if theta is not None:
+        draws, s = theta
+        model, guide = draws.hold(model, s, kk), draws.hold(guide, s, kk)
     traced = log_weights(model, guide, xb, kk, nesting, return_traces=True, **inputs)
     lw = traced.weights
     terms = {"log_w": lw.total.T, "log_lik": lw.log_lik.sum(0), "log_ratio": lw.log_ratio.sum(0)}
@@ -337,6 +380,7 @@ def importance_sample(
     split_points: bool = True,
     compile: str = "off",
     say=None,
+    global_draws: int = 10,
     **inputs,
 ) -> PointEstimates:
     """Run K importance draws for every row of ``x``, in chunks of about ``rows`` particle-rows.
@@ -346,7 +390,9 @@ def importance_sample(
     ``split_points=False`` keeps all points in every chunk (for per-datapoint guides whose
     parameters are tied to the rows of ``x``) and chunks over particles only. ``compile``
     (auto | on | off) compiles the chunks where there are enough of them to repay it
-    (:class:`_Chunks`); ``say(line)`` is told which path was taken and why.
+    (:class:`_Chunks`); ``say(line)`` is
+    told which path was taken and why. A program with global latents gets ``global_draws``
+    draws θ_s ~ q(θ) shared by all points, K particles each (module docstring); its chunks run eagerly.
     """
     n = x.shape[0]
     first = slice(0, min(n, 2) if split_points else n)  # a per-datapoint guide runs on all its rows only
@@ -354,22 +400,28 @@ def importance_sample(
     rows = max(1, rows // enumeration_size(model, guide, x[first], nesting, **_rows(inputs, first)))
     n_chunk, k_chunk = _chunk_sizes(n, k, rows) if split_points else (n, max(1, min(k, rows // n)))
     full_chunks = (n // n_chunk) * (k // k_chunk)
-    chunks = (
-        _Chunks(model, guide, nesting, compile, full_chunks, say)
-        if split_points
-        else _Chunks(model, guide, nesting, "off", full_chunks)
-    )
-    log_w = torch.empty(n, k, dtype=torch.float64)
+    held = global_names(model, guide, x[first], **_rows(inputs, first))
+    S = global_draws if held else 1
+    draws = draw_globals(guide, x[first], S, nesting, **_rows(inputs, first)) if held else None
+    if held:
+        chunks = None
+        if say is not None:
+            say(f"eager importance sampler: global site(s) {', '.join(held)} are held at {S} draws θ ~ q(θ)")
+    elif split_points:
+        chunks = _Chunks(model, guide, nesting, compile, full_chunks, say)
+    else:
+        chunks = _Chunks(model, guide, nesting, "off", full_chunks)
+    log_w = torch.empty(n, S, k, dtype=torch.float64)
     moments = _Moments(n)
     bar = tqdm(
-        total=n * k,
+        total=n * k * S,
         desc=f"importance sampling (K={k})",
         unit="draw",
         unit_scale=True,
         disable=not progress,
         leave=False,
     )
-    for start in range(0, n, n_chunk):
+    for s, start in ((s, start) for s in range(S) for start in range(0, n, n_chunk)):
         xb = x[start : start + n_chunk]
         b = xb.shape[0]
         rows_ = slice(start, start + b)
@@ -377,13 +429,19 @@ def importance_sample(
         for k0 in range(0, k, k_chunk):
             kk = min(k_chunk, k - k0)
             # shapes and supports are checked on the first chunk; the rest repeat its shapes
-            with pyro.validation_enabled(is_validation_enabled() and start == 0 and k0 == 0):
-                terms = chunks(xb, kk, chunk_inputs)
-            log_w[rows_, k0 : k0 + kk] = terms.pop("log_w").double().cpu()
+            with pyro.validation_enabled(is_validation_enabled() and start == 0 and k0 == 0 and s == 0):
+                if draws is None:
+                    terms = chunks(xb, kk, chunk_inputs)
+                else:
+                    terms = _chunk_terms(model, guide, nesting, xb, kk, chunk_inputs, theta=(draws, s))
+            log_w[rows_, s, k0 : k0 + kk] = terms.pop("log_w").double().cpu()
             for key, value in terms.items():
                 moments.add(key, rows_, value)
             bar.update(b * kk)
     bar.close()
+    inner = log_mean_exp(log_w, dim=2)  # (N, S) IWAE-K of each point given each θ_s
+    log_w = log_w if held else log_w[:, 0]
+    k = k * S  # the draws every average below is over
     zeros = torch.zeros(n, dtype=torch.float64)
     names = [key[1] for key in moments.sums if isinstance(key, tuple) and key[0] == "distortion"]
     with_error = [name for name in names if ("sse", name) in moments.sums]
@@ -393,7 +451,7 @@ def importance_sample(
     between = (moments.get("z2", z_sum) / k - (z_sum / k) ** 2).clamp(min=0) * (k / max(k - 1, 1))
     return PointEstimates(
         log_w=log_w,
-        log_px=log_mean_exp(log_w, dim=1),
+        log_px=log_mean_exp(inner, dim=1),
         elbo=(moments.sums["log_lik"] + moments.sums["log_ratio"]) / k,
         kl=-moments.sums["log_ratio"] / k,
         distortion=-moments.sums["log_lik"] / k,
@@ -435,13 +493,16 @@ CONSTANT_SPREAD = 1e-8  # nats: log-weights this flat are equal up to rounding
 
 
 def psis_khat(log_w: torch.Tensor) -> np.ndarray:
-    """PSIS Pareto shape k̂ for each row of ``log_w`` ``(N, K)``, with ArviZ.
+    """PSIS Pareto shape k̂ for each row of ``log_w`` ``(N, K)``, with ArviZ (``(N, S, K)``: the largest over s).
 
     Rows whose weights are all equal (the guide *is* the posterior) have no tail to fit;
     ArviZ returns inf for them, which would read as "unreliable", so they get k̂ = 0.
     """
     import arviz as az
 
+    if log_w.dim() == 3:  # the inner weights of each draw θ_s: a point reports its largest k̂
+        n, S, K = log_w.shape
+        return psis_khat(log_w.reshape(n * S, K)).reshape(n, S).max(axis=1)
     lw = log_w.numpy().astype(np.float64)
     with warnings.catch_warnings():
         # ArviZ warns when some k̂ are large (the caller reports k̂ itself) and divides by
@@ -469,7 +530,7 @@ def summarize(est: PointEstimates, khat: np.ndarray) -> dict:
     n_active, variance = active_units(est.latent_mean)
     mc_se = est.log_px_mc_se.numpy()
     finite = bool(np.isfinite(mc_se).all())
-    return {
+    summary = {
         "log_px": log_px,
         "log_px_se": log_px_se,
         "log_px_mc_se": float(mc_se.mean()) if finite else None,  # mean over points of each estimate's MC SE
@@ -491,3 +552,12 @@ def summarize(est: PointEstimates, khat: np.ndarray) -> dict:
         "k": est.k,
         "n_points": int(est.log_w.shape[0]),
     }
+    if est.global_draws:  # the posterior predictive under q(θ): say so, and split its Monte Carlo error
+        inner = est.log_px_mc_se_inner.numpy()
+        summary["global_draws"] = est.global_draws
+        summary["log_px_estimand"] = "posterior predictive log E_q(theta)[p(x|theta)], theta: the global latents"
+        summary["log_px_mc_se_inner"] = float(inner.mean()) if finite else None
+        summary["log_px_mc_se_outer"] = (
+            float(np.sqrt(np.clip(mc_se**2 - inner**2, 0.0, None)).mean()) if finite else None
+        )
+    return summary

@@ -16,6 +16,10 @@ that depends on the discrete value) the "amortization gap" also contains the fam
 difference (it can then be negative). :attr:`LocalGuide.notes` says what was done with each
 site, and :func:`refine_local_guide` returns ``None`` for a discrete site it cannot refine
 (sampled, not enumerated, or of another family): the gaps are then not computed.
+
+Only the local latents are refined: a program's global latents θ are held at a draw
+θ ~ q(θ) (:class:`~ppl_vae.inference.importance.HoldGlobals`) by the caller, so the gaps are
+those of the local guide q(z | x, θ).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..inference.importance import DATA_PLATE, latent_sites, log_weights, max_plate_nesting, replayed_traces
+from ..inference.importance import DATA_PLATE, local_latent_sites, log_weights, max_plate_nesting, replayed_traces
 
 __all__ = ["LocalGuide", "refine_local_guide", "REFINABLE"]
 
@@ -97,7 +101,7 @@ def _initial(model, guide, x: torch.Tensor, particles: int = 64, **inputs):
     nesting = max_plate_nesting(model, guide, x, **inputs)
     guide_trace, _ = replayed_traces(model, guide, x, particles, nesting, **inputs)
     order, moments, logits = [], {}, {}
-    for site in latent_sites(guide_trace):
+    for site in local_latent_sites(guide_trace):  # global latents stay as the programs hold them
         name, fn, value = site["name"], site["fn"], site["value"]
         order.append(name)
         if fn.has_rsample:

@@ -22,6 +22,11 @@ Rabe-Hesketh 2019, arXiv:1802.04452). The held-out elpd, :math:`\sum_i \log p(x_
 split by importance sampling, is :func:`ppl_vae.diagnostics.elpd.heldout_elpd` (``Run.heldout_elpd()``),
 an ``ELPDData`` for ``az.compare``; on this file ``az.loo`` refuses ("log likelihood not found").
 
+**Global latents.** A site outside the data plate (a Bayesian decoder's weights θ) is one
+value for all points: its ``posterior`` variable has the draws θ_s ~ q(θ) and no ``obs``
+dimension, and the local draws of draw s are z_s ~ q(z | x_i, θ_s) (joint draws of (θ, z)).
+The ``prior`` group holds the local latents only; ``global_sites`` (JSON) names the global ones.
+
 **Names.** Variables are named after the program's sites and the dimensions are the bench's, so
 the two are chosen together (:func:`export_names`): a site named like an ArviZ dimension
 (``chain``, ``draw``) or holding a slash (netCDF's group separator) gets a variable name of its
@@ -140,9 +145,11 @@ def to_inference_data(model, guide, x: torch.Tensor, draws: int = 20, **inputs) 
     sim = simulate(model, draws, data_dim, x.device, x.dtype, like=x, **prior_inputs)  # (S, ...)
     values = {name: value.reshape(n, data_dim) if name == post.data else value for name, value in post.observed.items()}
     latent = [name for name in sim.latents if name in post.latents]
+    theta = post.global_latents or {}  # {site: (S, *shape)}: one value for every point
     shapes = {name: tuple(v.shape[1:]) for name, v in values.items()}
     shapes.update({name: tuple(sim.latents[name].shape[1:]) for name in latent})
-    names = export_names([*values, *latent], shapes, post.data)
+    shapes.update({name: tuple(v.shape[1:]) for name, v in theta.items()})
+    names = export_names([*values, *latent, *theta], shapes, post.data)
     var, point = names.variables, names.point
     coords = {point: np.arange(n)}
     for site, v in var.items():
@@ -164,6 +171,10 @@ def to_inference_data(model, guide, x: torch.Tensor, draws: int = 20, **inputs) 
         posterior[v] = _numpy(post.latents[name].reshape((1, draws, n) + event))
         prior[v] = _numpy(sim.latents[name].reshape((1, draws) + event))
         dims[v], prior_dims[v] = [point, *names.event[v]], list(names.event[v])
+    for name, value in theta.items():
+        v = var[name]
+        posterior[v] = _numpy(value.reshape((1, draws) + shapes[name]))
+        dims[v] = list(names.event[v])
     idata = az.from_dict(
         posterior=posterior,
         posterior_predictive=replicated,
@@ -195,6 +206,12 @@ def to_inference_data(model, guide, x: torch.Tensor, draws: int = 20, **inputs) 
             "data_variable": var[post.data] if post.data else "",
             "pixel_dim": names.pixel if post.data else "",
             "site_names": json.dumps({v: site for site, v in var.items()}),
+            "global_sites": json.dumps(list(theta)),
         }
     )
+    if theta:
+        idata.attrs["latent_structure"] = (
+            "amortized: every obs has its own local latent; the global_sites are drawn from q(theta), "
+            "one value for all obs"
+        )
     return idata

@@ -11,6 +11,10 @@ rank is then randomised over the ties, :math:`r = \#\{l: z'_l < z\} + U\{0, \dot
 which is uniform on {0..L} under an exact posterior as well (Talts et al. 2018, section 4.1;
 without it an exact discrete posterior fails the test). The tie-breaking noise comes from its
 own generator, so the program's draws are those of a run without ties.
+
+The ranks are those of the local latents. Global latents θ have no calibration here: q(θ) is
+fitted to the training set, not to one simulated data set; the caller holds θ at a draw of
+q(θ) in both programs and calibrates q(z | x, θ) against p(z | x, θ).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import pyro.poutine as poutine
 import torch
 from scipy import stats
 
-from ..inference.importance import latent_sites, max_plate_nesting, vectorize
+from ..inference.importance import local_latent_sites, max_plate_nesting, vectorize
 from ..inference.params import local_params
 from ..inference.predictive import repeat_rows, simulate
 
@@ -99,7 +103,7 @@ def simulation_based_calibration(
     guide_trace = poutine.trace(vectorize(local_params(guide), num_draws, nesting)).get_trace(x, **rows)
     generator = torch.Generator().manual_seed(seed)
     ranks = []
-    for site in latent_sites(guide_trace):
+    for site in local_latent_sites(guide_trace):
         if site["name"] not in sim.latents:
             continue
         true = sim.latents[site["name"]].reshape(simulations, -1)  # (M, d)

@@ -16,6 +16,8 @@ function that words it. A rule whose numbers are missing (skipped by ``--gap-poi
 - The gap decomposition (Cremer, Li & Duvenaud 2018, arXiv:1801.03558): the larger of the
   amortization and approximation gaps says whether the encoder or the family limits the bound.
 - Active units (Burda et al. 2016, arXiv:1509.00519): few active units of L is posterior collapse.
+- With global latents, the Monte Carlo error of the posterior predictive split into its outer
+  (draws of θ) and inner (IWAE) parts: which of ``--global-draws`` and ``--k`` to raise.
 
 A comparison ends with :func:`conclusion`: the best variant, its lead Δ over each other variant
 per datapoint, and whether Δ exceeds :data:`RESOLVE_Z` times its uncertainty — the larger of the
@@ -146,6 +148,17 @@ def _active(n_active: int, variance: list) -> str | None:
     return f"{n_active:g} of {total} latent units are active: no sign of posterior collapse."
 
 
+def _global_draws(draws: float, outer: float, inner: float) -> str:
+    text = (
+        f"log p(x) is the posterior predictive over {draws:g} draws θ ~ q(θ) of the global latents; its Monte Carlo "
+        f"error per point is ±{outer:.2g} nats from the draws of θ and ±{inner:.2g} from the inner IWAE"
+    )
+    if max(outer, inner) <= MC_SE_LARGE:
+        return text + "."
+    more = "`--global-draws`" if outer >= inner else "`--k`"
+    return text + f": raise {more} first (the larger part falls as 1/√ of it)."
+
+
 def _accuracy(accuracy: float) -> str:
     return (
         f"q(y|x) puts its highest probability on the true label for {accuracy:.1%} of test points "
@@ -160,6 +173,7 @@ RULES: dict[str, Rule] = {
     "gaps": Rule(("amortization_gap", "approximation_gap"), "amortization_gap", _gaps),
     "active_units": Rule(("active_units", "latent_variance"), "active_units", _active),
     "accuracy": Rule(("accuracy",), "accuracy", _accuracy),
+    "global_draws": Rule(("global_draws", "log_px_mc_se_outer", "log_px_mc_se_inner"), "log_px", _global_draws),
 }
 """Diagnostic name -> its rule; the one table every verdict comes from."""
 

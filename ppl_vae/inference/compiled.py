@@ -59,7 +59,7 @@ from torch.utils import _pytree as pytree
 
 from ..errors import UserError
 from .distributed import ProgramLoss
-from .importance import latent_sites, replayed_traces, rng_untouched, sample_sites, trace_pair
+from .importance import global_latent_sites, latent_sites, replayed_traces, rng_untouched, sample_sites, trace_pair
 from .objectives import Objective, with_handlers
 from .params import ModuleParams, foreign_params
 from .steps import COMPILE_STEPS, REPLAY_STEPS, SAMPLER_CHUNKS
@@ -199,6 +199,12 @@ class CompiledStep:
         self.objective.nesting(model, guide, x[:2])  # before recording, so it is not recorded
         with rng_untouched(x):
             guide_trace, model_trace = trace_pair(model, guide, x[:2])
+        held = [s["name"] for s in global_latent_sites(guide_trace)]
+        if held:  # the eager step scales them apart (ScaleLocal); the recorder is not taught global sites
+            raise UserError(
+                f"--compile records programs whose every latent site is inside the data plate; global site(s) "
+                f"{', '.join(map(repr, held))} are not; train without --compile"
+            )
         score = [s["name"] for s in latent_sites(guide_trace) if not s["fn"].has_rsample]
         if score:
             raise UserError(

@@ -29,6 +29,20 @@ the first the Rao–Blackwellised importance weight (:math:`q(y|x)` cancels; an 
 estimate of :math:`p(x_i)`), the second the per-datapoint value of Pyro's ``TraceEnum_ELBO``
 (Kingma et al. 2014, arXiv:1406.5298, eq. 7). Model-enumerated sites are log-sum-exp'd out
 inside :math:`\log p`.
+
+Sample sites outside the data plate are **global latents** :math:`\theta` (a prior on decoder
+weights, a hyperprior). Each particle draws its own :math:`\theta_k \sim q(\theta)`, the
+local terms are conditioned on it, and the global terms are kept apart, once per data set:
+
+.. math::
+
+    \log w_{ki} = \log p(x_i, z_{ki} \mid \theta_k) - \log q(z_{ki} \mid x_i, \theta_k), \qquad
+    g_k = \log p(\theta_k) - \log q(\theta_k),
+
+so the ELBO of a data set of N points is :math:`\mathbb E_k[g_k + \sum_i \log w_{ki}]` (Kingma &
+Welling 2014, arXiv:1312.6114, appendix F, "full variational Bayes"). :class:`HoldGlobals`
+holds :math:`\theta` at given draws (:class:`GlobalDraws`): the held-out estimators average the
+local weights over draws shared by all test points.
 """
 
 from __future__ import annotations
@@ -42,6 +56,7 @@ from typing import NamedTuple
 import pyro
 import pyro.poutine as poutine
 import torch
+from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
 from ..contracts import DATA_PLATE
@@ -62,6 +77,13 @@ __all__ = [
     "latent_sites",
     "sample_sites",
     "is_enumerated",
+    "is_global",
+    "local_latent_sites",
+    "global_latent_sites",
+    "global_names",
+    "HoldGlobals",
+    "GlobalDraws",
+    "draw_globals",
     "DATA_PLATE",
 ]
 
@@ -74,9 +96,10 @@ class LogWeights(NamedTuple):
     under q (see the module docstring), so ``elbo = log_lik + log_ratio <= total``.
     """
 
-    log_lik: torch.Tensor  # E_q(y) of Σ over observed sites of log p(x | z, y)
-    log_ratio: torch.Tensor  # E_q(y) of Σ over latent sites of log p(z, y) - log q(z, y | x)
-    total: torch.Tensor  # log w: the importance log-weight
+    log_lik: torch.Tensor  # E_q(y) of Σ over observed sites of log p(x | z, y, θ)
+    log_ratio: torch.Tensor  # E_q(y) of Σ over local latent sites of log p(z, y | θ) - log q(z, y | x, θ)
+    total: torch.Tensor  # log w: the importance log-weight of the local latents, given θ
+    log_global: torch.Tensor  # (K,) Σ over global sites of log p(θ) - log q(θ) (zeros without them)
 
     @property
     def elbo(self) -> torch.Tensor:
@@ -97,6 +120,40 @@ def sample_sites(trace) -> list[dict]:
 def latent_sites(trace) -> list[dict]:
     """The unobserved sample sites of a trace, in program order."""
     return [s for s in sample_sites(trace) if not s["is_observed"]]
+
+
+def is_global(site: dict) -> bool:
+    """Whether a sample site sits outside the data plate: a global latent θ, counted once per data set."""
+    return not any(f.name == DATA_PLATE for f in site["cond_indep_stack"])
+
+
+def local_latent_sites(trace) -> list[dict]:
+    """The latent sites of a trace inside the data plate: each point's own z."""
+    return [s for s in latent_sites(trace) if not is_global(s)]
+
+
+def global_latent_sites(trace) -> list[dict]:
+    """The latent sites of a trace outside the data plate and not held at a draw (:class:`HoldGlobals`)."""
+    return [s for s in latent_sites(trace) if is_global(s) and not s["infer"].get("_held")]
+
+
+class HoldGlobals(Messenger):
+    """Hold the sites ``values`` names at those values, as ``poutine.replay`` would: still latent, not drawn.
+
+    The held sites keep their log-densities (log p(θ) in the model, log q(θ) in the guide); they
+    are marked ``infer["_held"]`` so that the estimators know θ is given, and
+    ``poutine.uncondition`` (prior draws) leaves them as they are.
+    """
+
+    def __init__(self, values: dict[str, torch.Tensor]):
+        super().__init__()
+        self.values = values
+
+    def _pyro_sample(self, msg):
+        if msg["name"] in self.values and not msg["is_observed"]:
+            msg["value"] = self.values[msg["name"]]
+            msg["done"] = True
+            msg["infer"] = {**msg["infer"], "_held": True}
 
 
 def is_enumerated(site: dict) -> bool:
@@ -162,6 +219,71 @@ def enumerated_traces(model: Callable, guide: Callable, x: torch.Tensor, num_par
     return trace_pair(model, guide, x, **inputs)
 
 
+def global_names(model: Callable, guide: Callable, x: torch.Tensor, **inputs) -> list[str]:
+    """The guide's global latent sites (outside the data plate, not held), in program order; draws nothing."""
+    with rng_untouched(x):
+        guide_trace, _ = trace_pair(model, guide, x, **inputs)
+    return [s["name"] for s in global_latent_sites(guide_trace)]
+
+
+@dataclass(frozen=True)
+class GlobalDraws:
+    r"""S draws :math:`\theta_s \sim q(\theta)` of the guide's global sites.
+
+    ``values[name]`` holds the S draws in its dimension ``dims[name]`` (where a vectorized pass
+    has its particles); ``events[name]`` is the site's event rank.
+    """
+
+    values: dict[str, torch.Tensor]
+    dims: dict[str, int]
+    events: dict[str, int]
+    S: int
+
+    def draw(self, s: int, k: int = 1) -> dict[str, torch.Tensor]:
+        """θ_s for a pass of ``k`` vectorized particles (every particle holds the same θ_s)."""
+        out = {}
+        for name, value in self.values.items():
+            d = self.dims[name]
+            one = value.narrow(d, s, 1)
+            out[name] = one.expand(one.shape[:d] + (k,) + one.shape[d + 1 :])
+        return out
+
+    def single(self, s: int) -> dict[str, torch.Tensor]:
+        """θ_s for a pass without a particle plate (prior draws, simulations)."""
+        out = {}
+        for name, value in self.values.items():
+            one = value.select(self.dims[name], s)
+            while one.dim() > self.events[name] and one.shape[0] == 1:  # the particle plate's broadcast dims
+                one = one[0]
+            out[name] = one
+        return out
+
+    def hold(self, fn: Callable, s: int, k: int | None = None) -> Callable:
+        """``fn`` with θ held at draw ``s`` (for ``k`` particles; ``None``: no particle plate)."""
+        return HoldGlobals(self.single(s) if k is None else self.draw(s, k))(fn)
+
+    def names(self) -> list[str]:
+        return list(self.values)
+
+
+def draw_globals(guide: Callable, x: torch.Tensor, num_draws: int, nesting: int, **inputs) -> GlobalDraws:
+    """``num_draws`` draws θ ~ q(θ) of the guide's global sites in one vectorized pass on the rows ``x`` (give few).
+
+    Gradients flow through reparameterized draws unless called under ``no_grad``.
+    """
+    trace = poutine.trace(local_params(vectorize(guide, num_draws, nesting))).get_trace(x, **inputs)
+    values, dims, events = {}, {}, {}
+    for site in global_latent_sites(trace):
+        value, event = site["value"], site["fn"].event_dim
+        d = value.dim() - event - (nesting + 1)  # the particle plate's dim, counted from the left
+        if d < 0:  # a value that does not vary over the particles: one draw, repeated
+            value, d = value.reshape((1,) * -d + value.shape), 0
+        if value.shape[d] != num_draws:
+            value = value.expand(value.shape[:d] + (num_draws,) + value.shape[d + 1 :])
+        values[site["name"]], dims[site["name"]], events[site["name"]] = value, d, event
+    return GlobalDraws(values, dims, events, num_draws)
+
+
 @dataclass(frozen=True)
 class Frame:
     """How a pair's site tensors line up: ``(enumeration dims..., particle, the program's plates...)``.
@@ -209,6 +331,18 @@ class Frame:
             t = t.movedim(position, head)
         return t.flatten(head + 1) if t.dim() > head + 1 else t.unsqueeze(-1)
 
+    def global_term(self, site: dict) -> torch.Tensor:
+        """A global site's log-density summed over all but the particle dim: ``(K,)`` or ``(1,)``."""
+        t = site["log_prob"]
+        if t.dim() > self.rank:
+            raise ValueError(
+                f"site {site['name']!r} has {t.dim()} batch dims where the pair's plates and enumeration allow "
+                f"{self.rank}; declare event dims with .to_event(n)"
+            )
+        t = t.reshape((1,) * (self.rank - t.dim()) + t.shape)  # (E..., K, plates...)
+        t = t.sum(tuple(range(self.n_enum + 1, self.rank))) if self.rank > self.n_enum + 1 else t
+        return t.reshape(t.shape[self.n_enum :])  # a global site depends on no enumerated value
+
     def term(self, site: dict, t: torch.Tensor | None = None) -> torch.Tensor:
         """A site's log-density (or ``t``, shaped like it) summed over all but (E..., K, B)."""
         t = site["log_prob"] if t is None else t
@@ -251,16 +385,19 @@ def _sum(terms: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
 def _enumerated(frame: Frame, guide_trace, model_trace) -> tuple[LogWeights, Frame]:
     """Sum enumerated sites out exactly (module docstring): log-weights and the enumeration weights."""
     R, K, B = frame.rank, frame.K, frame.B
-    x_like = sample_sites(model_trace)[0]["log_prob"]  # dtype and device of the sums
+    x_like = next(s for s in sample_sites(model_trace) if not is_global(s))["log_prob"]  # dtype and device
     guide_dims = {R + s["infer"]["_enumerate_dim"] for s in sample_sites(guide_trace) if is_enumerated(s)}
     model_dims = {
         R + s["infer"]["_enumerate_dim"]
         for s in sample_sites(model_trace)
         if is_enumerated(s) and s["name"] not in guide_trace.nodes
     }
-    observed = _sum([frame.term(s) for s in sample_sites(model_trace) if s["is_observed"]], x_like)
-    latent = _sum([frame.term(s) for s in sample_sites(model_trace) if not s["is_observed"]], x_like)
-    log_q = _sum([frame.term(s) for s in sample_sites(guide_trace) if not is_enumerated(s)], x_like)
+    model_sites = [s for s in sample_sites(model_trace) if not is_global(s)]
+    observed = _sum([frame.term(s) for s in model_sites if s["is_observed"]], x_like)
+    latent = _sum([frame.term(s) for s in model_sites if not s["is_observed"]], x_like)
+    log_q = _sum(
+        [frame.term(s) for s in sample_sites(guide_trace) if not is_enumerated(s) and not is_global(s)], x_like
+    )
     log_q_y = _sum([frame.term(s) for s in sample_sites(guide_trace) if is_enumerated(s)], x_like)
     joint = observed + latent  # (E..., K, B): log p(x, y, z) for every enumerated value
     M, G = tuple(sorted(model_dims)), tuple(sorted(guide_dims))
@@ -280,7 +417,20 @@ def _enumerated(frame: Frame, guide_trace, model_trace) -> tuple[LogWeights, Fra
         log_ratio = G_only.expect(log_prior - log_q - log_q_y).expand(K, B)
     else:
         log_lik, log_ratio = flat(log_p - log_prior), flat(log_prior - log_q)
-    return LogWeights(log_lik, log_ratio, flat(total)), frame
+    return LogWeights(log_lik, log_ratio, flat(total), _global_terms(frame, guide_trace, model_trace)), frame
+
+
+def _global_terms(frame: Frame, guide_trace, model_trace) -> torch.Tensor:
+    r""":math:`g_k = \log p(\theta_k) - \log q(\theta_k)`, summed over the global sites: ``(K,)``."""
+    like = sample_sites(model_trace)[0]["log_prob"]  # dtype and device
+    g = like.new_zeros(frame.K)
+    for site in sample_sites(model_trace):
+        if is_global(site):
+            g = g + frame.global_term(site)
+    for site in sample_sites(guide_trace):
+        if is_global(site):
+            g = g - frame.global_term(site)
+    return g
 
 
 def log_weights(
@@ -301,6 +451,9 @@ def log_weights(
         num_particles: K, vectorized in one plate left of every plate of the programs.
         nesting: the pair's :func:`max_plate_nesting` (computed when not given).
         inputs: the batch's other inputs (labels ``y``, or ``y=None`` for an unlabelled batch).
+
+    Sites outside the data plate (global latents θ, one draw per particle) go into
+    ``log_global`` ``(K,)``; the ``(K, B)`` terms are those of the local sites given θ.
 
     Returns:
         :class:`LogWeights` with ``(K, B)`` tensors (with gradients, unless called under no_grad);
@@ -332,12 +485,15 @@ def log_weights(
         log_lik = x.new_zeros(K, B)
         log_ratio = x.new_zeros(K, B)
         for site in sample_sites(model_trace):
+            if is_global(site):
+                continue
             term = frame.term(site).expand(K, B)
             if site["is_observed"]:
                 log_lik = log_lik + term
             else:
                 log_ratio = log_ratio + term
         for site in sample_sites(guide_trace):
-            log_ratio = log_ratio - frame.term(site).expand(K, B)
-        weights = LogWeights(log_lik, log_ratio, log_lik + log_ratio)
+            if not is_global(site):
+                log_ratio = log_ratio - frame.term(site).expand(K, B)
+        weights = LogWeights(log_lik, log_ratio, log_lik + log_ratio, _global_terms(frame, guide_trace, model_trace))
     return Traced(weights, guide_trace, model_trace, frame) if return_traces else weights

@@ -2,7 +2,17 @@ r"""Training objectives: which ELBO, how many particles, and the KL weight β.
 
 All objectives return a differentiable loss ``-ELBO`` summed over the batch and multiplied
 by ``scale = N / B``, so a minibatch stands for the whole data set (for a semi-supervised
-run, N is the size of the batch's part: labelled or unlabelled points).
+run, N is the size of the batch's part: labelled or unlabelled points). Only the sites inside
+the data plate are scaled (:class:`ScaleLocal`); a global latent θ (a site outside it) counts
+once per data set, so the minibatch objective is unbiased for the full-batch ELBO,
+
+.. math::
+
+    \mathbb E_{\text{batch}}\Big[\log\frac{p(\theta)}{q(\theta)}
+        + \frac NB \sum_{i \in \text{batch}} \log\frac{p(x_i, z_i \mid \theta)}{q(z_i \mid x_i, \theta)}\Big]
+    = \log\frac{p(\theta)}{q(\theta)} + \sum_{i=1}^N \log\frac{p(x_i, z_i \mid \theta)}{q(z_i \mid x_i, \theta)}
+
+(Hoffman et al. 2013, arXiv:1206.7051: stochastic variational inference).
 
 - ``trace``: Pyro's :class:`~pyro.infer.Trace_ELBO` (Monte Carlo KL).
 - ``meanfield``: :class:`~pyro.infer.TraceMeanField_ELBO` (analytic KL where it exists).
@@ -12,7 +22,10 @@ run, N is the size of the batch's part: labelled or unlabelled points).
 - ``iwae``: :math:`\sum_i \log \frac1K \sum_k w_{ki}` from :func:`~ppl_vae.inference.importance.log_weights`
   — the per-datapoint IWAE bound, the same estimator as ``RenyiELBO(alpha=0)`` with
   vectorized particles, but with the minibatch scale applied outside the log-mean-exp where
-  it belongs. Model-enumerated sites are summed inside every weight.
+  it belongs. Model-enumerated sites are summed inside every weight. With global latents,
+  one :math:`\theta \sim q(\theta)` is shared by the K particles of a step:
+  :math:`\log\frac{p(\theta)}{q(\theta)} + \frac NB \sum_i \log \frac1K \sum_k w_{ki}(\theta)`,
+  a lower bound of :math:`\log p(x_{1:N})` whatever K.
 
 β multiplies the log-densities of every latent site in model and guide,
 :math:`\mathcal L_\beta = \mathbb E_q[\log p(x|z)] - \beta\, \mathrm{KL}(q \,\|\, p)`, as a
@@ -27,17 +40,53 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import pyro.poutine as poutine
 import torch
 from pyro.distributions.kl import kl_divergence
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 from pyro.poutine.messenger import Messenger
 
+from ..contracts import DATA_PLATE
 from ..errors import UserError
-from .importance import latent_sites, log_mean_exp, log_weights, max_plate_nesting, rng_untouched, trace_pair
+from .importance import (
+    HoldGlobals,
+    draw_globals,
+    global_names,
+    latent_sites,
+    log_mean_exp,
+    log_weights,
+    max_plate_nesting,
+    rng_untouched,
+    trace_pair,
+)
 from .params import local_params
 
-__all__ = ["ScaleLatent", "Objective", "ELBOS", "unsound_site"]
+__all__ = ["ScaleLatent", "ScaleLocal", "Objective", "ELBOS", "unsound_site"]
+
+
+class ScaleLocal(Messenger):
+    """Multiply the log-density of every sample site inside the data plate by ``scale`` (N/B).
+
+    Sites outside it (global latents θ) keep scale 1: they count once per data set, whatever the
+    batch. Without global sites this is ``poutine.scale(scale)``.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> def model(x):
+        ...     theta = pyro.sample("theta", dist.Normal(0.0, 1.0))
+        ...     with pyro.plate("data", x.shape[0]):
+        ...         pyro.sample("x", dist.Normal(theta, 1.0), obs=x)
+        >>> tr = pyro.poutine.trace(ScaleLocal(10.0)(model)).get_trace(torch.zeros(3))
+        >>> tr.nodes["theta"]["scale"], tr.nodes["x"]["scale"]
+        (1.0, 10.0)
+    """
+
+    def __init__(self, scale: float | torch.Tensor):
+        super().__init__()
+        self.scale = scale
+
+    def _process_message(self, msg):
+        if any(f.name == DATA_PLATE for f in msg["cond_indep_stack"]):
+            msg["scale"] = msg["scale"] * self.scale
 
 
 class ScaleLatent(Messenger):
@@ -53,12 +102,12 @@ class ScaleLatent(Messenger):
 
 
 def with_handlers(fn: Callable, scale: float, beta: float | torch.Tensor) -> Callable:
-    """``fn`` with its log-densities scaled by ``scale`` and those of its latent sites by ``beta`` too.
+    """``fn`` with its local log-densities scaled by ``scale`` and those of its latent sites by ``beta`` too.
 
     Its module parameters are answered locally (:func:`~ppl_vae.inference.params.local_params`).
     """
     fn = local_params(fn)
-    fn = poutine.scale(fn, scale) if scale != 1.0 else fn
+    fn = ScaleLocal(scale)(fn) if isinstance(scale, torch.Tensor) or scale != 1.0 else fn
     # a tensor β is an input of a recorded step (ppl_vae.inference.compiled): the handler must always be there
     return ScaleLatent(beta)(fn) if isinstance(beta, torch.Tensor) or beta != 1.0 else fn
 
@@ -72,6 +121,7 @@ class Objective:
         self.name, self.particles = name, particles
         self._elbo = None
         self._nesting: int | None = None
+        self.globals: list[str] = []  # the guide's global latent sites, found with the nesting
 
     def nesting(self, model, guide, x: torch.Tensor, **inputs) -> int:
         """The pair's plate nesting, found once, without drawing from the RNG.
@@ -80,6 +130,7 @@ class Objective:
         """
         if self._nesting is None:
             self._nesting = max_plate_nesting(model, guide, x, **inputs)
+            self.globals = global_names(model, guide, x, **inputs)
             elbo = ELBOS[self.name]
             options = {"strict_enumeration_warning": False} if elbo is TraceEnum_ELBO else {}
             self._elbo = elbo and elbo(
@@ -93,15 +144,12 @@ class Objective:
     def __call__(self, model, guide, x: torch.Tensor, scale: float = 1.0, beta: float = 1.0, **inputs) -> torch.Tensor:
         self.nesting(model, guide, x, **inputs)
         if self._elbo is None:  # iwae, on the shared log-weights
-            lw = log_weights(
-                with_handlers(model, 1.0, beta),
-                with_handlers(guide, 1.0, beta),
-                x,
-                self.particles,
-                self._nesting,
-                **inputs,
-            )
-            return -scale * log_mean_exp(lw.total, dim=0).sum()
+            model, guide = with_handlers(model, 1.0, beta), with_handlers(guide, 1.0, beta)
+            if self.globals:  # one θ ~ q(θ) shared by the K particles, its gradient through the draw
+                theta = draw_globals(guide, x[:1], 1, self._nesting, **_first_row(inputs)).draw(0, self.particles)
+                model, guide = HoldGlobals(theta)(model), HoldGlobals(theta)(guide)
+            lw = log_weights(model, guide, x, self.particles, self._nesting, **inputs)
+            return -(scale * log_mean_exp(lw.total, dim=0).sum() + lw.log_global.mean())
         return self._elbo.differentiable_loss(
             with_handlers(model, scale, beta), with_handlers(guide, scale, beta), x, **inputs
         )
@@ -127,6 +175,10 @@ class Objective:
                 loss = self(model, guide, x, **inputs).detach()
         if not torch.isfinite(loss):
             raise UserError(f"the {self.name!r} ELBO is not finite at initialisation")
+
+
+def _first_row(inputs: dict) -> dict:
+    return {k: v[:1] if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
 
 
 def unsound_site(elbo: str, guide_trace, model_trace) -> str | None:

@@ -100,7 +100,7 @@ def find_data_plate(model: Callable, guide: Callable, x: torch.Tensor, named: st
         found = ", ".join(f"{p!r} (size {first.get(p)})" for p in plates) or "none"
         raise UserError(
             f"no plate has the batch's size x.shape[0] (plates: {found}); "
-            f"put every sample site inside pyro.plate({DATA_PLATE!r}, x.shape[0])"
+            f"put every per-point sample site inside pyro.plate({DATA_PLATE!r}, x.shape[0])"
         )
     if len(following) > 1:
         if DATA_PLATE in following:

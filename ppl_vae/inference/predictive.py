@@ -26,7 +26,16 @@ import pyro.poutine as poutine
 import torch
 from pyro.distributions.torch_distribution import MaskedDistribution
 
-from .importance import Frame, latent_sites, max_plate_nesting, replayed_traces, sample_sites
+from .importance import (
+    Frame,
+    draw_globals,
+    global_latent_sites,
+    global_names,
+    local_latent_sites,
+    max_plate_nesting,
+    replayed_traces,
+    sample_sites,
+)
 from .params import local_params
 
 __all__ = [
@@ -180,13 +189,18 @@ def reconstruct(model, guide, x: torch.Tensor, num_particles: int = 1, **inputs)
 
 
 class Predictive(NamedTuple):
-    """Posterior draws: latents ``{site: (K, B, ...)}``, replicated observed sites and their log-likelihoods."""
+    """Posterior draws: latents ``{site: (K, B, ...)}``, replicated observed sites and their log-likelihoods.
+
+    With global latents, draw k holds its own θ_k ~ q(θ) (``global_latents``, ``{site: (K, *shape)}``)
+    and the local draws and replicates of that particle are given θ_k.
+    """
 
     latents: dict[str, torch.Tensor]
-    replicates: dict[str, torch.Tensor]  # {site: (K, B, ...)} x' ~ p(x | z)
-    log_lik: dict[str, torch.Tensor]  # {site: (K, B)} log p(x | z) of the observed values
+    replicates: dict[str, torch.Tensor]  # {site: (K, B, ...)} x' ~ p(x | z, θ)
+    log_lik: dict[str, torch.Tensor]  # {site: (K, B)} log p(x | z, θ) of the observed values
     observed: dict[str, torch.Tensor]  # {site: (B, ...)} the observed values
     data: str | None  # the name of the data site
+    global_latents: dict[str, torch.Tensor] | None = None  # {site: (K, *shape)} θ of each draw
 
 
 @torch.no_grad()
@@ -202,9 +216,20 @@ def posterior_predictive(model, guide, x: torch.Tensor, num_particles: int = 1, 
         replicates[site["name"]] = _given_where_masked(site, site["fn"].sample().expand(shape))
         log_lik[site["name"]] = frame.term(site).expand(num_particles, x.shape[0])
         observed[site["name"]] = _value(site)
-    latents = {s["name"]: s["value"] for s in latent_sites(guide_trace)}
+    latents = {s["name"]: s["value"] for s in local_latent_sites(guide_trace)}
+    theta = {s["name"]: _per_draw(s, num_particles, nesting) for s in global_latent_sites(guide_trace)}
     data = data_site(model_trace, x)
-    return Predictive(latents, replicates, log_lik, observed, data and data["name"])
+    return Predictive(latents, replicates, log_lik, observed, data and data["name"], theta)
+
+
+def _per_draw(site: dict, num_particles: int, nesting: int) -> torch.Tensor:
+    """A global site's value as ``(K, *shape)``: the particle dim in front, the plates' broadcast dims of size 1 out."""
+    value, event = site["value"], site["fn"].event_dim
+    rank = value.dim() - event  # its batch dims: the particle plate's and the program's plates', at most nesting + 1
+    value = value.reshape((1,) * (nesting + 1 - rank) + value.shape)  # (K or 1, plates..., *event)
+    value = value.expand((num_particles,) + value.shape[1:])
+    shape = [n for i, n in enumerate(value.shape[1:], 1) if i > nesting or n != 1]
+    return value.reshape((num_particles, *shape))
 
 
 def _placeholder(n: int, data_dim: int, device, dtype, like: torch.Tensor | None) -> torch.Tensor:
@@ -268,7 +293,8 @@ def simulate(model, n: int, data_dim: int, device="cpu", dtype=None, like=None, 
     part = None if data is not None else data_columns(model, placeholder, **repeat_rows(inputs, n))
     if part is not None:  # the simulated columns in the given rows: the x a conditional program's guide sees
         x = _with_columns(placeholder, part[1], observed[part[0]].reshape(n, -1)).reshape(placeholder.shape)
-    latents = {s["name"]: s["value"] for s in latent_sites(trace) if not s["infer"].get("was_observed")}
+    # the local latents: global ones are one draw for all n rows (from p(θ), or held at a draw of q(θ))
+    latents = {s["name"]: s["value"] for s in local_latent_sites(trace) if not s["infer"].get("was_observed")}
     return Simulated(latents, x, observed)
 
 
@@ -279,10 +305,20 @@ def prior_predictive(model, n: int, data_dim: int, device="cpu", dtype=None, lik
 
 
 @torch.no_grad()
-def prior_decode(model, n: int, data_dim: int, device="cpu", dtype=None, like=None, **inputs) -> torch.Tensor | None:
-    """Decodings E[x | z] of n draws z ~ p(z): ``(n, D)`` (``None`` without a data site)."""
+def prior_decode(
+    model, n: int, data_dim: int, device="cpu", dtype=None, like=None, guide=None, **inputs
+) -> torch.Tensor | None:
+    """Decodings E[x | z] of n draws z ~ p(z): ``(n, D)`` (``None`` without a data site).
+
+    With a ``guide``, the model's global latents θ are drawn once from the guide's q(θ) (the fitted
+    posterior, not the prior): the decodings are of z ~ p(z | θ), θ ~ q(θ).
+    """
     placeholder = _placeholder(n, data_dim, device, dtype, like)
     inputs = repeat_rows(inputs, n)
+    if guide is not None and global_names(model, guide, placeholder[:2], **repeat_rows(inputs, 2)):
+        rows = repeat_rows(inputs, 2)
+        nesting = max_plate_nesting(model, guide, placeholder[:2], **rows)
+        model = draw_globals(guide, placeholder[:2], 1, nesting, **rows).hold(model, 0)
     with default_dtype(placeholder.dtype):
         trace = poutine.trace(local_params(model)).get_trace(placeholder, **inputs)
     site = data_site(trace, placeholder)

@@ -3,7 +3,8 @@
 :func:`check_program` runs the pair on one small trial batch of each kind training and
 evaluation will feed it (labelled, unlabelled): the guide and the model replayed against it,
 the structure the bench relies on (the data plate, matching latent site names, where
-enumerated sites sit, where parameters live), one evaluation step with K = 2 particles in one
+enumerated sites sit, where parameters live, global latents outside the plate whose shape does
+not follow the batch), one evaluation step with K = 2 particles in one
 vectorized pass (the per-datapoint log-weights every estimator uses), and the objective with
 its soundness check. Every refusal is a :class:`~ppl_vae.errors.UserError` whose one line
 names the program, the site and the reason, so a user sees it before a run directory exists
@@ -28,7 +29,15 @@ from torch import nn
 
 from ..contracts import DATA_PLATE, Guide, Model
 from ..errors import UserError
-from .importance import latent_sites, log_weights, max_plate_nesting, replayed_traces, rng_untouched, sample_sites
+from .importance import (
+    is_global,
+    latent_sites,
+    log_weights,
+    max_plate_nesting,
+    replayed_traces,
+    rng_untouched,
+    sample_sites,
+)
 from .params import local_params
 from .plates import find_data_plate
 from .predictive import default_dtype
@@ -102,13 +111,20 @@ def _structure(where: str, guide_trace, model_trace, batch: int, parameters: set
             )
         for site in sample_sites(trace):
             frames = [f for f in site["cond_indep_stack"] if f.name == DATA_PLATE]  # the user's plate, renamed
-            if not frames:
+            if not frames:  # a global site: counted once per data set
                 inside = [f"{f.name!r} (size {f.size})" for f in site["cond_indep_stack"] if f.vectorized]
                 where_it_is = f"inside only {', '.join(inside)}" if inside else "outside every plate"
-                raise UserError(
-                    f"{where}: {role} site {site['name']!r} is {where_it_is}, not in the plate over the batch "
-                    f"pyro.plate({name!r}, x.shape[0]); every sample site must be inside it"
-                )
+                if site["is_observed"]:
+                    raise UserError(
+                        f"{where}: observed {role} site {site['name']!r} is {where_it_is}, not in the plate over "
+                        f"the batch pyro.plate({name!r}, x.shape[0]); every observed site must be inside it"
+                    )
+                if site["infer"].get("enumerate") == "parallel":
+                    raise UserError(
+                        f"{where}: enumerated {role} site {site['name']!r} is {where_it_is}; the bench sums out "
+                        f"enumerated sites of the plate {name!r} only"
+                    )
+                continue
             if frames[0].size not in (batch, -1, None):  # -1: pyro.plate("data") without a size broadcasts
                 raise UserError(
                     f"{where}: the {role}'s plate {name!r} has size {frames[0].size} on a batch of {batch}; "
@@ -131,6 +147,14 @@ def _structure(where: str, guide_trace, model_trace, batch: int, parameters: set
                     f"{where}: pyro.param site {site['name']!r} is not a parameter of the program's modules, so it "
                     "would be neither trained nor saved; make it an nn.Parameter of the module (or use pyro.module)"
                 )
+    for site in latent_sites(guide_trace):
+        other = model_trace.nodes.get(site["name"])
+        if other is not None and other["type"] == "sample" and is_global(site) != is_global(other):
+            inside, outside = ("model", "guide") if is_global(site) else ("guide", "model")
+            raise UserError(
+                f"{where}: site {site['name']!r} is inside the plate {name!r} in the {inside} and outside it in the "
+                f"{outside}; a global latent sits outside the plate in both programs, a local one inside"
+            )
     guide_latents = {s["name"] for s in latent_sites(guide_trace)}
     model_latents = {
         s["name"]
@@ -148,6 +172,27 @@ def _structure(where: str, guide_trace, model_trace, batch: int, parameters: set
             f"{where}: {'; '.join(parts)}; model and guide must share latent site names "
             "(or mark a model-only discrete site infer={'enumerate': 'parallel'})"
         )
+
+
+def _global_shapes(where: str, model, guide, x: torch.Tensor, inputs: dict, traces, name: str) -> None:
+    """Refuse a global site whose shape follows the batch: a local latent written outside the plate."""
+    sites = [(role, s) for role, tr in zip(("guide", "model"), traces) for s in sample_sites(tr) if is_global(s)]
+    if not sites:
+        return
+    index = torch.tensor([0, 1, 0], device=x.device)
+    rows = {k: v[index] if isinstance(v, torch.Tensor) and v.dim() else v for k, v in inputs.items()}
+    on = "on three rows (is a site's shape the batch's?)"
+    guide_trace = _run(where, f"the guide {on}", poutine.trace(guide).get_trace, x[index], **rows)
+    replayed = poutine.trace(poutine.replay(model, trace=guide_trace))
+    model_trace = _run(where, f"the model {on}", replayed.get_trace, x[index], **rows)
+    for role, site in sites:
+        other = (guide_trace if role == "guide" else model_trace).nodes.get(site["name"])
+        if other is not None and other["value"].shape != site["value"].shape:
+            raise UserError(
+                f"{where}: {role} site {site['name']!r} is outside the plate over the batch, yet its shape "
+                f"{tuple(site['value'].shape)} follows the batch's size; put it inside pyro.plate({name!r}, "
+                "x.shape[0]) (only a global latent, the same for every point, sits outside)"
+            )
 
 
 def check_program(
@@ -190,6 +235,7 @@ def check_program(
             replayed = poutine.trace(poutine.replay(model, trace=guide_trace))
             model_trace = _run(where, f"the model {on}", replayed.get_trace, x, **inputs)
             _structure(where, guide_trace, model_trace, x.shape[0], parameters, plate)
+            _global_shapes(where, model, guide, x, inputs, (guide_trace, model_trace), plate)
             nesting = max_plate_nesting(model, guide, x, **inputs)
             lw = _run(
                 where,

@@ -68,11 +68,14 @@ def training_bytes(config: Config, data_dim: int, n_train: int, in_memory: bool 
 
 
 def evaluation_bytes(workflow: EvalConfig, config: Config, n_points: int, data_dim: int) -> int:
-    """``evaluate``: the N × K log-weights (float64) kept to the end, plus the largest phase on top:
-    importance chunks, the gaps' second set of weights, SBC's draws, the InferenceData export."""
+    """``evaluate``: the N × K log-weights (float64; N × S × K with global latents) kept to the end, plus the
+    largest phase on top: importance chunks, the gaps' second set of weights, SBC's draws, the InferenceData export."""
     n = min(workflow.points or n_points, n_points)
     latent = config.model.latent_dim
-    log_w = n * workflow.k * DOUBLE
+    # a Bayesian decoder keeps K weights for each of its --global-draws draws θ ~ q(θ) (a user program's
+    # global sites are not known before it is traced: counted as one draw)
+    draws = workflow.global_draws if config.model.decoder_prior != "none" else 1
+    log_w = n * workflow.k * draws * DOUBLE
     chunk = ROWS_PER_CHUNK * _row_width(config, data_dim) * FLOAT
     gaps = min(workflow.gap_points, n) * workflow.k * DOUBLE * 2
     sbc = workflow.sbc_simulations * (workflow.sbc_draws * latent * (2 + config.guide.flows) + data_dim) * FLOAT

@@ -24,11 +24,25 @@ from ..guides import (
     ConditionalEncoder,
     Encoder,
     HierarchicalGuide,
+    MeanFieldNormal,
     posterior_head,
 )
 from ..inference.plates import RenamePlate
 from ..inference.trial import check_module
-from ..models import INITS, LAYERS, LIKELIHOODS, NETWORKS, PRIORS, PSEUDO_INPUTS, VAE, HierarchicalVAE, Join, stack
+from ..models import (
+    DECODER_PRIORS,
+    INITS,
+    LAYERS,
+    LIKELIHOODS,
+    NETWORKS,
+    PRIORS,
+    PSEUDO_INPUTS,
+    VAE,
+    HierarchicalVAE,
+    Join,
+    split_output,
+    stack,
+)
 from .programs import ProgramFile, import_factory, named_file
 
 __all__ = ["Program", "build_program", "check_support", "load_factory"]
@@ -142,7 +156,16 @@ def _program(cfg, data_dim, image_shape, init_data, num_classes, programs) -> Pr
         decoder = decoder_net(
             m.latent_dim, data_dim, image_shape, m.hidden_dim, m.hidden_layers, likelihood.params_per_pixel
         )
-        model_module = VAE(prior, decoder, likelihood)
+        output = None
+        bayesian = _pick(DECODER_PRIORS, m.decoder_prior, "decoder prior")
+        if bayesian is not None:  # the output layer's weights become global latents, q(θ) joins the guide
+            try:
+                decoder, layer = split_output(decoder)
+            except ValueError as err:
+                raise UserError(f"--decoder-prior {m.decoder_prior}: {err}") from None
+            output = bayesian(layer)
+            guide_module.global_posterior = MeanFieldNormal(output.initial)
+        model_module = VAE(prior, decoder, likelihood, output)
     return Program(model_module, guide_module)
 
 

@@ -12,6 +12,11 @@ The test points get the inputs the program was trained to take (:meth:`Run.input
 program conditioned on labels (``--labels all``) gets the test labels, and log p(x) is then
 log p(x | y) or log p(x, y); a program that takes y otherwise gets ``y=None`` and y is summed
 out. Enumerated discrete sites are summed out exactly everywhere.
+
+A program with global latents θ (sites outside the data plate: a Bayesian decoder's weights)
+is scored by its posterior predictive log E_q(θ)[p(x|θ)] over ``--global-draws`` draws shared by
+the test points (:mod:`ppl_vae.diagnostics.estimators`). The gaps and the calibration are those
+of the local guide q(z | x, θ), with θ held at one draw of q(θ) in model and guide.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from ..diagnostics.inference_data import data_variable, to_inference_data
 from ..diagnostics.sbc import SBCResult, SBCSkipped, simulation_based_calibration
 from ..diagnostics.verdicts import verdicts
 from ..errors import UserError
+from ..inference.importance import draw_globals, global_names, max_plate_nesting
 from ..inference.predictive import prior_predictive
 from ..plots import diagnostics as diagnostic_plots
 from ..plots.figures import plot_images, plot_reconstructions
@@ -135,7 +141,15 @@ def evaluate(
         log.info(line)
 
     est = importance_sample(
-        model, guide, x, config.k, progress=progress, compile=config.compile_sampler, say=say, **inputs
+        model,
+        guide,
+        x,
+        config.k,
+        progress=progress,
+        compile=config.compile_sampler,
+        say=say,
+        global_draws=config.global_draws,
+        **inputs,
     )
     khat = psis_khat(est.log_w)
     summary = summarize(est, khat)
@@ -146,14 +160,26 @@ def evaluate(
         if predicted is not None:
             summary["accuracy"] = float((predicted.cpu().numpy() == np.asarray(labels)).mean())
 
+    # the local guide's gaps and calibration: global latents held at one draw θ ~ q(θ) in both programs
+    local_model, local_guide = model, guide
+    if est.global_draws:
+        first = _rows(inputs, 2)
+        with torch.no_grad():
+            theta = draw_globals(guide, x[:2], 1, max_plate_nesting(model, guide, x[:2], **first), **first)
+        local_model, local_guide = theta.hold(model, 0), theta.hold(guide, 0)
+        summary["global_sites"] = global_names(model, guide, x[:2], **first)
+        summary["local_diagnostics"] = "gaps and calibration of q(z | x, theta) at one draw theta ~ q(theta)"
     n_gap = min(config.gap_points, len(x))
     if n_gap:
+        amortized = _first(est, n_gap)
+        if est.global_draws:  # the amortized numbers at the same θ as the refined guide's
+            amortized = importance_sample(local_model, local_guide, x[:n_gap], config.k, **_rows(inputs, n_gap))
         summary.update(
             inference_gaps(
-                model,
-                guide,
+                local_model,
+                local_guide,
                 x[:n_gap],
-                _first(est, n_gap),
+                amortized,
                 config.k,
                 config.gap_steps,
                 progress,
@@ -167,7 +193,7 @@ def evaluate(
     if config.sbc_simulations:
         settings = dict(device=run.device, like=x, seed=config.seed)
         sbc = simulation_based_calibration(
-            model, guide, run.data_dim, config.sbc_simulations, config.sbc_draws, **settings, **inputs
+            local_model, local_guide, run.data_dim, config.sbc_simulations, config.sbc_draws, **settings, **inputs
         )
     skipped = "--sbc-simulations 0" if sbc is None else sbc.reason if isinstance(sbc, SBCSkipped) else None
     sbc = None if skipped else sbc
@@ -291,7 +317,7 @@ def evaluate_run(
         "this evaluation",
         evaluation_bytes(config, run.config, n_points, run.data_dim),
         run.device,
-        "lower --k, --points, --sbc-simulations, --sbc-draws, --idata-points or --idata-draws",
+        "lower --k, --points, --global-draws, --sbc-simulations, --sbc-draws, --idata-points or --idata-draws",
     )
     check_writable(run.path)  # before the work, not after it
     check_contained(run.path, RUN_SUBDIRS, whole=(EVALUATION,))

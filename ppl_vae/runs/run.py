@@ -197,7 +197,8 @@ class Run:
 
     def sample(self, n: int, like: torch.Tensor | None = None, **inputs) -> torch.Tensor | None:
         """Decodings of n draws z ~ p(z): ``(n, D)``, given ``inputs`` (``y`` ``(n,)``) and rows ``like`` (a given
-        quadrant: what the model conditions on); ``None`` if no observed site holds x or a part of it.
+        quadrant: what the model conditions on); ``None`` if no observed site holds x or a part of it. Global
+        latents are one draw θ ~ q(θ).
 
         A program whose observed site holds only some of x's columns conditions on the others: without
         ``like`` it is given the test split's first rows (repeated to n)."""
@@ -205,7 +206,8 @@ class Run:
         with program_errors(self.programs):
             if like is None and self._observes_part_of_x(**inputs):
                 like = self.dataset().test[:n].to(self.device)
-            return prior_decode(self.program.model, n, self.data_dim, self.device, like=like, **inputs)
+            guide = self.program.guide  # global latents θ ~ q(θ): the fitted decoder, not its prior
+            return prior_decode(self.program.model, n, self.data_dim, self.device, like=like, guide=guide, **inputs)
 
     def _observes_part_of_x(self, **inputs) -> bool:
         x = torch.zeros((2, self.data_dim), device=self.device)

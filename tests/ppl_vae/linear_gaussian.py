@@ -92,3 +92,60 @@ def train_linear_vae(sigma2: float, epochs: int = 150):
     measured, _ = active_units(est.latent_mean)
     sample_eigenvalues = np.linalg.eigvalsh(np.cov(data.train.numpy().T))
     return measured, int((sample_eigenvalues > sigma2).sum())
+
+
+# --- probabilistic PCA whose mean is a global latent: x = W z + μ + σ ε, μ ~ N(0, τ² I) ---
+
+
+class GlobalMeanPPCA(nn.Module):
+    r"""pPCA with its mean μ a global latent, q(μ) = N(m, diag s²), and q(z | x, μ) the exact local posterior.
+
+    Given μ the local posterior is exact, so p̂(x | μ) is exact at any K and
+
+    .. math:: \log \mathbb E_{q(\mu)}[p(x \mid \mu)] = \log N(x; m, W W^\top + \sigma^2 I + \operatorname{diag}(s^2)).
+    """
+
+    def __init__(self, ppca: PPCA, m: torch.Tensor, s: torch.Tensor, tau: float = 1.0):
+        super().__init__()
+        self.ppca, self.tau = ppca, tau
+        self.m = nn.Parameter(m.clone())
+        self.log_s = nn.Parameter(s.log())
+
+    def model(self, x):
+        W, sigma = self.ppca.W, self.ppca.sigma
+        mu = pyro.sample("mu", dist.Normal(x.new_zeros(W.shape[0]), self.tau).to_event(1))  # (…, D), global
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(W.shape[1]), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ W.T + mu, sigma).to_event(1), obs=x)
+
+    def guide(self, x):
+        W, sigma = self.ppca.W, self.ppca.sigma
+        mu = pyro.sample("mu", dist.Normal(self.m, self.log_s.exp()).to_event(1))
+        L = W.shape[1]
+        M = W.T @ W + sigma**2 * torch.eye(L, dtype=x.dtype)
+        gain = W @ torch.linalg.inv(M)  # (D, L): E[z | x, μ] = (x - μ) W M⁻¹
+        scale_tril = torch.linalg.cholesky(sigma**2 * torch.linalg.inv(M))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.MultivariateNormal((x - mu) @ gain, scale_tril=scale_tril))
+
+    def covariance(self, dtype=torch.float64):
+        W, sigma = self.ppca.W, self.ppca.sigma
+        return W @ W.T + sigma**2 * torch.eye(W.shape[0], dtype=dtype)
+
+    def log_predictive(self, x):
+        """log N(x; m, W Wᵀ + σ² I + diag s²): the posterior predictive under q(μ)."""
+        s2 = self.log_s.detach().exp() ** 2
+        return dist.MultivariateNormal(self.m.detach(), self.covariance() + torch.diag(s2)).log_prob(x)
+
+    def expected_log_lik(self, x):
+        """E_q(μ)[log N(x; μ, C)] = log N(x; m, C) - ½ tr(C⁻¹ diag s²): the ELBO with the exact local posterior."""
+        C = self.covariance()
+        s2 = self.log_s.detach().exp() ** 2
+        trace = (torch.linalg.inv(C).diagonal() * s2).sum()
+        return dist.MultivariateNormal(self.m.detach(), C).log_prob(x) - 0.5 * trace
+
+
+def make_global(data_dim=3, latent_dim=2, sigma=0.5, s=0.3, seed=0):
+    ppca = make(data_dim, latent_dim, sigma, seed)
+    m = ppca.b.clone()
+    return GlobalMeanPPCA(ppca, m, torch.full((data_dim,), s, dtype=torch.float64), tau=1.0)

@@ -127,3 +127,10 @@ def test_seed_sd_of_difference_pairs_seeds():
     hard = rng.normal(size=(3, 50)) * 10  # what each seed's runs share point by point cancels
     reference = hard + np.array([[1.0], [2.0], [3.0]])
     assert seed_sd_of_difference(reference, hard) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("outer,inner,raise_", [(0.5, 0.05, "--global-draws"), (0.05, 0.5, "--k"), (0.01, 0.01, "")])
+def test_the_posterior_predictive_verdict_says_which_draws_to_raise(outer, inner, raise_):
+    text = v.verdicts({"global_draws": 10, "log_px_mc_se_outer": outer, "log_px_mc_se_inner": inner})["global_draws"]
+    assert "posterior predictive over 10 draws" in text
+    assert (f"raise `{raise_}`" in text) if raise_ else "raise" not in text

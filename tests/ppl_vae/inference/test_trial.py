@@ -50,15 +50,62 @@ class OtherNames(Base):
 
 
 class OutsidePlate(Base):
+    """A global latent: σ of the likelihood with a LogNormal prior, outside the plate."""
+
+    def model(self, x):
+        scale = pyro.sample("scale", dist.LogNormal(0.0, 1.0))  # () or (K, 1) with particles in front
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(self.L), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(self.dec(z), scale[..., None]).to_event(1), obs=x)
+
+    def guide(self, x):
+        pyro.sample("scale", dist.LogNormal(0.0, 1.0))
+        super().guide(x)
+
+
+class LocalOutsidePlate(Base):
+    """A global σ and z written outside the plate: z's shape follows the batch, so z is no global latent."""
+
     def model(self, x):
         scale = pyro.sample("scale", dist.LogNormal(0.0, 1.0))
+        z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0], self.L), 1.0).to_event(2))
         with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(self.dec(z), scale).to_event(1), obs=x)
+
+    def guide(self, x):
+        pyro.sample("scale", dist.LogNormal(0.0, 1.0))
+        loc, raw = self.enc(x).chunk(2, -1)
+        pyro.sample("z", dist.Normal(loc, nn.functional.softplus(raw)).to_event(2))
+
+
+class GlobalWithFixedPlate(OutsidePlate):
+    """A global σ, and the local sites in a plate of a fixed size."""
+
+    def model(self, x):
+        scale = pyro.sample("scale", dist.LogNormal(0.0, 1.0))
+        with pyro.plate("data", 4, subsample=torch.arange(x.shape[0])):
             z = pyro.sample("z", dist.Normal(x.new_zeros(self.L), 1.0).to_event(1))
             pyro.sample("x", dist.Normal(self.dec(z), scale).to_event(1), obs=x)
 
     def guide(self, x):
         pyro.sample("scale", dist.LogNormal(0.0, 1.0))
-        super().guide(x)
+        loc, raw = self.enc(x).chunk(2, -1)
+        with pyro.plate("data", 4, subsample=torch.arange(x.shape[0])):
+            pyro.sample("z", dist.Normal(loc, nn.functional.softplus(raw)).to_event(1))
+
+
+class GlobalObserved(Base):
+    def model(self, x):
+        pyro.sample("mean", dist.Normal(0.0, 1.0), obs=x.mean())
+        super().model(x)
+
+
+class LocalInModelGlobalInGuide(OutsidePlate):
+    def model(self, x):
+        with pyro.plate("data", x.shape[0]):
+            scale = pyro.sample("scale", dist.LogNormal(0.0, 1.0))
+            z = pyro.sample("z", dist.Normal(x.new_zeros(self.L), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(self.dec(z), scale[..., None]).to_event(1), obs=x)
 
 
 class FixedPlateSize(Base):
@@ -160,7 +207,14 @@ def trial(program, elbo="trace", particles=1, x=X):
             "trace",
             "the model's latent site(s) 'z' are not sampled by the guide; the guide samples 'code'",
         ),
-        (OutsidePlate(), "trace", "site 'scale' is outside every plate, not in the plate over the batch"),
+        (
+            LocalOutsidePlate(),
+            "trace",
+            "guide site 'z' is outside the plate over the batch, yet its shape (2, 2) follows the batch's size",
+        ),
+        (GlobalWithFixedPlate(), "trace", "plate 'data' has size 4 on a batch of 2"),
+        (GlobalObserved(), "trace", "observed model site 'mean' is outside every plate"),
+        (LocalInModelGlobalInGuide(), "trace", "site 'scale' is inside the plate 'data' in the model and outside"),
         (FixedPlateSize(), "trace", "plate 'data' has size 4 on a batch of 2"),
         (FreeParam(), "trace", "pyro.param site 'shift' is not a parameter of the program's modules"),
         (NestedEnumeration(), "traceenum", "enumerated model site 'c' sits in plate(s) pixels"),
@@ -185,7 +239,10 @@ def test_a_program_outside_the_contract_is_refused_in_one_line(program, elbo, me
     assert message in text and "\n" not in text and text.startswith("prog.py:make: "), text
 
 
-@pytest.mark.parametrize("program,elbo", [(Base(), "iwae"), (RegisteredModule(), "trace"), (Extras(), "trace")])
+@pytest.mark.parametrize(
+    "program,elbo",
+    [(Base(), "iwae"), (RegisteredModule(), "trace"), (Extras(), "trace"), (OutsidePlate(), "trace")],
+)
 def test_programs_inside_the_contract_pass(program, elbo):
     assert trial(program, elbo, particles=3) == 1
 
