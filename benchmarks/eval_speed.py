@@ -81,7 +81,7 @@ def worker(args) -> None:
     from ppl_vae.diagnostics import estimators
 
     compiling = [0.0]
-    record = estimators._Chunks._compiled
+    record = estimators._Chunks._recorded
 
     def timed(self, *a, **kw):  # the one-off recording and compiling, timed apart from the sampling
         start = time.perf_counter()
@@ -90,7 +90,7 @@ def worker(args) -> None:
         finally:
             compiling[0] = time.perf_counter() - start
 
-    estimators._Chunks._compiled = timed
+    estimators._Chunks._recorded = timed
     start = time.perf_counter()
     if args.worker in ("auto", "eager", "compiled"):
         mode = {"auto": "auto", "eager": "off", "compiled": "on"}[args.worker]
