@@ -11,7 +11,7 @@ PIP_QUIET := -q --disable-pip-version-check
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	. tools/pip-env.sh && $(PY) -m pip install $(PIP_QUIET) -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
-	$(PY) -c "import ppl_vae.models, ppl_vae.guides, pytest, hypothesis"
+	$(PY) -c "import ppl_vae.models, ppl_vae.guides, pytest, hypothesis, xdist"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -23,9 +23,10 @@ run: $(STAMP)
 	@sed -n '/^## Summary/,/^## Figures/{/^## Figures/!p;}' $(RUN)/report.md
 	@echo "report: $(RUN)/report.md (and report.html)"
 
-## make test: the whole suite; make test-slow: the long statistical runs marked slow
+## make test: the whole suite, a file per worker on two workers, the 15 slowest tests named at the end;
+## make test-slow: the long statistical runs marked slow
 test: $(STAMP)
-	$(PY) -m pytest --durations=15
+	$(PY) -m pytest -n 2 --dist loadfile --durations=15
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow

@@ -556,10 +556,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     code = _run(argv)
     if argv is None:
         lingering = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
-        if lingering and any(t.is_alive() for t in lingering):
+        # every file is written and closed; only a program's thread, or the teardown of modules a signal
+        # cut off halfway through their import (torch's), could still keep or kill the process
+        if code >= 128 or any(t.is_alive() for t in lingering):
             sys.stdout.flush()
             sys.stderr.flush()
-            os._exit(code)  # every file is written and closed; only the program's thread would keep us
+            os._exit(code)
     return code
 
 

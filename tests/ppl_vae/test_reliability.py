@@ -24,8 +24,14 @@ FIT = [sys.executable, "-m", "ppl_vae", "fit", "--hidden-dim", "32", "--no-progr
 _SPAWNED: list[subprocess.Popen] = []
 
 
+def _interruptible() -> None:
+    # a suite started in the background (`make test &`) ignores SIGINT, and an ignored signal is inherited:
+    # the commands under test get Ctrl-C as a terminal would deliver it
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _spawn(*args, **kwargs) -> subprocess.Popen:
-    proc = subprocess.Popen(*args, **kwargs)
+    proc = subprocess.Popen(*args, preexec_fn=_interruptible, **kwargs)
     _SPAWNED.append(proc)
     return proc
 
