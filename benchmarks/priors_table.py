@@ -372,6 +372,9 @@ def main(argv=None) -> int:
     p.add_argument("--results", default="", help="also write the rows here (benchmarks/results/priors_table.json)")
     p.add_argument("--resume", action="store_true", help="continue jobs from their checkpoints")
     p.add_argument("--smoke", action="store_true", help="tiny sizes on the embedded digits data")
+    p.add_argument(
+        "--collect", action="store_true", help="train nothing: write the table and results of the jobs already finished"
+    )
     args = p.parse_args(argv)
     if args.smoke:
         args.epochs_mnist = args.epochs_caltech = 1
@@ -385,7 +388,10 @@ def main(argv=None) -> int:
     specs = [(d, r, args.protocol, args) for d in reversed(args.data) for r in args.rows]
     specs += [(d, "vamp", proto, args) for d in reversed(args.data) for proto in args.ablation]
     specs = list({spec[:3]: spec for spec in specs}.values())  # a row asked for twice is one job
-    if args.jobs == 1:
+    if args.collect:
+        done = [job_dir(args, *spec[:3]) / "evaluation.json" for spec in specs]
+        finished = [json.loads(path.read_text()) for path in done if path.is_file()]
+    elif args.jobs == 1:
         finished = [job(*s) for s in specs]
     else:
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -410,6 +416,8 @@ def main(argv=None) -> int:
         _write_json(path, summary)
     (out / "table.md").write_text(text)
     curves(results, out / "curves.png")
+    if args.results:  # the learning curves beside the results file, where BENCHMARKS.md shows them
+        curves(results, Path(args.results).with_name("priors_curves.png"))
     return 0
 
 
