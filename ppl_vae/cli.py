@@ -22,7 +22,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-try:  # the registries import torch: seconds in which a Ctrl-C must still give one line
+STARTING = b"ppl-vae: interrupted while starting; nothing was written\n"
+
+
+def _end_while_starting(signum, frame):
+    """SIGINT before any work: one line and exit 130 at once. Raising instead could land inside torch's C++
+    import callbacks, where a Python exception aborts the process (SIGABRT) rather than unwinding."""
+    os.write(2, STARTING)
+    os._exit(128 + signum)
+
+
+try:  # a few pure-Python modules (torch comes later, in _start): a KeyboardInterrupt here unwinds cleanly
     from .config import (
         SECTIONS,
         Config,
@@ -36,7 +46,7 @@ try:  # the registries import torch: seconds in which a Ctrl-C must still give o
         parse_text,
     )
 except KeyboardInterrupt:
-    print("ppl-vae: interrupted while starting; nothing was written", file=sys.stderr)
+    os.write(2, STARTING)
     raise SystemExit(130) from None
 from .errors import UserError, bounded
 
@@ -504,6 +514,17 @@ def _printable_streams() -> None:
             stream.reconfigure(errors="backslashreplace")
 
 
+def _start() -> None:
+    """Import torch, Pyro and the runs (seconds, and nothing written) while a Ctrl-C still ends the process
+    at once; from here on it is a ``KeyboardInterrupt`` that every writer and the trainer clean up after."""
+    from .inference.compiled import kept_cache
+    from .runs import run  # noqa: F401  (torch, pyro and the registries)
+
+    kept_cache()  # TorchInductor's cache folder: the user's, or a TORCHINDUCTOR_CACHE_DIR checked in one line
+    if signal.getsignal(signal.SIGINT) is _end_while_starting:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def _run(argv: Sequence[str] | None) -> int:
     handle = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if handle else None
@@ -512,9 +533,7 @@ def _run(argv: Sequence[str] | None) -> int:
         args = build_parser().parse_args(argv)
         command = args.command
         configure_logging(args.quiet, args.verbose)
-        from .inference.compiled import kept_cache
-
-        kept_cache()  # TorchInductor's cache folder: the user's, or a TORCHINDUCTOR_CACHE_DIR checked in one line
+        _start()
         return COMMANDS[command](args)
     except UserError as err:
         print(f"ppl-vae: error: {one_line(err)}", file=sys.stderr)
@@ -552,6 +571,8 @@ def _run(argv: Sequence[str] | None) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; its exit status. Called as the program (``argv`` None), it also ends the process once
     its outputs are on disk, even where a user's program left a thread running."""
+    if argv is None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _end_while_starting)  # until _start has imported torch
     _printable_streams()
     code = _run(argv)
     if argv is None:
