@@ -399,7 +399,8 @@ class Trainer:
         try:
             with (
                 warnings.catch_warnings(),
-                tqdm(total=t.epochs, initial=self.epoch, desc="training", disable=not self.progress) as bar,
+                # leave=None: kept on its own, cleared where it is nested in a study's bar over variants
+                tqdm(total=t.epochs, initial=self.epoch, desc="training", leave=None, disable=not self.progress) as bar,
             ):
                 # a non-finite loss is reported once, as TrainingDiverged, not also as Pyro's warning
                 warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)

@@ -46,8 +46,9 @@ from ..inference.importance import draw_globals, global_names, max_plate_nesting
 from ..inference.predictive import prior_predictive
 from ..plots import diagnostics as diagnostic_plots
 from ..plots.figures import plot_images, plot_reconstructions
-from ..storage.atomic import atomic_path, check_writable, open_regular, sha256_bytes, write_json
+from ..storage.atomic import atomic_path, check_writable, open_regular, sha256_bytes
 from ..storage.directories import check_contained, locked, remove_leftovers, staging_dir, swap_in
+from ..storage.schema import write_table
 from .budget import check_memory, evaluation_bytes
 from .layout import EVALUATION, RUN_SUBDIRS
 from .programs import program_errors
@@ -290,11 +291,11 @@ def _write_into(out: Path, ev: Evaluation, image_shape: tuple[int, ...], setting
                 k=np.int64(est.k),
             )
     points = ev.x.detach().cpu().contiguous()
-    write_json(
+    write_table(
         out / "settings.json",
         {**settings, "points": {"n": int(len(points)), "sha256": sha256_bytes(points.numpy().tobytes())}},
     )
-    write_json(out / "evaluation.json", {**ev.summary, "versions": versions()})
+    write_table(out / "evaluation.json", {**ev.summary, "versions": versions()})
 
 
 def evaluate_run(

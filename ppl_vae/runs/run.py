@@ -43,7 +43,7 @@ from ..inference.importance import latent_sites, rng_untouched, trace_pair
 from ..inference.predictive import data_columns, observed_sites, prior_decode, reconstruct, repeat_rows
 from ..inference.trainer import Interrupted, Trainer, TrainingDiverged, check_params
 from ..plots.figures import image_grid, plot_history, plot_images, plot_reconstructions, save_figure
-from ..storage.atomic import read_json, write_csv, write_json, write_text
+from ..storage.atomic import write_csv, write_text
 from ..storage.checkpoint import load_checkpoint, read_checkpoint, read_state, save_checkpoint
 from ..storage.directories import (
     check_contained,
@@ -54,6 +54,7 @@ from ..storage.directories import (
     staging_dir,
     swap_in,
 )
+from ..storage.schema import read_table, write_table
 from .budget import check_memory, human, training_bytes
 from .build import Program, build_program, check_support
 from .layout import RUN_SUBDIRS, foreign_entries, kind_of
@@ -389,7 +390,7 @@ def read_metrics(run_dir: str | Path) -> dict:
     path = Path(run_dir) / "metrics.json"
     if not path.exists():
         return {}
-    metrics = read_json(path, "metrics file", error=CheckpointError)
+    metrics = read_table(path, "metrics file", error=CheckpointError)
     if not isinstance(metrics, dict):
         raise CheckpointError(f"{path} must hold a table of numbers")
     for key in REQUIRED_METRICS:
@@ -570,7 +571,7 @@ def _write_outputs(run: Run, seconds: float, first_test_elbo: float, best_epoch:
             absent["samples_by_class.png"] = why
     if absent:
         run.metrics["figures_absent"] = absent
-    write_json(out / "metrics.json", run.metrics)  # last: a run with metrics.json has every output
+    write_table(out / "metrics.json", run.metrics)  # last: a run with metrics.json has every output
     write_report(out)
 
 

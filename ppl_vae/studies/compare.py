@@ -20,6 +20,7 @@ the test split itself and therefore optimistic; ``figures/elpd_compare.png`` is
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,9 +37,10 @@ from ..plots import comparison as compare_plots
 from ..runs.evaluation import read_pointwise
 from ..runs.layout import EVALUATION
 from ..runs.report import markdown_table
-from ..storage.atomic import write_csv, write_json, write_text
+from ..storage.atomic import write_csv, write_text
+from ..storage.schema import write_table
 from .executors import Executor
-from .runner import open_study, run_variants
+from .runner import VariantCallback, open_study, run_variants
 
 __all__ = ["Comparison", "compare", "parse_grid", "variants_from"]
 
@@ -237,6 +239,7 @@ def compare(
     overwrite: bool = False,
     executor: Executor | None = None,
     equivalence: float = PRACTICAL_EQUIVALENCE,
+    callbacks: Sequence[VariantCallback] = (),
 ) -> Comparison:
     """Train (or reuse) and evaluate every variant with ``seeds`` seeds; write the comparison to ``out``.
 
@@ -244,15 +247,27 @@ def compare(
     of a variant whose config changed is trained again only with ``overwrite``. ``executor``
     (:mod:`ppl_vae.studies.executors`) says where the runs are trained; the results do not depend on it.
     A lead below ``equivalence`` nats per datapoint is concluded to be equal in practice.
+    Each of ``callbacks`` is called as ``f(variant, epoch, row)`` after every epoch a variant trains
+    (``variant`` names the run, ``name/seed-s`` with several seeds; ``row`` is that epoch's row of
+    its ``history.csv``); with a parallel ``executor`` it runs in the worker, so it must pickle.
     """
     StudyConfig(seeds=seeds, equivalence=equivalence).validate()
     workflow = (workflow or EvalConfig()).validate()
     with open_study(out, "compare") as out:
-        return _compare(variants, out, workflow, seeds, data, progress, overwrite, executor, equivalence)
+        return _compare(variants, out, workflow, seeds, data, progress, overwrite, executor, equivalence, callbacks)
 
 
 def _compare(
-    variants, out: Path, workflow: EvalConfig, seeds: int, data, progress: bool, overwrite: bool, executor, equivalence
+    variants,
+    out: Path,
+    workflow: EvalConfig,
+    seeds: int,
+    data,
+    progress: bool,
+    overwrite: bool,
+    executor,
+    equivalence,
+    callbacks=(),
 ):
     first = next(iter(variants.values()))
     for name, config in variants.items():
@@ -261,7 +276,9 @@ def _compare(
     data = data or load_data(first.data)
     runs = {(name, s): f"{name}/seed-{s}" if seeds > 1 else name for name in variants for s in range(seeds)}
     jobs = {runs[(name, s)]: _seeded(variants[name], s) for name, s in runs}
-    results = run_variants(jobs, out, workflow, data, progress, overwrite, kind="compare", executor=executor)
+    results = run_variants(
+        jobs, out, workflow, data, progress, overwrite, kind="compare", executor=executor, callbacks=callbacks
+    )
 
     pointwise, rows, elpds, per_run, by_seed, said = {}, {}, {}, {}, {}, {}
     for name in variants:
@@ -302,7 +319,7 @@ def _compare(
 
     comparison = Comparison(ranked, out, pointwise, elpds, table, said, concluded)
     write_csv(out / "comparison.csv", ranked)
-    write_json(
+    write_table(
         out / "comparison.json",
         {
             "rows": ranked,

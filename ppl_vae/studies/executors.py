@@ -27,7 +27,7 @@ import multiprocessing
 import os
 import socket
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,16 +63,21 @@ class Executor:
         fn: Callable[[Any, Any], Any],
         jobs: Sequence[Any],
         shared: Any = None,
-        tick: Callable[[], None] | None = None,
+        tick: Callable[[int], None] | None = None,
+        start: Callable[[int], None] | None = None,
     ) -> list:
-        return EXECUTORS[self.kind](self, fn, list(jobs), shared, tick or (lambda: None))
+        """``tick(i)`` is called in this process as job ``i`` ends (in the order they end), ``start(i)`` as
+        it begins where that is here (the sequential executor; the others start jobs elsewhere)."""
+        ignore = lambda i: None
+        return EXECUTORS[self.kind](self, fn, list(jobs), shared, tick or ignore, start or ignore)
 
 
-def _sequential(ex: Executor, fn, jobs: list, shared, tick) -> list:
+def _sequential(ex: Executor, fn, jobs: list, shared, tick, start) -> list:
     results = []
-    for job in jobs:
+    for i, job in enumerate(jobs):
+        start(i)
         results.append(fn(job, shared))
-        tick()
+        tick(i)
     return results
 
 
@@ -91,17 +96,18 @@ def _call(fn, job):
     return fn(job, _SHARED)
 
 
-def _local(ex: Executor, fn, jobs: list, shared, tick) -> list:
+def _local(ex: Executor, fn, jobs: list, shared, tick, start) -> list:
     workers = max(1, min(ex.jobs, len(jobs)))
     threads = max(1, (os.cpu_count() or 1) // workers)
     context = multiprocessing.get_context("spawn")  # no forked copies of torch's thread pools
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads, shared)) as pool:
         futures = [pool.submit(_call, fn, job) for job in jobs]
+        index = {future: i for i, future in enumerate(futures)}
         try:
-            results = []
-            for future in futures:
-                results.append(future.result())
-                tick()
+            for future in as_completed(futures):  # a fast job is reported when it ends, not after the slow ones
+                future.result()
+                tick(index[future])
+            results = [future.result() for future in futures]
         except BaseException:
             for future in futures:
                 future.cancel()  # jobs not started stay unstarted; a rerun resumes the study
@@ -144,16 +150,19 @@ def _ray_init(ex: Executor):
     return ray
 
 
-def _ray(ex: Executor, fn, jobs: list, shared, tick) -> list:
+def _ray(ex: Executor, fn, jobs: list, shared, tick, start) -> list:
     ray = _ray_init(ex)
     task = ray.remote(num_cpus=ex.cpus, num_gpus=ex.gpus)(fn)
     ref = ray.put(shared)  # once into the object store, read by every task
     refs = [task.remote(job, ref) for job in jobs]
     results = []
     try:
-        for r in refs:
-            results.append(ray.get(r))
-            tick()
+        waiting = list(refs)
+        while waiting:  # each job reported as it ends
+            ready, waiting = ray.wait(waiting, num_returns=1)
+            ray.get(ready[0])
+            tick(refs.index(ready[0]))
+        results = [ray.get(r) for r in refs]
     except ray.exceptions.RayTaskError as err:
         cause = getattr(err, "cause", None)
         if isinstance(cause, Exception):  # the job's own error (a UserError stays one line)
@@ -171,7 +180,8 @@ EXECUTORS: dict[str, Callable[..., list]] = {
     "local": _local,
     "ray": _ray,
 }
-"""Executor name -> ``(executor, fn, jobs, shared, tick) -> results in the jobs' order``."""
+"""Executor name -> ``(executor, fn, jobs, shared, tick, start) -> results in the jobs' order`` (see
+:meth:`Executor.map`)."""
 
 
 def make_executor(

@@ -20,8 +20,10 @@ ppl_vae run is never touched. So an interrupted study retrains only what did not
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from dataclasses import asdict
+import functools
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -33,12 +35,17 @@ from ..runs.evaluation import evaluate_run
 from ..runs.layout import EVALUATION, STUDY_FORMAT, STUDY_MARKER, kind_of, study_kind
 from ..runs.programs import current_digests
 from ..runs.run import Run, fit, load, preflight, read_metrics, read_run_config, with_absolute_programs
-from ..storage.atomic import read_json, write_json
 from ..storage.checkpoint import read_state
 from ..storage.directories import check_contained, locked, make_parents, remove_created
+from ..storage.schema import NewerSchema, read_table, write_table
 from .executors import Executor
 
-__all__ = ["run_variants", "run_path", "safe_name", "open_study"]
+__all__ = ["run_variants", "run_path", "safe_name", "open_study", "Job", "VariantCallback"]
+
+log = logging.getLogger(__name__)
+
+VariantCallback = Callable[[str, int, dict], None]
+"""``f(variant, epoch, row)``: a study's callback, called after every epoch of every variant it trains."""
 
 
 def safe_name(name: str) -> str:
@@ -58,6 +65,8 @@ def _check_study_dir(out: Path, kind: str) -> None:
     if what in ("missing", "empty"):
         return
     if what == "study" and study_kind(out) == kind:
+        if (out / STUDY_MARKER).is_file():
+            read_table(out / STUDY_MARKER, "study marker")  # a newer ppl_vae's study is not continued by this one
         return
     if what == "study":
         raise UserError(f"--out {out} is a {study_kind(out)} study, not a {kind} study; choose another --out")
@@ -92,7 +101,7 @@ def open_study(out: str | Path, kind: str) -> Iterator[Path]:
 def _mark(out: Path, kind: str) -> None:
     if not (out / STUDY_MARKER).is_file():
         out.mkdir(exist_ok=True)
-        write_json(out / STUDY_MARKER, {"format": STUDY_FORMAT, "kind": kind, "version": 1})
+        write_table(out / STUDY_MARKER, {"format": STUDY_FORMAT, "kind": kind, "version": 1})
 
 
 HOW = ("compile_sampler",)  # evaluation settings that change how the numbers are computed, not what they are
@@ -106,8 +115,10 @@ def _estimates(settings) -> dict | None:
 def _evaluated(run_dir: Path, workflow: EvalConfig, step: int, data_name: str) -> bool:
     """Whether ``run_dir`` holds an evaluation of checkpoint ``step`` at ``workflow``'s settings."""
     try:
-        settings = read_json(run_dir / EVALUATION / "settings.json", "evaluation settings")
-        evaluation = read_json(run_dir / EVALUATION / "evaluation.json", "evaluation")
+        settings = read_table(run_dir / EVALUATION / "settings.json", "evaluation settings")
+        evaluation = read_table(run_dir / EVALUATION / "evaluation.json", "evaluation")
+    except NewerSchema:
+        raise  # a newer ppl_vae's evaluation is neither misread nor replaced
     except UserError:
         return False
     return (
@@ -164,12 +175,19 @@ def run_variants(
     overwrite: bool = False,
     kind: str = "compare",
     executor: Executor | None = None,
+    callbacks: Sequence[VariantCallback] = (),
 ) -> dict[str, tuple[Run, dict]]:
     """Fit (or reuse) and evaluate every variant under ``out/runs/<name>``; return runs and evaluations.
 
     Call inside :func:`open_study`. Every variant is checked, and its plan made, before the
     first is trained; then ``executor`` (default: one after another, here) carries the plans
-    out, and the runs are read back from their folders.
+    out, and the runs are read back from their folders. Each of ``callbacks`` is called as
+    ``f(variant, epoch, row)`` after every epoch a variant trains, in the process that trains it
+    (so with ``--jobs``/Ray it must pickle: a module-level function or object, not a lambda).
+
+    ``progress`` draws a bar over the variants and, when they are trained here, each one's bars
+    (training, then evaluation) inside it; elsewhere the bar moves as each variant ends. Without
+    it, a line is logged as each variant begins (here) and ends.
     """
     out = Path(out)
     plans, dirs = {}, {}
@@ -189,26 +207,81 @@ def run_variants(
     executor.start()  # a cluster that cannot be joined is refused before the study is marked
     _mark(out, kind)
 
-    jobs = [(config, dirs[name], plans[name], workflow) for name, config in variants.items()]
-    with tqdm(total=len(jobs), desc="variants", disable=not progress) as bar:
-        executor.map(execute_plan, jobs, shared=data, tick=bar.update)
+    here = executor.kind == "sequential"  # bars of worker processes would garble the terminal
+    jobs = [
+        Job(name, config, dirs[name], plans[name], workflow, tuple(callbacks), progress and here)
+        for name, config in variants.items()
+    ]
+    with tqdm(total=len(jobs), desc="variants", unit="run", disable=not progress) as bar:
+        executor.map(execute_plan, jobs, shared=data, tick=_ticker(jobs, bar, progress), start=_starter(jobs, bar))
     results = {}
     for name in variants:  # the stored programs are byte for byte the files this study names: trusted as those are
         run = load(dirs[name], trust_program=True)
         run.data = data
-        results[name] = (run, read_json(dirs[name] / EVALUATION / "evaluation.json", "evaluation"))
+        results[name] = (run, read_table(dirs[name] / EVALUATION / "evaluation.json", "evaluation"))
     return results
 
 
-def execute_plan(job: tuple[Config, Path, str, EvalConfig], data: Dataset) -> None:
+@dataclass(frozen=True)
+class Job:
+    """One variant's plan, as sent to whichever process carries it out."""
+
+    name: str
+    config: Config
+    run_dir: Path
+    plan: str
+    workflow: EvalConfig
+    callbacks: tuple[VariantCallback, ...] = ()
+    progress: bool = False  # its own bars (training, evaluation), nested in the study's
+
+
+DOING = {
+    "new": "training",
+    "retrain": "training again",
+    "resume": "resuming",
+    "evaluate": "evaluating",
+    "reuse": "reused as it is",
+}
+
+
+def _starter(jobs: list[Job], bar) -> Callable[[int], None]:
+    def start(i: int) -> None:
+        job = jobs[i]
+        if bar.disable:
+            log.info("variant %d/%d %s: %s", i + 1, len(jobs), job.name, DOING[job.plan])
+        else:
+            bar.set_postfix_str(f"{job.name}: {DOING[job.plan]}")
+
+    return start
+
+
+def _ticker(jobs: list[Job], bar, progress: bool) -> Callable[[int], None]:
+    ended = []
+
+    def tick(i: int) -> None:
+        ended.append(i)
+        bar.update()
+        if progress:
+            bar.set_postfix_str(f"{jobs[i].name}: done")
+        else:
+            log.info("variant %s done (%d/%d)", jobs[i].name, len(ended), len(jobs))
+
+    return tick
+
+
+def _named(callback: VariantCallback, name: str, epoch: int, row: dict) -> None:
+    callback(name, epoch, row)
+
+
+def execute_plan(job: Job, data: Dataset) -> None:
     """Carry out one variant's plan (see the module's docstring), in whichever process runs it."""
-    config, run_dir, plan, workflow = job
-    if plan in ("new", "retrain"):
-        run = fit(config, run_dir, overwrite=plan == "retrain", progress=False, data=data)
-    elif plan == "resume":
-        run = fit(None, run_dir, resume=True, progress=False, data=data, trust_program=True)
+    hooks = {"progress": job.progress, "callbacks": [functools.partial(_named, f, job.name) for f in job.callbacks]}
+    if job.plan in ("new", "retrain"):
+        run = fit(job.config, job.run_dir, overwrite=job.plan == "retrain", data=data, **hooks)
+    elif job.plan == "resume":
+        run = fit(None, job.run_dir, resume=True, data=data, trust_program=True, **hooks)
     else:
-        run = load(run_dir, trust_program=True)
+        run = load(job.run_dir, trust_program=True)
         run.data = data
-    if plan != "reuse":
-        evaluate_run(run, workflow, progress=False)
+    if job.plan != "reuse":
+        evaluate_run(run, job.workflow, progress=job.progress)

@@ -10,6 +10,7 @@ eigenvalues of the data covariance above σ², Lucas et al. 2019, arXiv:1911.024
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +26,10 @@ from ..inference.predictive import prior_predictive, reconstruct
 from ..plots import sweep as sweep_plots
 from ..plots.figures import image_grid, save_figure
 from ..runs.report import markdown_table
-from ..storage.atomic import write_csv, write_json, write_text
+from ..storage.atomic import write_csv, write_text
+from ..storage.schema import write_table
 from .executors import Executor
-from .runner import open_study, run_variants
+from .runner import VariantCallback, open_study, run_variants
 
 __all__ = ["sigma_sweep", "parse_sigmas", "sigma_label", "ppca_active_units"]
 
@@ -70,27 +72,33 @@ def sigma_sweep(
     progress: bool = True,
     overwrite: bool = False,
     executor: Executor | None = None,
+    callbacks: Sequence[VariantCallback] = (),
 ) -> list[dict]:
     """Train the canonical model at every σ (all else equal), evaluate, and write the sweep.
 
     ``out`` must be new, empty or a sigma-sweep study (see :mod:`ppl_vae.studies.runner`); a run
-    whose config changed is trained again only with ``overwrite``.
+    whose config changed is trained again only with ``overwrite``. ``callbacks`` are called as
+    ``f(run, epoch, row)`` after every epoch, ``run`` being ``sigma_<σ>`` (see :func:`~ppl_vae.compare`).
     """
     if base.model.likelihood != "normal" or base.model.program:
         raise UserError("the sigma sweep trains the fixed-σ Normal model (--likelihood normal, no --model program)")
     workflow = workflow.validate()
     with open_study(out, "sigma-sweep") as out:
-        return _sweep(sigmas, base, out, workflow, data, progress, overwrite, executor)
+        return _sweep(sigmas, base, out, workflow, data, progress, overwrite, executor, callbacks)
 
 
-def _sweep(sigmas, base: Config, out: Path, workflow: EvalConfig, data, progress: bool, overwrite: bool, executor):
+def _sweep(
+    sigmas, base: Config, out: Path, workflow: EvalConfig, data, progress: bool, overwrite: bool, executor, callbacks
+):
     data = data or load_data(base.data)
     names = {sigma: f"sigma_{sigma_label(sigma)}" for sigma in sigmas}
     variants = {}
     for sigma, name in names.items():
         variants[name] = copy.deepcopy(base)
         variants[name].model.sigma = sigma
-    results = run_variants(variants, out, workflow, data, progress, overwrite, kind="sigma-sweep", executor=executor)
+    results = run_variants(
+        variants, out, workflow, data, progress, overwrite, kind="sigma-sweep", executor=executor, callbacks=callbacks
+    )
 
     labels = data.test_labels[: workflow.points or None] if data.test_labels is not None else None
     classifier = (
@@ -128,7 +136,7 @@ def _sweep(sigmas, base: Config, out: Path, workflow: EvalConfig, data, progress
         decodings.append(reconstruct(model, guide, examples, 6))  # (6, 4, D)
 
     write_csv(out / "sweep.csv", rows)
-    write_json(out / "sweep.json", {"data": data.name, "rows": rows})
+    write_table(out / "sweep.json", {"data": data.name, "rows": rows})
     write_text(out / "sweep.md", sweep_table(rows))
     figures = out / "figures"
     sweep_plots.rate_mse_curve(rows, figures / "rate_distortion.png")

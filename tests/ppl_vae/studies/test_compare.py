@@ -261,3 +261,100 @@ def test_how_the_sampler_runs_does_not_make_a_study_evaluate_again(cli_compariso
     assert len(stamps) == 2
     assert main([*GRID, "--out", str(out), "--no-compile-sampler"]) == 0
     assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/evaluation/evaluation.json")} == stamps
+
+
+TINY = EvalConfig(k=5, points=20, gap_points=0, sbc_simulations=0, idata_points=5, idata_draws=2)
+
+
+@pytest.fixture(scope="module")
+def called_back(tmp_path_factory):
+    """A two-variant study with a callback, its log lines and what the callback saw."""
+    import logging
+
+    from ppl_vae.config import DataConfig
+    from ppl_vae.data.datasets import load_data
+
+    out, seen = tmp_path_factory.mktemp("called") / "study", []
+    variants = {"a": tiny_config(), "b": tiny_config(model={"latent_dim": 3})}
+    handler = _Lines()
+    logging.getLogger("ppl_vae").addHandler(handler)
+    level = logging.getLogger("ppl_vae").level
+    logging.getLogger("ppl_vae").setLevel(logging.INFO)
+    try:
+        compare(
+            variants,
+            out,
+            TINY,
+            data=load_data(DataConfig()),
+            progress=False,
+            callbacks=[lambda variant, epoch, row: seen.append((variant, epoch, row))],
+        )
+    finally:
+        logging.getLogger("ppl_vae").removeHandler(handler)
+        logging.getLogger("ppl_vae").setLevel(level)
+    return out, variants, seen, handler.lines
+
+
+class _Lines:
+    """A logging handler that keeps the messages."""
+
+    level = 0
+
+    def __init__(self):
+        self.lines = []
+
+    def handle(self, record):
+        self.lines.append(record.getMessage())
+
+
+def test_compare_calls_back_once_per_epoch_of_every_variant(called_back, digits):
+    import csv
+
+    out, variants, seen, lines = called_back
+    assert sorted((v, e) for v, e, _ in seen) == [("a", 1), ("a", 2), ("b", 1), ("b", 2)]
+    for variant in variants:
+        with open(out / "runs" / variant / "history.csv") as f:
+            history = [float(r["test_elbo"]) for r in csv.DictReader(f)]
+        assert [row["test_elbo"] for v, _, row in seen if v == variant] == pytest.approx(history, rel=1e-12)
+    # without bars, a plain line as each variant begins and ends, and the trainer's epoch lines between
+    begun = [line for line in lines if line.startswith("variant ") and ": training" in line]
+    ended = [line for line in lines if line.startswith("variant ") and " done (" in line]
+    assert begun == ["variant 1/2 a: training", "variant 2/2 b: training"]
+    assert ended == ["variant a done (1/2)", "variant b done (2/2)"]
+    assert sum(line.startswith("epoch ") for line in lines) == 4
+    more = []  # a study continued with nothing left to train calls nothing
+    compare(variants, out, TINY, data=digits, progress=False, callbacks=[lambda *a: more.append(a)])
+    assert more == []
+
+
+def test_every_table_carries_its_schema_and_a_newer_one_is_refused(called_back, tmp_path, digits):
+    import shutil
+
+    from ppl_vae.storage.schema import SCHEMA, NewerSchema
+
+    study, variants = tmp_path / "study", called_back[1]
+    shutil.copytree(called_back[0], study)
+    tables = [p for p in study.rglob("*.json") if p.parent.name != "checkpoint"]  # state.json has its own version
+    names = {p.relative_to(study).as_posix() for p in tables}
+    assert {"comparison.json", "ppl_vae-study.json", "runs/a/metrics.json"} <= names
+    assert {"runs/a/evaluation/evaluation.json", "runs/a/evaluation/settings.json"} <= names
+    assert all(json.loads(p.read_text())["schema"] == SCHEMA for p in tables)
+
+    def newer(path: Path) -> None:
+        path.write_text(json.dumps({**json.loads(path.read_text()), "schema": SCHEMA + 1}))
+
+    newer(study / "runs" / "a" / "metrics.json")
+    with pytest.raises(NewerSchema, match=rf"metrics.json \(metrics file\) has schema {SCHEMA + 1}, newer"):
+        ppl_vae.load(study / "runs" / "a")
+    newer(study / "runs" / "b" / "evaluation" / "evaluation.json")
+    before = {p: p.read_bytes() for p in study.rglob("*") if p.is_file()}
+    for path in (study / "ppl_vae-study.json", None):
+        with pytest.raises(NewerSchema) as refused:  # not trained over, nor evaluated again
+            compare(variants, study, TINY, data=digits, progress=False)
+        assert "\n" not in str(refused.value) and "pip install -U ppl_vae" in str(refused.value)
+        assert {p: p.read_bytes() for p in study.rglob("*") if p.is_file() and p.name != ".lock"} == {
+            p: b for p, b in before.items() if p.name != ".lock"
+        }
+        if path is not None:
+            newer(path)
+            before[path] = path.read_bytes()
