@@ -45,10 +45,11 @@ try:  # a few pure-Python modules (torch comes later, in _start): a KeyboardInte
         options_of,
         parse_text,
     )
+    from .errors import UserError, bounded
+    from .runs.tracking import add_tracking_flags, trackers_from_args
 except KeyboardInterrupt:
     os.write(2, STARTING)
     raise SystemExit(130) from None
-from .errors import UserError, bounded
 
 __all__ = ["main", "build_parser", "config_from_args", "overrides_from_args", "one_line"]
 
@@ -217,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-program", action="store_true", help=f"with --resume: {TRUST_HELP}")
     p.add_argument("--distributed", action="store_true", help="data-parallel over the processes torchrun starts (DDP)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_tracking_flags(p)
     _add_config_options(p)
 
     p = sub.add_parser(
@@ -239,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="directory for the sweep (new, empty, or a sweep to continue)")
     p.add_argument("--overwrite", action="store_true", help="train again the runs in --out whose config changed")
     p.add_argument("--no-progress", action="store_true")
+    add_tracking_flags(p)
     _add_config_options(p)
     _add_options(p, "evaluate", EvalConfig)
     _add_options(p, "executor", ExecutorConfig)
@@ -257,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--overwrite", action="store_true", help="train again the runs in --out whose config changed")
     p.add_argument("--no-progress", action="store_true")
+    add_tracking_flags(p)
     _add_config_options(p)
     _add_options(p, "evaluate", EvalConfig)
     _add_options(p, "study", StudyConfig)
@@ -334,7 +338,15 @@ def _fit(args) -> int:
         if args.out and Path(args.out) != Path(args.resume):
             raise UserError("--resume continues a run in place; leave out --out or give the same directory")
         config = _resume_config(args)
-        run = fit(config, args.resume, resume=True, progress=_progress(args), trust_program=args.trust_program)
+        trackers = trackers_from_args(args, Path(args.resume).name)
+        run = fit(
+            config,
+            args.resume,
+            resume=True,
+            progress=_progress(args),
+            trust_program=args.trust_program,
+            callbacks=trackers,
+        )
         if run.note == "finished":
             print(
                 f"{run.path} has already trained its {run.checkpoint['epoch']} epochs; nothing to do "
@@ -345,9 +357,19 @@ def _fit(args) -> int:
         if not args.out:
             raise UserError("fit needs --out RUN_DIR")
         config = config_from_args(args)
-        run = fit(config, args.out, overwrite=args.overwrite, progress=_progress(args), distributed=args.distributed)
+        trackers = trackers_from_args(args, Path(args.out).name)
+        run = fit(
+            config,
+            args.out,
+            overwrite=args.overwrite,
+            progress=_progress(args),
+            distributed=args.distributed,
+            callbacks=trackers,
+        )
         if not run.metrics:  # a rank other than 0: rank 0 reports
             return 0
+    for tracker in trackers:
+        tracker.log_run(run.path)
     m = run.metrics
     print(
         f"trained {m['epochs']} epochs in {m['seconds']:.1f}s: test ELBO {m['test_elbo']:.2f} nats/datapoint "
@@ -436,18 +458,22 @@ def _executor_from_args(args):
 
 
 def _sigma_sweep(args) -> int:
-    from .studies.sweep import parse_sigmas, sigma_sweep, sweep_table
+    from .studies.sweep import parse_sigmas, sigma_label, sigma_sweep, sweep_table
 
     sigmas = parse_sigmas(args.sigmas)
+    base, workflow, executor = config_from_args(args), eval_config_from_args(args), _executor_from_args(args)
+    trackers = trackers_from_args(args, Path(args.out).name, "sigma-sweep")
     rows = sigma_sweep(
         sigmas,
-        config_from_args(args),
+        base,
         args.out,
-        eval_config_from_args(args),
+        workflow,
         progress=_progress(args),
         overwrite=args.overwrite,
-        executor=_executor_from_args(args),
+        executor=executor,
+        callbacks=trackers,
     )
+    _log_study(trackers, args.out, [f"sigma_{sigma_label(s)}" for s in sigmas])
     print(sweep_table(rows), end="")
     print(f"-> {args.out}/sweep.md, {args.out}/figures/")
     return 0
@@ -460,19 +486,32 @@ def _compare(args) -> int:
     overrides = overrides_from_args(args)
     variants = variants_from(base, args.variants, args.grid, lambda config: apply_overrides(config, overrides))
     study = _section_from_args(args, "study", StudyConfig)
+    workflow, executor = eval_config_from_args(args), _executor_from_args(args)
+    trackers = trackers_from_args(args, Path(args.out).name, "compare")
     comparison = compare(
         variants,
         args.out,
-        eval_config_from_args(args),
+        workflow,
         seeds=study.seeds,
         equivalence=study.equivalence,
         progress=_progress(args),
         overwrite=args.overwrite,
-        executor=_executor_from_args(args),
+        executor=executor,
+        callbacks=trackers,
     )
+    seeds = [f"/seed-{s}" for s in range(study.seeds)] if study.seeds > 1 else [""]
+    _log_study(trackers, args.out, [f"{name}{seed}" for name in variants for seed in seeds])
     print(comparison.to_markdown(), end="")
     print(f"-> {args.out}/comparison.md, comparison.csv, comparison.json, figures/")
     return 0
+
+
+def _log_study(trackers: list, out: str, names: list[str]) -> None:
+    """Each run of the study (its figures, report and config), then the study's own tables and figures."""
+    from .studies.runner import run_path
+
+    for tracker in trackers:
+        tracker.log_study(out, {name: run_path(Path(out), name) for name in names})
 
 
 COMMANDS = {"fit": _fit, "evaluate": _evaluate, "compare": _compare, "sigma-sweep": _sigma_sweep, "sample": _sample}
