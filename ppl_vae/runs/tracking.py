@@ -316,7 +316,10 @@ def add_tracking_flags(parser) -> None:
 
 def trackers_from_args(args, name: str, study: str | None = None) -> list:
     """The trackers the flags ask for, each of which has refused a missing package or store already;
-    for a ``study`` (its kind), each wrapped in :class:`PerVariant`."""
+    for a ``study`` (its kind), each wrapped in :class:`PerVariant`. Under torchrun only rank 0 logs, as it
+    alone writes the run."""
+    if os.environ.get("RANK", "0") != "0":
+        return []
     trackers: list = [TensorBoard(args.tensorboard)] if args.tensorboard else []
     if args.mlflow:
         trackers.append(MLflow(name, tags={"ppl_vae.study": study} if study else None))
