@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -112,6 +115,24 @@ def test_caltech101_is_the_papers_binary_split(shared_data):
     images = data.train.reshape(-1, 28, 28)
     border = torch.cat([images[:, 0], images[:, -1], images[:, :, 0], images[:, :, -1]], 1).mean()
     assert border < 0.05 and images[:, 10:18, 10:18].mean() > 0.8
+
+
+def test_digits_are_scikit_learns_load_digits_read_without_importing_it(digits):
+    """The rows and labels are load_digits' (split by the same seeded permutation), and a command's start
+    does not pay for importing scikit-learn."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    rows = torch.cat([digits.train, digits.test]).numpy()
+    labels = np.concatenate([digits.train_labels, digits.test_labels])
+    ours = np.column_stack([rows, labels])  # each image with its class
+    pixels = (bunch.images.reshape(len(bunch.images), -1) / 16.0).astype(np.float32)
+    theirs = np.column_stack([pixels, bunch.target])
+    np.testing.assert_array_equal(ours[np.lexsort(ours.T)], theirs[np.lexsort(theirs.T)])
+    code = "import sys; from ppl_vae.config import DataConfig; from ppl_vae.data.datasets import load_data; "
+    code += "load_data(DataConfig()); print('sklearn' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
 
 
 def test_binarize_draws_test_and_validation_rows_once_with_a_fixed_seed(digits):
