@@ -42,3 +42,24 @@ def test_sbc_lines_are_labelled_with_their_coordinate_and_p_value():
     sbc = SBCResult(ranks=np.zeros((10, 2), dtype=int), num_draws=9, pvalues=np.array([0.5, 0.01]))
     labels = [t.get_text() for t in sbc_rank_ecdf(sbc).axes[0].get_legend().get_texts()]
     assert labels[1:] == ["z[0] (p = 0.5)", "z[1] (p = 0.01)"]
+
+
+def test_an_image_grid_is_the_images_themselves_at_their_places_with_rows_named():
+    from ppl_vae.plots.figures import image_grid, mosaic
+
+    a = np.arange(6, dtype=np.float32).reshape(1, 2, 3) / 10  # one 2x3 image
+    b = np.stack([a[0] + 0.05, a[0] + 0.1])  # two
+    tiled = mosaic([a, b], gap=1)
+    assert tiled.shape == (2 * 2 + 1, 2 * 3 + 1)
+    np.testing.assert_array_equal(tiled[:2, :3], a[0])  # row 0, column 0
+    np.testing.assert_array_equal(tiled[3:, 4:], b[1])  # row 1, column 1
+    assert (tiled[:2, 3:] == 1).all() and (tiled[2] == 1).all()  # the missing cell and the gutter are white
+    rgb = mosaic([np.zeros((3, 4, 4, 3), np.float32)], gap=2)
+    assert rgb.shape == (4, 3 * 4 + 2 * 2, 3)
+
+    rows = [torch.full((3, 64), 0.25), torch.full((2, 64), 0.75)]
+    fig = image_grid(rows, (8, 8), row_labels=["x", "z1~q"], title="t")
+    (ax,) = fig.axes
+    (shown,) = ax.get_images()
+    np.testing.assert_allclose(shown.get_array()[:8, :8], 0.25)
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["x", "z1~q"]
