@@ -72,11 +72,22 @@ def _numbers(run_dir: Path):
     return metrics, history
 
 
+def _here(argv: list[str]) -> int:
+    """``argv`` (a command line, ``python -m ppl_vae`` and all) run in this process: the same code without the
+    seconds of a new interpreter importing torch, for the commands a test only prepares or compares with."""
+    from ppl_vae.cli import main
+
+    assert argv[1:3] == ["-m", "ppl_vae"], argv
+    return main(argv[3:])
+
+
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 def test_kill_9_then_resume_equals_uninterrupted_run(tmp_path, compiled):
     args = ["--epochs", "6", "--checkpoint-steps", "5", *(["--compile"] if compiled else [])]
+    # the eager step in this process; the compiled one in processes of its own, as its caches are per process
+    command = (lambda argv: subprocess.run(argv, capture_output=True).returncode) if compiled else _here
     reference = tmp_path / "reference"
-    subprocess.run([*FIT, *args, "--out", str(reference)], check=True, capture_output=True)
+    assert command([*FIT, *args, "--out", str(reference)]) == 0
 
     run = tmp_path / "killed"
     proc = _spawn([*FIT, *args, "--out", str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -84,8 +95,7 @@ def test_kill_9_then_resume_equals_uninterrupted_run(tmp_path, compiled):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (run / "metrics.json").exists(), "killed before the end"
-    result = subprocess.run([*FIT[:4], "--resume", str(run), "--no-progress"], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+    assert command([*FIT[:4], "--resume", str(run), "--no-progress"]) == 0
 
     a, b = _weights(reference), _weights(run)
     assert a.keys() == b.keys()
@@ -203,7 +213,7 @@ def test_two_writers_of_one_run_one_wins_the_other_exits_2(tmp_path, capsys):
 
 def test_a_reader_during_a_writer_always_loads_a_whole_checkpoint(tmp_path):
     out = tmp_path / "run"
-    subprocess.run([*FIT, "--epochs", "1", "--checkpoint-steps", "1", "--out", str(out)], check=True)
+    assert _here([*FIT, "--epochs", "1", "--checkpoint-steps", "1", "--out", str(out)]) == 0
     writer = _spawn(
         [*FIT[:4], "--resume", str(out), "--epochs", "1000", "--no-progress"],
         stdout=subprocess.DEVNULL,
@@ -412,7 +422,7 @@ def test_ctrl_c_while_starting_is_one_line(tmp_path, delay):
 
 def test_a_path_the_terminal_cannot_encode_is_escaped_not_a_traceback(tmp_path):
     run = tmp_path / "run"
-    subprocess.run([*FIT, "--epochs", "1", "--out", str(run)], check=True, capture_output=True)
+    assert _here([*FIT, "--epochs", "1", "--out", str(run)]) == 0
     out = tmp_path / "échantillons.PNG"
     result = subprocess.run(
         [sys.executable, "-m", "ppl_vae", "sample", str(run), "--out", str(out)],

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import ppl_vae
+from ppl_vae.cli import main
 from ppl_vae.config import EvalConfig
 from ppl_vae.diagnostics.statistics import paired_difference
 from ppl_vae.errors import UserError
@@ -115,9 +116,10 @@ def _table(path: Path) -> list[dict]:
 
 
 def test_interrupted_comparison_retrains_only_unfinished(tmp_path):
-    args = [sys.executable, "-m", "ppl_vae", "compare", "--grid", "latent_dim=2,3,4", *BUDGET]
+    study = ["compare", "--grid", "latent_dim=2,3", *BUDGET]
+    args = [sys.executable, "-m", "ppl_vae", *study]
     reference = tmp_path / "reference"
-    subprocess.run([*args, "--out", str(reference)], check=True, capture_output=True)
+    assert main([*study, "--out", str(reference)]) == 0  # the same command in this process
 
     out = tmp_path / "interrupted"
     proc = subprocess.Popen(
@@ -133,7 +135,7 @@ def test_interrupted_comparison_retrains_only_unfinished(tmp_path):
     assert not (out / "comparison.json").exists()
     finished = (out / "runs" / "latent_dim-2" / "checkpoint" / "state.json").read_bytes()
 
-    subprocess.run([*args, "--out", str(out)], check=True, capture_output=True)
+    assert main([*study, "--out", str(out)]) == 0
     assert (out / "runs" / "latent_dim-2" / "checkpoint" / "state.json").read_bytes() == finished  # not retrained
     assert _table(out) == _table(reference)
 
@@ -180,7 +182,6 @@ GRID = ["compare", "--grid", "latent_dim=2,6", *BUDGET]
 @pytest.fixture(scope="module")
 def cli_comparison(tmp_path_factory):
     """``ppl-vae compare`` of two variants, as a user runs it."""
-    from ppl_vae.cli import main
 
     out = tmp_path_factory.mktemp("cli-compare")
     assert main([*GRID, "--out", str(out)]) == 0
@@ -230,7 +231,6 @@ def test_a_run_evaluated_by_hand_is_evaluated_again_at_the_studys_settings(
     seeded); the elpds of the hand evaluation and of another run are refused by the comparability check."""
     import shutil
 
-    from ppl_vae.cli import main
     from ppl_vae.diagnostics.elpd import check_comparable
     from ppl_vae.runs.evaluation import read_heldout_elpd
 
@@ -252,8 +252,6 @@ def test_a_run_evaluated_by_hand_is_evaluated_again_at_the_studys_settings(
 def test_how_the_sampler_runs_does_not_make_a_study_evaluate_again(cli_comparison, tmp_path):
     """Compiled or eager, the sampler gives the same numbers: --no-compile-sampler reuses every evaluation."""
     import shutil
-
-    from ppl_vae.cli import main
 
     out = tmp_path / "compare"
     shutil.copytree(cli_comparison, out)
