@@ -185,7 +185,7 @@ def main(argv=None) -> int:
         if args.only != "mnist":
             cases.append(("digits 64-256-8 b128", digits, 256, 8, 128))
     for name, x, hidden, latent, batch in cases:
-        for likelihood in ("normal", "bernoulli"):
+        for likelihood in ("normal",) if args.smoke else ("normal", "bernoulli"):  # the smoke run: every method once
             bench(
                 f"{name} {likelihood}",
                 x,
