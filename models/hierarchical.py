@@ -49,10 +49,8 @@ class HierarchicalVAE(nn.Module):
 
     def __init__(self, prior: nn.Module, conditional: nn.Module, decoder: nn.Module, likelihood: nn.Module):
         super().__init__()
-        self.prior = prior
-        self.conditional = conditional
-        self.decoder = decoder
-        self.likelihood = likelihood
+        self.prior, self.conditional = prior, conditional  # p(z2), p(z1 | z2)
+        self.decoder, self.likelihood = decoder, likelihood  # p(x | z1)
 
     def model(self, x: torch.Tensor) -> None:
         pyro.module("model", self)  # Pyro's idiom: pyro.infer.SVI then trains every part as written
