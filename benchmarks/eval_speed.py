@@ -79,18 +79,19 @@ def worker(args) -> None:
     x = x if x is not None else torch.rand(args.points, args.dim)
     program = build(x.shape[1], args.hidden, args.latent)
     from ppl_vae.diagnostics import estimators
+    from ppl_vae.inference.recording import Recorder
 
     compiling = [0.0]
-    record = estimators._Chunks._recorded
+    record = Recorder._record
 
-    def timed(self, *a, **kw):  # the one-off recording and compiling, timed apart from the sampling
+    def timed(self, *a, **kw):  # the one-off recording, compiling and check, timed apart from the sampling
         start = time.perf_counter()
         try:
             return record(self, *a, **kw)
         finally:
             compiling[0] = time.perf_counter() - start
 
-    estimators._Chunks._recorded = timed
+    Recorder._record = timed
     start = time.perf_counter()
     if args.worker in ("auto", "eager", "compiled"):
         mode = {"auto": "auto", "eager": "off", "compiled": "on"}[args.worker]

@@ -33,12 +33,6 @@ def joined(*tensors: torch.Tensor) -> torch.Tensor:
     return torch.cat([t.expand(batch + t.shape[-1:]) for t in tensors], dim=-1)
 
 
-def one_hot(y: torch.Tensor, num_classes: int, like: torch.Tensor) -> torch.Tensor:
-    """Class indices as one-hot rows. A comparison rather than ``F.one_hot``, which reads the labels' range
-    back to Python: this way the bench can record and compile the program (``--compile-sampler``)."""
-    return (y[..., None] == torch.arange(num_classes, device=y.device)).to(like.dtype)
-
-
 class ConditionalVAE(nn.Module):
     def __init__(self, data_dim: int, latent_dim: int, num_classes: int, hidden: int = 500):
         super().__init__()
@@ -49,7 +43,7 @@ class ConditionalVAE(nn.Module):
     def model(self, x, y=None):
         with pyro.plate("data", x.shape[0]):
             prior_y = dist.OneHotCategorical(logits=x.new_zeros(self.num_classes))
-            y = pyro.sample("y", prior_y, obs=None if y is None else one_hot(y, self.num_classes, x))
+            y = pyro.sample("y", prior_y, obs=None if y is None else F.one_hot(y, self.num_classes).to(x.dtype))
             z = pyro.sample("z", dist.Normal(x.new_zeros(self.latent_dim), 1.0).to_event(1))
             logits = self.decoder(joined(z, y))
             pyro.sample("x", dist.Bernoulli(logits=logits, validate_args=False).to_event(1), obs=x)
@@ -57,7 +51,7 @@ class ConditionalVAE(nn.Module):
     def guide(self, x, y=None):
         if y is None:
             raise ValueError("the conditional guide needs the label y: train with --labels all")
-        y = one_hot(y, self.num_classes, x)
+        y = F.one_hot(y, self.num_classes).to(x.dtype)
         with pyro.plate("data", x.shape[0]):
             loc, raw = self.encoder(joined(x, y)).chunk(2, dim=-1)
             pyro.sample("z", dist.Normal(loc, F.softplus(raw) + 1e-4).to_event(1))

@@ -15,6 +15,7 @@ any head by name.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import pyro.distributions as dist
@@ -118,24 +119,27 @@ FLOWS: dict[str, Callable[[int, int], nn.Module]] = {
 }
 """Guide name -> constructor of one conditional transform ``(latent_dim, context_dim)``."""
 
-GUIDES: dict[str, Callable[..., nn.Module]] = {
-    "diagonal": lambda hidden_dim, latent_dim, log_var_range=None, **_: DiagonalNormal(
-        hidden_dim, latent_dim, log_var_range
-    ),
-    "lowrank": lambda hidden_dim, latent_dim, rank=2, **_: LowRankNormal(hidden_dim, latent_dim, rank),
-    **{
-        name: (
-            lambda hidden_dim, latent_dim, flows=2, log_var_range=None, _make=make, **_: FlowPosterior(
-                DiagonalNormal(hidden_dim, latent_dim, log_var_range),
-                [_make(latent_dim, hidden_dim) for _ in range(flows)],
-            )
-        )
-        for name, make in FLOWS.items()
-    },
-}
-"""Guide name -> constructor of a posterior head ``(hidden_dim, latent_dim, flows, rank, log_var_range)``.
 
-``log_var_range`` clips the diagonal Gaussian head (of a flow: its base); the low-rank head ignores it."""
+def _flow_head(make: Callable[[int, int], nn.Module]) -> Callable[..., nn.Module]:
+    """A constructor of a diagonal Gaussian base pushed through ``flows`` transforms made by ``make``."""
+
+    def head(hidden_dim: int, latent_dim: int, flows: int = 2, log_var_range: tuple[float, float] | None = None):
+        base = DiagonalNormal(hidden_dim, latent_dim, log_var_range)
+        return FlowPosterior(base, [make(latent_dim, hidden_dim) for _ in range(flows)])
+
+    return head
+
+
+GUIDES: dict[str, Callable[..., nn.Module]] = {
+    "diagonal": DiagonalNormal,
+    "lowrank": LowRankNormal,
+    **{name: _flow_head(make) for name, make in FLOWS.items()},
+}
+"""Guide name -> constructor of a posterior head ``(hidden_dim, latent_dim, ...)``.
+
+Each constructor names the options it takes among ``flows``, ``rank`` and ``log_var_range``
+(:func:`posterior_head` passes it those), so a misspelt keyword is a ``TypeError``, never
+silently dropped. ``log_var_range`` clips the diagonal Gaussian head (of a flow: its base)."""
 
 
 def posterior_head(
@@ -149,6 +153,7 @@ def posterior_head(
     """Build the posterior head registered under ``name``."""
     if name not in GUIDES:
         raise ValueError(f"unknown guide {name!r}; choose one of {', '.join(GUIDES)}")
-    return GUIDES[name](
-        hidden_dim=hidden_dim, latent_dim=latent_dim, flows=flows, rank=rank, log_var_range=log_var_range
-    )
+    make = GUIDES[name]
+    options = {"flows": flows, "rank": rank, "log_var_range": log_var_range}
+    taken = inspect.signature(make).parameters  # each head's own options: the others are not its business
+    return make(hidden_dim, latent_dim, **{k: v for k, v in options.items() if k in taken})

@@ -9,9 +9,9 @@ r"""Priors p(z): modules whose ``forward()`` returns a distribution with event s
 - :class:`FlowPrior`: a masked autoregressive flow over :math:`\mathcal N(0, I)`
   (Papamakarios et al. 2017, arXiv:1705.07057).
 
-The registry :data:`PRIORS` maps a command-line name to a constructor taking
-``(latent_dim, encoder, pseudo_inputs, n_components, flows, squash)``; each constructor uses the
-arguments it needs (``pseudo_inputs`` is a function, called only by the VampPrior).
+The registry :data:`PRIORS` maps a command-line name to a constructor that names the options it
+takes among ``(latent_dim, encoder, pseudo_inputs, n_components, flows, squash)``
+(``pseudo_inputs`` is a function, called only by the VampPrior).
 :data:`PSEUDO_INPUTS` names the ways the VampPrior's pseudo-inputs are parameterised.
 """
 
@@ -35,6 +35,7 @@ __all__ = [
     "VampPrior",
     "FlowPrior",
     "PRIORS",
+    "PRIOR_OPTIONS",
     "PseudoInputs",
     "PSEUDO_INPUTS",
 ]
@@ -206,15 +207,19 @@ class FlowPrior(nn.Module):
 
 
 PRIORS: dict[str, Callable[..., nn.Module]] = {
-    "standard": lambda latent_dim, **_: StandardNormal(latent_dim),
-    "mog": lambda latent_dim, n_components, **_: MixtureOfGaussians(latent_dim, n_components),
-    "vamp": lambda latent_dim, encoder, pseudo_inputs, squash=False, **_: VampPrior(encoder, pseudo_inputs(), squash),
-    "flow": lambda latent_dim, flows, **_: FlowPrior(latent_dim, max(flows, 1)),
+    "standard": StandardNormal,
+    "mog": MixtureOfGaussians,
+    "vamp": lambda encoder, pseudo_inputs, squash=False: VampPrior(encoder, pseudo_inputs(), squash),
+    "flow": lambda latent_dim, flows: FlowPrior(latent_dim, max(flows, 1)),
 }
-"""Name on the command line -> constructor ``(latent_dim, encoder, pseudo_inputs, n_components, flows, squash)``.
+"""Name on the command line -> constructor of a prior.
 
-``pseudo_inputs`` is a function returning initial pseudo-inputs ``(C, D)``; only priors that need
-them call it (it draws from the RNG)."""
+Each constructor names the options it takes among :data:`PRIOR_OPTIONS` (the caller passes it
+those), so a misspelt keyword is a ``TypeError``, never silently dropped. ``pseudo_inputs`` is a
+function returning initial pseudo-inputs ``(C, D)``; only priors that need them call it (it
+draws from the RNG)."""
+
+PRIOR_OPTIONS = ("latent_dim", "encoder", "pseudo_inputs", "n_components", "flows", "squash")
 
 
 @dataclass(frozen=True)

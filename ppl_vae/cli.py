@@ -556,7 +556,7 @@ def _printable_streams() -> None:
 def _start() -> None:
     """Import torch, Pyro and the runs (seconds, and nothing written) while a Ctrl-C still ends the process
     at once; from here on it is a ``KeyboardInterrupt`` that every writer and the trainer clean up after."""
-    from .inference.compiled import kept_cache
+    from .inference.recording import kept_cache
     from .runs import run  # noqa: F401  (torch, pyro and the registries)
 
     kept_cache()  # TorchInductor's cache folder: the user's, or a TORCHINDUCTOR_CACHE_DIR checked in one line

@@ -89,6 +89,7 @@ __all__ = [
     "INPUTS",
     "accepted_inputs",
     "select_inputs",
+    "rows_of",
 ]
 
 DATA_PLATE = "data"
@@ -121,6 +122,17 @@ def select_inputs(accepted: frozenset[str] | None, inputs: dict) -> dict:
     if accepted is None or not inputs:
         return inputs
     return {k: v for k, v in inputs.items() if k in accepted}
+
+
+def rows_of(inputs: dict, rows) -> dict:
+    """The inputs of the rows ``rows`` (a slice or an index) of x: each tensor with a batch dimension indexed,
+    the rest (``y=None``, a 0-dim tensor) as it is.
+
+    Example:
+        >>> rows_of({"y": torch.tensor([3, 1, 4]), "c": None}, slice(1, None))
+        {'y': tensor([1, 4]), 'c': None}
+    """
+    return {k: v[rows] if isinstance(v, torch.Tensor) and v.dim() else v for k, v in inputs.items()}
 
 
 @runtime_checkable

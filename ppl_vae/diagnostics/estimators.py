@@ -60,13 +60,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyro
-import pyro.poutine as poutine
 import torch
 from pyro.infer.util import is_validation_enabled
 from tqdm.auto import tqdm
 
-from ..errors import UserError
-from ..inference.compiled import close, compiles_sampler, fuse_graph, record
+from ..contracts import rows_of
+from ..inference.compiled import sampler_kind
 from ..inference.importance import (
     draw_globals,
     global_names,
@@ -77,15 +76,14 @@ from ..inference.importance import (
     max_plate_nesting,
     rng_untouched,
 )
-from ..inference.params import local_params
 from ..inference.predictive import element_mask, observed_sites, site_mean
+from ..inference.recording import Recorder
 from .statistics import mean_se
 
 __all__ = [
     "PointEstimates",
     "importance_sample",
     "enumeration_size",
-    "classify",
     "psis_khat",
     "active_units",
     "summarize",
@@ -162,11 +160,6 @@ def _chunk_sizes(n: int, k: int, rows: int) -> tuple[int, int]:
     k_chunk = max(1, min(k, rows))
     n_chunk = max(1, min(n, rows // k_chunk))
     return n_chunk, k_chunk
-
-
-def _rows(inputs: dict, rows: slice) -> dict:
-    """The inputs of the points ``rows`` (tensors are sliced; ``None`` stays ``None``)."""
-    return {k: v[rows] if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
 
 
 def enumeration_size(model, guide, x: torch.Tensor, nesting: int, **inputs) -> int:
@@ -271,102 +264,54 @@ def _chunk_terms(model, guide, nesting: int, xb: torch.Tensor, kk: int, inputs: 
 
 
 class _Chunks:
-    """The sampler's chunks: eager, or recorded once for their common shape and compiled.
+    """The sampler's chunks: eager, or recorded once for the first chunk's shape and replayed or compiled.
 
-    The chunks repeat one shape (the last point and particle chunks may be ragged), so the
-    tensor operations of a chunk are recorded and compiled as the training step is
-    (:mod:`ppl_vae.inference.compiled`), random draws left to the eager generator: a compiled
-    chunk draws what an eager one would. ``auto`` compiles when the evaluation has enough full
-    chunks to repay it (:func:`~ppl_vae.inference.compiled.compiles_sampler`: a count, not a
+    The chunks repeat one shape (the last point and particle chunks may be ragged, and run
+    eagerly), so a chunk's tensor operations go through the recording lifecycle the training step
+    does (:class:`~ppl_vae.inference.recording.Recorder`), random draws left to the eager generator:
+    a compiled chunk draws what an eager one would. ``auto`` compiles when the evaluation has enough
+    full chunks to repay it (:func:`~ppl_vae.inference.compiled.sampler_kind`: a count, not a
     timing); a program that cannot be recorded, or whose recording disagrees with it, stays eager
-    (``on`` refuses it).
+    (``on`` refuses it). ``say`` is told the sampler that runs, and again if that changes.
     """
 
-    FLAG = "--compile-sampler"
-
     def __init__(self, model, guide, nesting: int, mode: str, full_chunks: int, say=None):
-        self.model, self.guide, self.nesting = model, guide, nesting
-        self.mode, self.full_chunks, self.say = mode, full_chunks, say
-        self.graph, self.key, self.verified = None, None, False
-        if mode == "off":
-            self.compiles, self.note = False, "eager importance sampler (--no-compile-sampler)"
-        elif mode == "on":
-            self.compiles, self.note = True, f"compiled importance sampler ({self.FLAG})"
-        else:
-            self.compiles, self.note = compiles_sampler(full_chunks)
-        if not self.compiles and say is not None:
+        self.model, self.guide, self.nesting, self.say = model, guide, nesting, say
+        kind, forced, self.note = sampler_kind(mode, full_chunks)
+        self.recorder = Recorder(
+            self._terms,
+            self._terms,
+            kind,
+            forced=forced,
+            flag="--compile-sampler",
+            hint="evaluate with --no-compile-sampler",
+            what="importance sampler",
+            shapes=1,
+            replay_pays=False,  # replayed uncompiled, a chunk is no faster than eager: only when asked for
+            say=say,
+        )
+        self.told = kind == "eager"
+        if self.told and say is not None:
             say(self.note)
 
-    def __call__(self, xb: torch.Tensor, kk: int, inputs: dict) -> dict:
-        key = (tuple(xb.shape), kk, tuple((k, None if v is None else tuple(v.shape)) for k, v in inputs.items()))
-        if self.graph is not None and key == self.key and (self.verified or self._verify(xb, kk, inputs)):
-            return self._replay(xb, *[v for v in inputs.values() if v is not None])
-        terms = _chunk_terms(self.model, self.guide, self.nesting, xb, kk, inputs)
-        if self.compiles and self.key is None:  # the first chunk (run eagerly, with validation) is the shape
-            self.key = key
-            self._compile(xb, kk, inputs)
-        return terms
-
-    def _compile(self, xb: torch.Tensor, kk: int, inputs: dict) -> None:
-        try:
-            self.graph = self._recorded(xb, kk, inputs)
-        except UserError as err:
-            if self.mode == "on":
-                raise
-            self.note = f"eager importance sampler: {err} (fallback)"
-        if self.say is not None:
-            self.say(self.note)
-
-    def _recorded(self, xb: torch.Tensor, kk: int, inputs: dict):
-        names = [k for k, v in inputs.items() if v is not None]
-        fixed = {k: v for k, v in inputs.items() if v is None}
+    def _terms(self, static):
+        kk, names, absent = static
 
         def chunk(xb, *values):
-            return _chunk_terms(self.model, self.guide, self.nesting, xb, kk, {**fixed, **dict(zip(names, values))})
+            inputs = {**dict.fromkeys(absent), **dict(zip(names, values))}
+            return _chunk_terms(self.model, self.guide, self.nesting, xb, kk, inputs)
 
-        args = (xb, *[inputs[k] for k in names])
-        refusal = (
-            f"{self.FLAG} cannot record this program: it branches on tensor values or reads them back "
-            f"(if tensor: / .item()); evaluate with --no-compile-sampler"
-        )
-        graph, problem = fuse_graph(record(chunk, args, refusal), args)
-        if problem is not None:  # replayed uncompiled, a chunk is no faster than eager: only when asked for
-            if self.mode != "on":
-                raise UserError(f"{problem}; evaluate with --no-compile-sampler")
-            self.note += f"; {problem}: replaying the recording uncompiled"
-        return graph
+        return chunk
 
-    def _verify(self, xb: torch.Tensor, kk: int, inputs: dict) -> bool:
-        """Before the recording is used: the program and the recording on the same noise, on a chunk it was not
-        recorded on (a value read back as a number — ``.tolist()``, ``.numpy()`` — is a constant in the recording).
-        """
-        self.verified = True
-        values = [v for v in inputs.values() if v is not None]
-        with rng_untouched(xb):  # the stream is left as it was: the chunk itself is drawn afterwards
-            torch.manual_seed(AGREEMENT_SEED)
-            want = _chunk_terms(self.model, self.guide, self.nesting, xb, kk, inputs)
-            torch.manual_seed(AGREEMENT_SEED)
-            got = self._replay(xb, *values)
-        if set(got) == set(want) and all(close(got[k].double(), want[k].double(), 1e-3) for k in want):
-            return True
-        why = (
-            f"{self.FLAG}: the recording gives other numbers than the program on a chunk it was not recorded on: "
-            "the program reads tensor values back as numbers (.tolist(), .numpy(), float(tensor))"
-        )
-        if self.mode == "on":
-            raise UserError(f"{why}; evaluate with --no-compile-sampler")
-        self.graph, self.note = None, f"eager importance sampler: {why} (fallback)"
-        if self.say is not None:
-            self.say(self.note)
-        return False
-
-    def _replay(self, *args, graph=None):
-        # in the grad mode it was compiled in (outside inference mode): another mode would compile it again
-        with torch.inference_mode(False), torch.no_grad():
-            return (self.graph if graph is None else graph)(*args)
-
-
-AGREEMENT_SEED = 20240601
+    def __call__(self, xb: torch.Tensor, kk: int, inputs: dict) -> dict:
+        names = tuple(k for k, v in inputs.items() if v is not None)
+        absent = tuple(k for k, v in inputs.items() if v is None)
+        terms = self.recorder((kk, names, absent), xb, *(inputs[k] for k in names))
+        if terms is not None and not self.told:  # the first chunk was recorded: the sampler is what was chosen
+            self.told = True
+            if self.say is not None and not self.recorder.reason:  # else it said why it replays uncompiled
+                self.say(self.note)
+        return terms if terms is not None else _chunk_terms(self.model, self.guide, self.nesting, xb, kk, inputs)
 
 
 @torch.inference_mode()
@@ -396,13 +341,13 @@ def importance_sample(
     """
     n = x.shape[0]
     first = slice(0, min(n, 2) if split_points else n)  # a per-datapoint guide runs on all its rows only
-    nesting = max_plate_nesting(model, guide, x[first], **_rows(inputs, first))
-    rows = max(1, rows // enumeration_size(model, guide, x[first], nesting, **_rows(inputs, first)))
+    nesting = max_plate_nesting(model, guide, x[first], **rows_of(inputs, first))
+    rows = max(1, rows // enumeration_size(model, guide, x[first], nesting, **rows_of(inputs, first)))
     n_chunk, k_chunk = _chunk_sizes(n, k, rows) if split_points else (n, max(1, min(k, rows // n)))
     full_chunks = (n // n_chunk) * (k // k_chunk)
-    held = global_names(model, guide, x[first], **_rows(inputs, first))
+    held = global_names(model, guide, x[first], **rows_of(inputs, first))
     S = global_draws if held else 1
-    draws = draw_globals(guide, x[first], S, nesting, **_rows(inputs, first)) if held else None
+    draws = draw_globals(guide, x[first], S, nesting, **rows_of(inputs, first)) if held else None
     if held:
         chunks = None
         if say is not None:
@@ -425,7 +370,7 @@ def importance_sample(
         xb = x[start : start + n_chunk]
         b = xb.shape[0]
         rows_ = slice(start, start + b)
-        chunk_inputs = _rows(inputs, rows_)
+        chunk_inputs = rows_of(inputs, rows_)
         for k0 in range(0, k, k_chunk):
             kk = min(k_chunk, k - k0)
             # shapes and supports are checked on the first chunk; the rest repeat its shapes
@@ -461,32 +406,6 @@ def importance_sample(
         distortion_by_site={s: moments.sums[("distortion", s)] / k for s in names},
         mse_by_site={s: moments.sums[("sse", s)] / moments.sums[("count", s)].clamp(min=1) for s in with_error},
     )
-
-
-@torch.inference_mode()
-def classify(guide, x: torch.Tensor, site: str = "y", batch_size: int = 1024, **inputs) -> torch.Tensor | None:
-    """The most probable value of the guide's discrete site ``site`` for each row of ``x``, as a class index ``(N,)``.
-
-    ``None`` if the guide has no such latent site, or its distribution has no finite support.
-    One-hot values are read as the index of their 1. Draws nothing from the RNG (the guide's
-    other sites are sampled on a forked generator), so the analysis after it draws what it did.
-    """
-    out = []
-    with rng_untouched(x):
-        for start in range(0, x.shape[0], batch_size):
-            rows = slice(start, start + batch_size)
-            trace = poutine.trace(local_params(guide)).get_trace(x[rows], **_rows(inputs, rows))
-            node = trace.nodes.get(site)
-            if node is None or node["type"] != "sample" or node["is_observed"]:
-                return None
-            fn = node["fn"]
-            if not getattr(fn, "has_enumerate_support", False):
-                return None
-            support = fn.enumerate_support(expand=False)  # (C, 1..., event)
-            best = fn.log_prob(support).reshape(support.shape[0], -1).argmax(0)  # (b,)
-            values = support.reshape((support.shape[0],) + support.shape[1 + len(fn.batch_shape) :])[best]
-            out.append(values.argmax(-1) if fn.event_dim == 1 else values.reshape(-1).long())
-    return torch.cat(out)
 
 
 CONSTANT_SPREAD = 1e-8  # nats: log-weights this flat are equal up to rounding

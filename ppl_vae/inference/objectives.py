@@ -45,7 +45,7 @@ from pyro.distributions.kl import kl_divergence
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 from pyro.poutine.messenger import Messenger
 
-from ..contracts import DATA_PLATE
+from ..contracts import DATA_PLATE, rows_of
 from ..errors import UserError
 from .importance import (
     HoldGlobals,
@@ -146,7 +146,8 @@ class Objective:
         if self._elbo is None:  # iwae, on the shared log-weights
             model, guide = with_handlers(model, 1.0, beta), with_handlers(guide, 1.0, beta)
             if self.globals:  # one θ ~ q(θ) shared by the K particles, its gradient through the draw
-                theta = draw_globals(guide, x[:1], 1, self._nesting, **_first_row(inputs)).draw(0, self.particles)
+                first = rows_of(inputs, slice(0, 1))
+                theta = draw_globals(guide, x[:1], 1, self._nesting, **first).draw(0, self.particles)
                 model, guide = HoldGlobals(theta)(model), HoldGlobals(theta)(guide)
             lw = log_weights(model, guide, x, self.particles, self._nesting, **inputs)
             return -(scale * log_mean_exp(lw.total, dim=0).sum() + lw.log_global.mean())
@@ -157,7 +158,7 @@ class Objective:
     def check(self, model, guide, x: torch.Tensor, **inputs) -> None:
         """Raise :class:`UserError` if this objective cannot be computed for the pair, or has no sound gradient."""
         x = x[:2]
-        inputs = {k: v[:2] if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+        inputs = rows_of(inputs, slice(0, 2))
         with rng_untouched(x):
             guide_trace, model_trace = trace_pair(model, guide, x, **inputs)
             reason = unsound_site(self.name, guide_trace, model_trace)
@@ -175,10 +176,6 @@ class Objective:
                 loss = self(model, guide, x, **inputs).detach()
         if not torch.isfinite(loss):
             raise UserError(f"the {self.name!r} ELBO is not finite at initialisation")
-
-
-def _first_row(inputs: dict) -> dict:
-    return {k: v[:1] if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
 
 
 def unsound_site(elbo: str, guide_trace, model_trace) -> str | None:

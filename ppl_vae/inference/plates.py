@@ -21,7 +21,7 @@ import torch
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
-from ..contracts import DATA_PLATE
+from ..contracts import DATA_PLATE, rows_of
 from ..errors import UserError
 
 __all__ = ["RenamePlate", "find_data_plate", "plate_sizes"]
@@ -64,10 +64,6 @@ def plate_sizes(*traces) -> dict[str, int | None]:
     return sizes
 
 
-def _rows(inputs: dict, index: torch.Tensor) -> dict:
-    return {k: v[index] if isinstance(v, torch.Tensor) and v.dim() else v for k, v in inputs.items()}
-
-
 def find_data_plate(model: Callable, guide: Callable, x: torch.Tensor, named: str = "", **inputs) -> str:
     """The name of the programs' plate over the batch of ``x`` (two rows at least).
 
@@ -80,7 +76,7 @@ def find_data_plate(model: Callable, guide: Callable, x: torch.Tensor, named: st
     """
     sizes = []
     for index in (torch.tensor([0, 1]), torch.tensor([0, 1, 0])):
-        rows, given = x[index.to(x.device)], _rows(inputs, index.to(x.device))
+        rows, given = x[index.to(x.device)], rows_of(inputs, index.to(x.device))
         with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
             guide_trace = poutine.trace(guide).get_trace(rows, **given)
             model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(rows, **given)

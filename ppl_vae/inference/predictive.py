@@ -13,6 +13,8 @@ A conditional program may observe only a part of x (Pyro's ``examples/cvae``: th
 ``x[:, out]``, the pixels to predict, the others are what it conditions on). Which columns of x
 such a site holds is found by running the model once on x's column numbers
 (:func:`data_columns`); its decodings are then x with those columns decoded.
+
+A guide's discrete site predicts too: :func:`classify` reads its most probable class for each row.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.distributions.torch_distribution import MaskedDistribution
 
+from ..contracts import rows_of
 from .importance import (
     Frame,
     draw_globals,
@@ -34,6 +37,7 @@ from .importance import (
     local_latent_sites,
     max_plate_nesting,
     replayed_traces,
+    rng_untouched,
     sample_sites,
 )
 from .params import local_params
@@ -53,6 +57,7 @@ __all__ = [
     "Simulated",
     "repeat_rows",
     "default_dtype",
+    "classify",
 ]
 
 
@@ -330,3 +335,29 @@ def prior_decode(
     site = trace.nodes[part[0]]
     mean = _given_where_masked(site, site["fn"].mean.expand(_value(site).shape))
     return _with_columns(placeholder, part[1], mean.reshape(n, -1)).reshape(placeholder.shape)
+
+
+@torch.inference_mode()
+def classify(guide, x: torch.Tensor, site: str = "y", batch_size: int = 1024, **inputs) -> torch.Tensor | None:
+    """The most probable value of the guide's discrete site ``site`` for each row of ``x``, as a class index ``(N,)``.
+
+    ``None`` if the guide has no such latent site, or its distribution has no finite support.
+    One-hot values are read as the index of their 1. Draws nothing from the RNG (the guide's
+    other sites are sampled on a forked generator), so the analysis after it draws what it did.
+    """
+    out = []
+    with rng_untouched(x):
+        for start in range(0, x.shape[0], batch_size):
+            rows = slice(start, start + batch_size)
+            trace = poutine.trace(local_params(guide)).get_trace(x[rows], **rows_of(inputs, rows))
+            node = trace.nodes.get(site)
+            if node is None or node["type"] != "sample" or node["is_observed"]:
+                return None
+            fn = node["fn"]
+            if not getattr(fn, "has_enumerate_support", False):
+                return None
+            support = fn.enumerate_support(expand=False)  # (C, 1..., event)
+            best = fn.log_prob(support).reshape(support.shape[0], -1).argmax(0)  # (b,)
+            values = support.reshape((support.shape[0],) + support.shape[1 + len(fn.batch_shape) :])[best]
+            out.append(values.argmax(-1) if fn.event_dim == 1 else values.reshape(-1).long())
+    return torch.cat(out)

@@ -234,7 +234,7 @@ class Trainer:
         else:
             mode = as_step_kind(self.step_kind) if kept else "auto" if t.compile == "auto" else as_step_kind(t.compile)
             self.compiled, self.step_kind, self.step_reason = choose_step(
-                self.program, self.objective, self.train[: t.batch_size], steps, mode
+                self.program, self.objective, self.train[: t.batch_size], steps, mode, forced=t.compile == "on"
             )
         if kept:
             self.step_reason = f"{self.step_kind} step, as when the run started"
@@ -375,14 +375,11 @@ class Trainer:
     def _loss_and_grads(self, x: torch.Tensor, scale: float, beta: float, inputs: dict | None = None) -> float:
         """The objective's value on ``x`` (and its ``inputs``), with its gradient left in the parameters' ``.grad``."""
         if self.compiled is not None:
-            try:
-                return self.compiled(x, scale, beta).item()
-            except UserError as err:  # the recording disagreed with the program on a new batch
-                if self.config.train.compile == "on":
-                    raise
-                self.compiled, self.step_kind = None, "eager"
-                self.step_reason = f"eager step: {err}".replace(" train without --compile", " (fallback)")
-                log.warning(self.step_reason)
+            loss = self.compiled(x, scale, beta)
+            if loss is not None:
+                return loss.item()
+            # it could not record this batch's shape, or disagreed with the program on it: it said so, eager now
+            self.compiled, self.step_kind, self.step_reason = None, "eager", self.compiled.reason
         loss = self.loss(x, scale, beta, **(inputs or {}))
         value = loss.item()
         if math.isfinite(value):

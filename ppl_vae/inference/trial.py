@@ -27,7 +27,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch import nn
 
-from ..contracts import DATA_PLATE, Guide, Model
+from ..contracts import DATA_PLATE, Guide, Model, rows_of
 from ..errors import UserError
 from .importance import (
     is_global,
@@ -180,7 +180,7 @@ def _global_shapes(where: str, model, guide, x: torch.Tensor, inputs: dict, trac
     if not sites:
         return
     index = torch.tensor([0, 1, 0], device=x.device)
-    rows = {k: v[index] if isinstance(v, torch.Tensor) and v.dim() else v for k, v in inputs.items()}
+    rows = rows_of(inputs, index)
     on = "on three rows (is a site's shape the batch's?)"
     guide_trace = _run(where, f"the guide {on}", poutine.trace(guide).get_trace, x[index], **rows)
     replayed = poutine.trace(poutine.replay(model, trace=guide_trace))
@@ -228,7 +228,7 @@ def check_program(
     nesting = 0
     for kind, x, inputs in batches:
         x = x[:2]
-        inputs = {k: v[:2] if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+        inputs = rows_of(inputs, slice(0, 2))
         on = f"on a {kind} trial batch" if kind else "on a trial batch"
         with rng_untouched(x), pyro.validation_enabled(True):
             guide_trace = _run(where, f"the guide {on}", poutine.trace(guide).get_trace, x, **inputs)

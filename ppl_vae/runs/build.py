@@ -9,6 +9,7 @@ with them goes through Pyro's effect handlers.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -184,14 +185,17 @@ def _prior(cfg: Config, encoder: nn.Module | None, init_data: torch.Tensor | Non
         pseudo_inputs = lambda: _pseudo_inputs(init_data, m.n_components, data_dim)
     else:
         pseudo_inputs = lambda: torch.randn(m.n_components, data_dim) * m.pseudo_std + m.pseudo_mean
-    return _pick(PRIORS, m.prior, "prior")(
-        latent_dim=m.latent_dim,
-        encoder=encoder,
-        pseudo_inputs=pseudo_inputs,
-        n_components=m.n_components,
-        flows=m.flows,
-        squash=kind.squash,
-    )
+    make = _pick(PRIORS, m.prior, "prior")
+    options = {
+        "latent_dim": m.latent_dim,
+        "encoder": encoder,
+        "pseudo_inputs": pseudo_inputs,
+        "n_components": m.n_components,
+        "flows": m.flows,
+        "squash": kind.squash,
+    }
+    taken = inspect.signature(make).parameters  # each prior's own options (PRIOR_OPTIONS): the rest are not for it
+    return make(**{k: v for k, v in options.items() if k in taken})
 
 
 def _hierarchical_program(

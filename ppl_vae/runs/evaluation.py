@@ -36,14 +36,14 @@ from ..config import EvalConfig
 from ..data.datasets import is_class_labels
 from ..data.rowfile import as_tensor
 from ..diagnostics.elpd import heldout_elpd, point_hashes
-from ..diagnostics.estimators import PointEstimates, classify, importance_sample, psis_khat, summarize
+from ..diagnostics.estimators import PointEstimates, importance_sample, psis_khat, summarize
 from ..diagnostics.gaps import refine_local_guide
 from ..diagnostics.inference_data import data_variable, to_inference_data
 from ..diagnostics.sbc import SBCResult, SBCSkipped, simulation_based_calibration
 from ..diagnostics.verdicts import verdicts
 from ..errors import UserError
 from ..inference.importance import draw_globals, global_names, max_plate_nesting
-from ..inference.predictive import prior_predictive
+from ..inference.predictive import classify, prior_predictive
 from ..plots import diagnostics as diagnostic_plots
 from ..plots.figures import plot_images, plot_reconstructions
 from ..storage.atomic import atomic_path, check_writable, open_regular, sha256_bytes

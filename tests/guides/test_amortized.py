@@ -1,3 +1,4 @@
+import inspect
 import math
 
 import pyro.distributions as dist
@@ -59,3 +60,20 @@ def test_clipped_head_keeps_the_log_variance_in_the_papers_range():
     scale = head(torch.zeros(2, 1, dtype=torch.float64)).base_dist.scale
     expected = torch.tensor([math.exp(-3.0), math.exp(0.75), math.exp(1.0)], dtype=torch.float64)
     torch.testing.assert_close(scale, expected.expand(2, 3), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("name", list(GUIDES))
+def test_each_head_constructor_names_only_options_posterior_head_has(name):
+    """posterior_head passes each constructor the options its signature names: no other name could be given."""
+    options = set(inspect.signature(posterior_head).parameters) - {"name"}
+    assert set(inspect.signature(GUIDES[name]).parameters) <= options
+
+
+def test_a_misspelt_head_option_is_an_error_not_silently_dropped():
+    assert posterior_head("lowrank", 4, 3, rank=1).rank == 1
+    with pytest.raises(TypeError, match="rnak"):
+        GUIDES["lowrank"](4, 3, rnak=1)
+    with pytest.raises(TypeError, match="flow"):
+        GUIDES["iaf"](4, 3, flow=1)
+    with pytest.raises(TypeError, match="rnak"):
+        posterior_head("lowrank", 4, 3, rnak=1)

@@ -1,5 +1,6 @@
 """The VampPrior's mixture density, its samples, and the paper's pseudo-input parameterisation."""
 
+import inspect
 import math
 
 import pyro.distributions as dist
@@ -80,3 +81,21 @@ def test_gradients_reach_squashed_pseudo_inputs_only_inside_the_unit_interval():
     prior().log_prob(torch.randn(3, config.model.latent_dim)).sum().backward()
     grad = prior.pseudo_inputs.grad
     assert (grad[:2] == 0).all() and (grad[2:].abs() > 0).any()
+
+
+@pytest.mark.parametrize("name", ["standard", "mog", "vamp", "flow"])
+def test_each_prior_constructor_names_only_the_options_the_bench_passes(name):
+    """The bench passes each constructor the options its signature names: a name outside them would never be given."""
+    from ppl_vae.models.priors import PRIOR_OPTIONS, PRIORS
+
+    assert set(inspect.signature(PRIORS[name]).parameters) <= set(PRIOR_OPTIONS)
+
+
+def test_a_misspelt_prior_option_is_an_error_not_silently_dropped():
+    from ppl_vae.models.priors import PRIORS
+
+    assert PRIORS["mog"](latent_dim=2, n_components=3).logits.shape == (3,)
+    with pytest.raises(TypeError, match="n_component"):
+        PRIORS["mog"](latent_dim=2, n_component=3)
+    with pytest.raises(TypeError, match="flow"):
+        PRIORS["flow"](latent_dim=2, flow=3)

@@ -122,7 +122,7 @@ def test_a_program_that_reads_values_back_as_numbers_is_caught_on_a_chunk_it_was
     """`.tolist()` records (the value becomes a constant): the check on a second chunk refuses or drops it."""
     program = ReadsBack()
     x = torch.rand(40, 3) + torch.arange(40.0)[:, None] / 10  # every chunk has its own mean
-    with pytest.raises(UserError, match="reads tensor values back as numbers"):
+    with pytest.raises(UserError, match="read tensor values back as numbers"):
         _sample(program.model, program.guide, x, "on")
     monkeypatch.setattr(compiled, "SAMPLER_CHUNKS", 1)  # so that auto compiles it
     says = []

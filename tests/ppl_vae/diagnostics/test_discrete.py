@@ -6,9 +6,10 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from ppl_vae.diagnostics.estimators import active_units, classify, importance_sample
+from ppl_vae.diagnostics.estimators import active_units, importance_sample
 from ppl_vae.diagnostics.gaps import refine_local_guide
 from ppl_vae.diagnostics.sbc import ranks_with_ties, simulation_based_calibration
+from ppl_vae.inference.predictive import classify
 from tests.ppl_vae.linear_gaussian import PosteriorGuide, make
 from tests.ppl_vae.mixtures import MixtureGuide, MixturePPCA
 

@@ -11,7 +11,7 @@ from torch import nn
 
 import ppl_vae
 from ppl_vae.errors import UserError
-from ppl_vae.inference.compiled import CompiledStep
+from ppl_vae.inference.compiled import RecordedStep
 from ppl_vae.inference.distributed import Cluster
 from ppl_vae.inference.objectives import Objective
 from ppl_vae.inference.trainer import Trainer
@@ -26,24 +26,24 @@ def eager_step(program, objective, x, scale, beta):
 
 
 @pytest.mark.parametrize(
-    "model,guide,train,fuse",
+    "model,guide,train,kind",
     [
-        ({}, {}, {}, True),
-        ({}, {}, {}, False),
-        ({"likelihood": "bernoulli", "prior": "vamp"}, {"name": "iaf"}, {}, False),
-        ({"likelihood": "normal-learned", "prior": "mog"}, {"name": "lowrank"}, {"particles": 3}, False),
-        ({"prior": "flow"}, {"name": "spline"}, {"elbo": "iwae", "particles": 4}, False),
+        ({}, {}, {}, "compiled"),
+        ({}, {}, {}, "replayed"),
+        ({"likelihood": "bernoulli", "prior": "vamp"}, {"name": "iaf"}, {}, "replayed"),
+        ({"likelihood": "normal-learned", "prior": "mog"}, {"name": "lowrank"}, {"particles": 3}, "replayed"),
+        ({"prior": "flow"}, {"name": "spline"}, {"elbo": "iwae", "particles": 4}, "replayed"),
     ],
 )
 @pytest.mark.parametrize("beta", [1.0, 0.3])
-def test_recorded_step_equals_the_eager_objective(digits, model, guide, train, fuse, beta):
+def test_recorded_step_equals_the_eager_objective(digits, model, guide, train, kind, beta):
     """Same noise → the recorded (and compiled) step's loss and every gradient equal Pyro's (float64, to 1e-9)."""
     config = tiny_config(model={"latent_dim": 4, **model}, guide=guide, train=train)
     program = build_program(config, 64, (8, 8), init_data=digits.train[:64]).double()
     x, scale = digits.train[:24].double(), 7.5
     objective = Objective(config.train.elbo, config.train.particles)
     parameters = list(program.parameters())
-    recorded = CompiledStep(program, Objective(config.train.elbo, config.train.particles), fuse=fuse)
+    recorded = RecordedStep(program, Objective(config.train.elbo, config.train.particles), kind)
     for seed in (1, 2):  # the second call replays the recording of the first
         torch.manual_seed(seed)
         want_loss, want_grads = eager_step(program, objective, x, scale, beta)
@@ -54,21 +54,22 @@ def test_recorded_step_equals_the_eager_objective(digits, model, guide, train, f
             assert (p.grad is None) == (want is None), name
             if want is not None:
                 assert torch.allclose(p.grad, want, rtol=1e-8, atol=1e-9), name
-    assert len(recorded._graphs) == 1
+    assert len(recorded.recorder.graphs) == 1
     # recording hands back the very Parameter objects an optimizer holds (the VampPrior shares the encoder)
     assert all(a is b for a, b in zip(program.parameters(), parameters))
 
 
 def test_recorded_draws_follow_the_rng_like_eager_draws(digits):
-    """Recording and compiling draw nothing; a compiled step advances the RNG exactly as an eager step."""
+    """Recording, checking and compiling draw nothing; a compiled step advances the RNG exactly as an eager step."""
     config = tiny_config()
     program = build_program(config, 64, (8, 8))
     x = digits.train[:16]
-    recorded = CompiledStep(program, Objective("trace"))
+    recorded = RecordedStep(program, Objective("trace"))
     torch.manual_seed(5)
-    recorded._graphs[(tuple(x.shape), x.dtype, x.device, 2.0)] = recorded._record(x, 2.0)
+    recorded.check(x)
     assert torch.equal(torch.get_rng_state(), torch.manual_seed(5).get_state())
-    recorded(x, 2.0, 1.0)
+    recorded(x, 2.0, 1.0)  # recorded, compiled, verified, then run: only the run draws
+    assert len(recorded.recorder.graphs) == 1
     after_recorded = torch.get_rng_state()
     torch.manual_seed(5)
     eager_step(program, Objective("trace"), x, 2.0, 1.0)
@@ -141,7 +142,7 @@ class _Toy(nn.Module):
 def test_unrecordable_programs_are_refused(kind, elbo, message):
     program = _Toy(kind)
     with pytest.raises(UserError, match=message):
-        CompiledStep(program, Objective(elbo), fuse=False)(torch.randn(4, 3), 1.0, 1.0)
+        RecordedStep(program, Objective(elbo), "replayed")(torch.randn(4, 3), 1.0, 1.0)
     assert not list(pyro.get_param_store().keys())  # refused before any run could store a pyro.param
 
 
@@ -152,7 +153,7 @@ def test_the_plain_toy_records():
     torch.manual_seed(0)
     want, _ = eager_step(program, Objective("trace"), x, 1.0, 1.0)
     torch.manual_seed(0)
-    assert torch.allclose(CompiledStep(program, Objective("trace"), fuse=False)(x, 1.0, 1.0), want)
+    assert torch.allclose(RecordedStep(program, Objective("trace"), "replayed")(x, 1.0, 1.0), want)
 
 
 def test_compile_with_several_processes_is_refused(digits):
@@ -248,7 +249,7 @@ def test_the_default_step_is_chosen_by_the_rule(digits, epochs, program, kind, s
     model = build_program(config, 64, (8, 8)) if program is None else _Toy(program, 64)
     trainer = Trainer(model, config, x, digits.test[:8], progress=False)
     assert trainer.step_kind == kind and (trainer.compiled is not None) == (kind != "eager"), trainer.step_reason
-    assert trainer.compiled is None or trainer.compiled.fuse == (kind == "compiled")
+    assert trainer.compiled is None or trainer.compiled.kind == kind
     assert trainer.step_reason.startswith(says), trainer.step_reason
 
 
@@ -295,9 +296,8 @@ def test_a_resumed_run_keeps_its_replayed_step_and_trains_as_eager(digits):
         trainer = Trainer(program, config, x, digits.test[:8], progress=False, step_kind=stored)
         assert trainer.step_kind == kind, (stored, trainer.step_kind)
         assert trainer.step_reason == f"{kind} step, as when the run started"
-        assert (trainer.compiled is None) == (kind == "eager") and (
-            trainer.compiled is None or not trainer.compiled.fuse
-        )
+        assert (trainer.compiled is None) == (kind == "eager")
+        assert trainer.compiled is None or trainer.compiled.kind == "replayed"
         trainer.run_epoch()
         runs[stored] = program
     for (name, a), b in zip(runs["replayed"].named_parameters(), runs["eager"].parameters()):
@@ -347,7 +347,7 @@ def test_a_program_registered_with_pyro_module_records_and_agrees():
     """pyro.module's sites are the program's own parameters: recorded, the same loss and gradients as eager."""
     program = _Registered(5).double()
     x = torch.randn(6, 5, dtype=torch.float64)
-    recorded = CompiledStep(program, Objective("trace"), fuse=False)
+    recorded = RecordedStep(program, Objective("trace"), "replayed")
     for seed in (1, 2):
         torch.manual_seed(seed)
         want_loss, want_grads = eager_step(program, Objective("trace"), x, 3.0, 1.0)
@@ -403,7 +403,7 @@ def test_a_raw_pyro_param_is_refused_in_one_line_before_the_run_directory_exists
 
 def test_inductor_kernels_are_kept_in_the_users_cache_folder(tmp_path, monkeypatch):
     """Not in the temporary folder a reboot empties; an explicit TORCHINDUCTOR_CACHE_DIR is respected."""
-    from ppl_vae.inference.compiled import kept_cache
+    from ppl_vae.inference.recording import kept_cache
 
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
@@ -433,7 +433,7 @@ def test_a_program_that_reads_values_back_is_caught_on_its_second_batch(digits):
         trainer.run_epoch()
         assert trainer.step_kind == "eager"
         if mode == "auto":
-            assert trainer.step_reason.startswith("eager step: --compile: the recorded step gives loss")
+            assert trainer.step_reason.startswith("eager step: --compile: the recording gives "), trainer.step_reason
             assert trainer.step_reason.endswith("(fallback)")
         weights[mode] = [p.detach().clone() for p in program.parameters()]
     assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(weights["auto"], weights["off"]))
