@@ -56,8 +56,8 @@ _WHERE = {
     "UserError": "errors",
     "CheckpointError": "errors",
     "Run": "runs.run",
-    "fit": "runs.run",
-    "load": "runs.run",
+    "fit": "runs.fit",
+    "load": "runs.load",
     "evaluate_run": "runs.evaluation",
     "Comparison": "studies.compare",
     "compare": "studies.compare",
@@ -81,6 +81,8 @@ if TYPE_CHECKING:
     from .config import Config, DataConfig, EvalConfig, GuideConfig, ModelConfig, TrainConfig, load_config
     from .errors import CheckpointError, UserError
     from .runs.evaluation import evaluate_run
-    from .runs.run import Run, fit, load
+    from .runs.fit import fit
+    from .runs.load import load
+    from .runs.run import Run
     from .studies.compare import Comparison, compare
     from .studies.sweep import sigma_sweep

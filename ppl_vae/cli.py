@@ -306,7 +306,8 @@ def _progress(args) -> bool:
 
 def _resume_config(args) -> Config | None:
     """The config a resume runs with: the run's own, with ``--epochs`` applied; any other option refused."""
-    from .runs.run import RESUMABLE, read_run_config
+    from .runs.resume import RESUMABLE
+    from .runs.schema import read_run_config
 
     given = {f"{s}.{n}": v for s, values in overrides_from_args(args).items() for n, v in values.items()}
     flags = {f"{s}.{n}": flag_of(n, o) for s, cls in SECTIONS.items() for n, _, o in options_of(cls)}
@@ -328,7 +329,7 @@ def _resume_config(args) -> Config | None:
 
 
 def _fit(args) -> int:
-    from .runs.run import fit
+    from .runs.fit import fit
 
     if args.resume:
         if args.out and Path(args.out) != Path(args.resume):
@@ -382,7 +383,7 @@ def _sample(args) -> int:
     import pyro
 
     from .plots.figures import plot_images
-    from .runs.run import load
+    from .runs.load import load
 
     options = _section_from_args(args, "sample", SampleConfig)
     out = _check_png_out(args.out)
@@ -404,7 +405,7 @@ def _evaluate(args) -> int:
 
     from .data.datasets import load_data
     from .runs.evaluation import evaluate_run
-    from .runs.run import load
+    from .runs.load import load
 
     config = eval_config_from_args(args)
     run = load(args.run_dir, device=args.device, trust_program=args.trust_program)
@@ -518,7 +519,7 @@ def _start() -> None:
     """Import torch, Pyro and the runs (seconds, and nothing written) while a Ctrl-C still ends the process
     at once; from here on it is a ``KeyboardInterrupt`` that every writer and the trainer clean up after."""
     from .inference.compiled import kept_cache
-    from .runs import run  # noqa: F401  (torch, pyro and the registries)
+    from .runs import fit  # noqa: F401  (torch, pyro, the registries and the writers)
 
     kept_cache()  # TorchInductor's cache folder: the user's, or a TORCHINDUCTOR_CACHE_DIR checked in one line
     if signal.getsignal(signal.SIGINT) is _end_while_starting:
