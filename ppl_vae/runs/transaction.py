@@ -99,32 +99,31 @@ def train(
             num_classes=num_classes,
         )
         labels, test_labels = _labels_for(run, data, config)
+        writer = _Writer(run, programs, data) if cluster.is_main else None  # a rank other than 0 writes nothing
         trainer = Trainer(
             program,
-            config,
+            config.train,
             data.train.to(device),
             data.test.to(device),
             labels=labels,
             test_labels=test_labels,
             name=config.model.program or (config.guide.name if is_program_spec(config.guide.name) else "the program"),
             val=None if data.val is None else data.val.to(device),
+            binarize=config.data.binarize,
+            data_plate=config.model.data_plate,
             cluster=cluster,
-            step_kind=state["extra"].get("step_kind") if state is not None else None,  # a resumed run keeps its step
+            progress=progress,
+            callbacks=callbacks,
+            **(writer.hooks() if writer is not None else {}),
+            **(_restored(state) if state is not None else {}),  # a resumed run keeps its counters and its step
         )
         if state is not None:
             check_position(state, len(trainer.batches()), config.train.epochs, out)
-            state = load_checkpoint(
-                out / "checkpoint", program, trainer.optimizer, restore_rng=True, device=str(device)
-            )
-            extra = state["extra"]
-            trainer.epoch, trainer.step = state["epoch"], state["step"]
-            trainer.batch_index, trainer.epoch_loss = extra["batch_index"], extra["epoch_loss"]
-            trainer.history = extra["history"]
+            load_checkpoint(out / "checkpoint", program, trainer.optimizer, restore_rng=True, device=str(device))
             run.checkpoint = {"epoch": state["epoch"], "step": state["step"]}
         if cluster.is_main:  # once every input, the checkpoint's tensors included, has been checked
             log.info(trainer.step_reason)
-        trainer.progress, trainer.callbacks = progress, callbacks
-        if not cluster.is_main:  # a rank other than 0 trains its shard and writes nothing
+        if writer is None:  # a rank other than 0 trains its shard and writes nothing
             trainer.fit()
             run.history = trainer.history
             return run
@@ -134,10 +133,23 @@ def train(
                 if state is None:
                     check_out_dir(out, overwrite)  # again, now that no other writer can change it
                     remove_leftovers(out, RUN_SUBDIRS)
-                return _transaction(out, run, trainer, programs, data, state is not None)
+                return _transaction(out, run, trainer, writer, state is not None)
         finally:
             if not out.exists():
                 remove_created(created)
+
+
+def _restored(state: dict) -> dict:
+    """The trainer's counters as the checkpoint ``state`` left them: where in which epoch, and the step it took."""
+    extra = state["extra"]
+    return {
+        "epoch": state["epoch"],
+        "step": state["step"],
+        "batch_index": extra["batch_index"],
+        "epoch_loss": extra["epoch_loss"],
+        "history": extra["history"],
+        "step_kind": extra.get("step_kind"),
+    }
 
 
 class _Target:
@@ -159,12 +171,12 @@ class _Target:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def _transaction(out: Path, run: Run, trainer: Trainer, programs, data: Dataset, resumed: bool) -> Run:
+def _transaction(out: Path, run: Run, trainer: Trainer, writer: _Writer, resumed: bool) -> Run:
     """Train into a :class:`_Target`; on any failure before the first checkpoint, leave nothing."""
     target = _Target(out, fresh=not resumed)
     try:
         check_disk(target.dir, run.program)
-        return _train_into(target, run, trainer, programs, data, resumed)
+        return _train_into(target, run, trainer, writer, resumed)
     except TrainingDiverged as err:
         target.abort()
         if target.committed:
@@ -188,61 +200,84 @@ def _transaction(out: Path, run: Run, trainer: Trainer, programs, data: Dataset,
         raise
 
 
-def _train_into(target: _Target, run: Run, trainer: Trainer, programs, data: Dataset, resumed: bool) -> Run:
-    config = run.config
-    write_text(target.dir / "config.toml", to_toml(config))
-    if not resumed:
-        store(programs, target.dir)
-    extra_fixed = {
-        "data_dim": data.data_dim,
-        "image_shape": list(data.image_shape),
-        "num_classes": run.num_classes,
-        "data_plate": run.program.data_plate,  # found by the trial (or named with --data-plate)
-    }
-    if programs:
-        extra_fixed["programs"] = record_of(programs)
+class _Writer:
+    """The trainer's hooks for a run being written: ``history.csv`` each epoch, the checkpoints, the best epoch.
 
-    def checkpoint(t: Trainer) -> None:
+    Its files go to the transaction's target, set by :meth:`begin` when the transaction starts;
+    the trainer calls the hooks only from ``fit``, after that.
+    """
+
+    def __init__(self, run: Run, programs: dict[str, ProgramFile], data: Dataset):
+        self.run, self.config, self.programs, self.data = run, run.config, programs, data
+        self.target: _Target | None = None
+        self.extra_fixed: dict = {}
+
+    def hooks(self) -> dict:
+        """The trainer's ``on_epoch``, ``on_step`` and ``on_interrupt``."""
+        every = self.config.train.checkpoint_steps
+        on_step = (lambda t: self.checkpoint(t) if t.step % every == 0 else None) if every else None
+        return {"on_epoch": self.on_epoch, "on_step": on_step, "on_interrupt": self.checkpoint}
+
+    def begin(self, target: _Target) -> None:
+        """Write what does not change as training goes (``config.toml``, the programs' copies) into ``target``."""
+        run, data = self.run, self.data
+        self.target = target
+        write_text(target.dir / "config.toml", to_toml(self.config))
+        if target.fresh:
+            store(self.programs, target.dir)
+        self.extra_fixed = {
+            "data_dim": data.data_dim,
+            "image_shape": list(data.image_shape),
+            "num_classes": run.num_classes,
+            "data_plate": run.program.data_plate,  # found by the trial (or named with --data-plate)
+        }
+        if self.programs:
+            self.extra_fixed["programs"] = record_of(self.programs)
+
+    def checkpoint(self, t: Trainer) -> None:
+        """Write the checkpoint of where ``t`` is; the first one puts the new run in ``out``'s place."""
         save_checkpoint(
-            target.dir / "checkpoint",
-            run.program,
+            self.target.dir / "checkpoint",
+            self.run.program,
             t.optimizer,
             epoch=t.epoch,
             step=t.step,
-            config=config.to_dict(),
+            config=self.config.to_dict(),
             extra={
                 "step_kind": t.step_kind,
                 "batch_index": t.batch_index,
                 "epoch_loss": t.epoch_loss,
                 "history": t.history,
-                **extra_fixed,
+                **self.extra_fixed,
             },
         )
-        target.commit()  # the first checkpoint puts the new run in out's place
-        run.checkpoint = {"epoch": t.epoch, "step": t.step}
+        self.target.commit()  # the first checkpoint puts the new run in out's place
+        self.run.checkpoint = {"epoch": t.epoch, "step": t.step}
 
-    def on_epoch(t: Trainer) -> None:
-        write_csv(target.dir / "history.csv", t.history, history_columns(t.history))
-        if config.train.patience and t.best_epoch() == t.epoch:  # before the checkpoint: a resume finds it
-            save_checkpoint(target.dir / "best", run.program, None, epoch=t.epoch, step=t.step, config=config.to_dict())
-        if t.epoch % config.train.checkpoint_every == 0 or t.epoch == config.train.epochs or t.stopped_early():
-            checkpoint(t)
+    def on_epoch(self, t: Trainer) -> None:
+        """``history.csv``; the best epoch's weights (early stopping); a checkpoint when one is due."""
+        train, where, config = self.config.train, self.target.dir, self.config.to_dict()
+        write_csv(where / "history.csv", t.history, history_columns(t.history))
+        if train.patience and t.best_epoch() == t.epoch:  # before the checkpoint: a resume finds it
+            save_checkpoint(where / "best", self.run.program, None, epoch=t.epoch, step=t.step, config=config)
+        if t.epoch % train.checkpoint_every == 0 or t.epoch == train.epochs or t.stopped_early():
+            self.checkpoint(t)
 
-    every = config.train.checkpoint_steps
-    trainer.on_epoch = on_epoch
-    trainer.on_step = (lambda t: checkpoint(t) if t.step % every == 0 else None) if every else None
-    trainer.on_interrupt = checkpoint
+
+def _train_into(target: _Target, run: Run, trainer: Trainer, writer: _Writer, resumed: bool) -> Run:
+    config = run.config
+    writer.begin(target)
     start = time.perf_counter()
     trainer.fit()
     if not target.committed:  # nothing left to train (a resume killed after its last checkpoint)
-        checkpoint(trainer)
+        writer.checkpoint(trainer)
     seconds = sum(row["seconds"] for row in trainer.history) if resumed else time.perf_counter() - start
     run.history = trainer.history
     run.step_kind = trainer.step_kind
     if config.train.patience:
         # the run ends with the best validation epoch's weights, in the checkpoint that load() reads too
         load_checkpoint(target.dir / "best", run.program, device=str(run.device))
-        checkpoint(trainer)
+        writer.checkpoint(trainer)
     run.checkpoint = run.checkpoint or {"epoch": trainer.epoch, "step": trainer.step}
     _write_outputs(run, seconds, trainer.history[0]["test_elbo"], trainer.best_epoch())
     return run
