@@ -28,7 +28,7 @@ from ppl_vae.config import Config  # noqa: E402
 from ppl_vae.data.datasets import Dataset  # noqa: E402
 from ppl_vae.diagnostics.estimators import importance_sample  # noqa: E402
 from ppl_vae.diagnostics.statistics import paired_difference  # noqa: E402
-from ppl_vae.runs.run import fit  # noqa: E402
+from ppl_vae.runs.fit import fit  # noqa: E402
 
 
 def config(guide: str, epochs: int, hidden: int, latent: int) -> Config:

@@ -163,7 +163,8 @@ def job(data: str, row: str, proto: str, args: argparse.Namespace) -> dict:
     from ppl_vae.data.datasets import load_data
     from ppl_vae.diagnostics.estimators import importance_sample
     from ppl_vae.diagnostics.statistics import mean_se
-    from ppl_vae.runs.run import fit, load
+    from ppl_vae.runs.fit import fit
+    from ppl_vae.runs.load import load
 
     torch.set_num_threads(1)
     out = job_dir(args, data, row, proto)  # the benchmark's own files, beside the run (which holds only its own)

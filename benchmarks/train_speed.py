@@ -92,9 +92,9 @@ def bench(name, x, config, epochs, device):
     programs = {k: copy.deepcopy(program) for k in ("a", "e", "r", "b", "c", "f")}
     compiled = copy.deepcopy(config)
     compiled.train.compile = "on"  # forced: a benchmark of a few epochs would not pay for it on auto
-    trainer = Trainer(programs["a"], compiled, x, x[:2], progress=False)
-    eager = Trainer(programs["e"], copy.deepcopy(config), x, x[:2], progress=False)
-    replayed = Trainer(programs["r"], copy.deepcopy(config), x, x[:2], progress=False, step_kind="replay")
+    trainer = Trainer(programs["a"], compiled.train, x, x[:2], progress=False)
+    eager = Trainer(programs["e"], copy.deepcopy(config.train), x, x[:2], progress=False)
+    replayed = Trainer(programs["r"], copy.deepcopy(config.train), x, x[:2], progress=False, step_kind="replay")
     hand_opt = torch.optim.Adam(programs["b"].parameters(), lr=config.train.lr)
     # (f) what a performance engineer writes: fused Adam, the loss (and through AOTAutograd its
     # backward) compiled by TorchInductor; dynamic=False, one graph per batch shape, as (a) records

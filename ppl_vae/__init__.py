@@ -8,11 +8,11 @@ Where things are (each sub-package's docstring says what it may import)::
     ppl_vae.models, ppl_vae.guides   the programs' parts (the rooms models/ and guides/)
     ppl_vae.errors, ppl_vae.contracts  layer 0: user errors; what a program, prior, head, likelihood is
     ppl_vae.storage, .data, .inference layer 1: files, data sets, log-weights/objectives/training
-    ppl_vae.config                   layer 2: every option, defined once
+    ppl_vae.config, .options         layer 2: every option, defined once; what an option is
     ppl_vae.diagnostics, .plots      layer 2: estimators of a trained program; pictures
-    ppl_vae.runs                     layer 3: build, fit, load, evaluate, report
+    ppl_vae.runs                     layer 3: build, fit, resume, load, evaluate, report
     ppl_vae.studies                  layer 4: comparisons and the σ sweep
-    ppl_vae.cli                      layer 5: the command line
+    ppl_vae.cli, .flags              layer 5: the command line and its flags
 
 >>> import ppl_vae
 >>> run = ppl_vae.fit(ppl_vae.Config(), "runs/digits")      # doctest: +SKIP
@@ -56,8 +56,8 @@ _WHERE = {
     "UserError": "errors",
     "CheckpointError": "errors",
     "Run": "runs.run",
-    "fit": "runs.run",
-    "load": "runs.run",
+    "fit": "runs.fit",
+    "load": "runs.load",
     "evaluate_run": "runs.evaluation",
     "Comparison": "studies.compare",
     "compare": "studies.compare",
@@ -81,6 +81,8 @@ if TYPE_CHECKING:
     from .config import Config, DataConfig, EvalConfig, GuideConfig, ModelConfig, TrainConfig, load_config
     from .errors import CheckpointError, UserError
     from .runs.evaluation import evaluate_run
-    from .runs.run import Run, fit, load
+    from .runs.fit import fit
+    from .runs.load import load
+    from .runs.run import Run
     from .studies.compare import Comparison, compare
     from .studies.sweep import sigma_sweep

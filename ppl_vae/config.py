@@ -3,16 +3,20 @@
 The field holds the option's default and its :class:`Option`: help, command-line flag, range
 and the registry its names come from. Everything else is generated from it: the flags of the
 command line (:mod:`ppl_vae.cli`), the keys of a TOML file, the keys of ``compare --grid``,
-the one coercion of a value (:func:`coerce`) and the checks of :meth:`Config.validate`, which
-run before any work starts. A run's config has the sections ``[data]``, ``[model]``,
-``[guide]`` and ``[train]``; :class:`EvalConfig` holds the options of the workflow analysis
-(``evaluate``, ``compare``, ``sigma-sweep``), :class:`SampleConfig` those of ``sample`` and
-:class:`StudyConfig` those of a study's design (``compare --seeds``): every number any command
-takes has its range here.
+the one coercion of a value (:func:`~ppl_vae.options.coerce`) and the checks of
+:meth:`Config.validate`, which run before any work starts. What an option is, and how a value
+is coerced and checked, is :mod:`ppl_vae.options`'s; this module says which options there are,
+which combine, and how a config is read from and written to TOML.
 
-Layer 2 — may import: ``ppl_vae.names`` (the registries' names, without torch), the thresholds of
-``ppl_vae.diagnostics.verdicts`` (defaults), ``ppl_vae.errors``, ``ppl_vae.storage`` (to read files).
-Nothing it imports imports torch: the command line's parser is built from it in a blink.
+A run's config has the sections ``[data]``, ``[model]``, ``[guide]`` and ``[train]``;
+:class:`EvalConfig` holds the options of the workflow analysis (``evaluate``, ``compare``,
+``sigma-sweep``), :class:`SampleConfig` those of ``sample`` and :class:`StudyConfig` those of a
+study's design (``compare --seeds``): every number any command takes has its range here.
+
+Layer 2 — may import: ``ppl_vae.options``, ``ppl_vae.names`` (the registries' names, without
+torch), the thresholds of ``ppl_vae.diagnostics.verdicts`` (defaults), ``ppl_vae.errors``,
+``ppl_vae.storage`` (to read files). Nothing it imports imports torch: the command line's parser
+is built from it in a blink.
 
 Example:
     >>> config = Config()
@@ -27,19 +31,17 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import tomllib
-import typing
-from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from .diagnostics.verdicts import PRACTICAL_EQUIVALENCE
 from .errors import UserError
 from .inference.steps import COMPILE_STEPS, REPLAY_STEPS, SAMPLER_CHUNKS
 from .names import names as _names
-from .storage.atomic import open_regular
+from .options import Option, Section, coerce, flag_of, is_program_spec, option, options_of, parse_text
+from .storage.atomic import read_bounded
 
 __all__ = [
     "Option",
@@ -70,66 +72,10 @@ DEVICES = ("auto", "cpu", "cuda")
 SWITCH = ("auto", "on", "off")
 
 
-@dataclass(frozen=True)
-class Option:
-    """What a config field means and which values it takes.
-
-    Attributes:
-        help: one line for ``--help``.
-        flag: the command-line flag (default ``--field-name``).
-        names: the registry a name must come from (a function returning its names).
-        also: another accepted form of a name: ``"data-file"`` (a ``.npy``/``.npz`` path),
-            ``"program"`` (``path/to/file.py:factory``) or ``"device"`` (``cuda:N``); for a
-            field without a registry, ``"count"``: a count N (also given as a number) or ``all``.
-        low, high: the range of a number (inclusive unless ``open_low``/``open_high``).
-        noun: what a name is called in messages (default: the field's name).
-        switch: an ``auto | on | off`` option: ``--flag`` is on, ``--no-flag`` off, ``--flag auto`` auto.
-    """
-
-    help: str
-    flag: str = ""
-    names: Callable[[], Iterable[str]] | None = None
-    also: str = ""
-    low: float | None = None
-    high: float | None = None
-    open_low: bool = False
-    open_high: bool = False
-    noun: str = ""
-    switch: bool = False
-
-
-def option(default: Any, help: str, **kwargs: Any) -> Any:
-    """A dataclass field with a default and an :class:`Option` (``kwargs`` are its attributes)."""
-    return field(default=default, metadata={"option": Option(help, **kwargs)})
-
-
-def is_program_spec(text: str) -> bool:
-    """Whether ``text`` names a user's program, ``path/to/file.py:factory``."""
-    path, sep, attr = text.rpartition(":")
-    return bool(sep and path.endswith(".py") and attr.isidentifier())
-
-
-_ALSO: dict[str, tuple[Callable[[str], bool], str]] = {
-    "data-file": (lambda s: s.endswith((".npy", ".npz")), "a path to a .npy/.npz file"),
-    "program": (is_program_spec, "path/to/file.py:factory"),
-    "device": (lambda s: s.startswith("cuda:") and s[5:].isdigit(), "cuda:N"),
-}
-
-
-class _Options:
-    """A config section whose attributes are its options and nothing else: ``config.model.latent_dimz = 3``
-    (a typo that would otherwise be set and ignored) raises ``AttributeError`` naming the option meant."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name not in self.__dataclass_fields__:
-            raise AttributeError(
-                f"{type(self).__name__} has no option {name!r}{did_you_mean(name, self.__dataclass_fields__)}"
-            )
-        object.__setattr__(self, name, value)
-
-
 @dataclass
-class DataConfig(_Options):
+class DataConfig(Section):
+    where: ClassVar[str] = "data"
+
     name: str = option(
         "digits",
         "data set: a registered name or a path to a .npy/.npz file",
@@ -166,7 +112,9 @@ class DataConfig(_Options):
 
 
 @dataclass
-class ModelConfig(_Options):
+class ModelConfig(Section):
+    where: ClassVar[str] = "model"
+
     likelihood: str = option("normal", "observation model p(x|z)", names=lambda: _names("LIKELIHOODS"))
     sigma: float = option(0.1, "σ of the Normal likelihood (fixed), or its initial value (learned)", low=1e-6, high=1e6)
     prior: str = option("standard", "prior p(z)", names=lambda: _names("PRIORS"))
@@ -222,7 +170,9 @@ class ModelConfig(_Options):
 
 
 @dataclass
-class GuideConfig(_Options):
+class GuideConfig(Section):
+    where: ClassVar[str] = "guide"
+
     name: str = option(
         "diagonal",
         "posterior family q(z|x), or a user's guide program path/to/file.py:factory",
@@ -236,7 +186,9 @@ class GuideConfig(_Options):
 
 
 @dataclass
-class TrainConfig(_Options):
+class TrainConfig(Section):
+    where: ClassVar[str] = "train"
+
     epochs: int = option(100, "training epochs", low=1, high=1_000_000)
     batch_size: int = option(128, "minibatch size", low=1, high=2**24)
     lr: float = option(1e-3, "Adam learning rate", low=0.0, high=10.0, open_low=True)
@@ -285,8 +237,10 @@ class TrainConfig(_Options):
 
 
 @dataclass
-class EvalConfig(_Options):
+class EvalConfig(Section):
     """Options of the workflow analysis of a trained run (not part of a run's config)."""
+
+    where: ClassVar[str] = "evaluate"
 
     k: int = option(1000, "importance samples per test point", low=2, high=10_000_000)
     points: int = option(0, "evaluate only the first N test points (0 = all)", low=0, high=2**40)
@@ -312,27 +266,22 @@ class EvalConfig(_Options):
         switch=True,
     )
 
-    def validate(self) -> EvalConfig:
-        """Check every field against its :class:`Option`. Returns self."""
-        _check_fields("evaluate", self)
-        return self
-
 
 @dataclass
-class SampleConfig(_Options):
+class SampleConfig(Section):
     """Options of ``sample`` (not part of a run's config)."""
+
+    where: ClassVar[str] = "sample"
 
     n: int = option(64, "decodings of z ~ p(z) to draw", low=1, high=10_000)
     seed: int = option(0, "seed of the draws", low=0, high=MAX_SEED)
 
-    def validate(self) -> SampleConfig:
-        _check_fields("sample", self)
-        return self
-
 
 @dataclass
-class StudyConfig(_Options):
+class StudyConfig(Section):
     """Options of ``compare`` and ``sigma-sweep`` that are not part of a variant's config."""
+
+    where: ClassVar[str] = "study"
 
     seeds: int = option(1, "train every variant with this many seeds (the config's seed, +1, ...)", low=1, high=1000)
     equivalence: float = option(
@@ -343,17 +292,15 @@ class StudyConfig(_Options):
         high=1e6,
     )
 
-    def validate(self) -> StudyConfig:
-        _check_fields("study", self)
-        return self
-
 
 EXECUTOR_KINDS = ("local", "ray")
 
 
 @dataclass
-class ExecutorConfig(_Options):
+class ExecutorConfig(Section):
     """Where the runs of ``compare`` and ``sigma-sweep`` are trained (:mod:`ppl_vae.studies.executors`)."""
+
+    where: ClassVar[str] = "executor"
 
     jobs: int = option(1, "train and evaluate N runs at once, in local worker processes", low=1, high=1024)
     executor: str = option(
@@ -366,14 +313,14 @@ class ExecutorConfig(_Options):
     gpus_per_job: float = option(0.0, "GPUs each Ray task asks for", low=0.0, high=1024.0)
 
     def validate(self) -> ExecutorConfig:
-        _check_fields("executor", self)
+        super().validate()
         if self.address and self.executor != "ray":
             raise UserError("--address names a Ray cluster: use it with --executor ray")
         return self
 
 
 @dataclass
-class Config(_Options):
+class Config(Section):
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     guide: GuideConfig = field(default_factory=GuideConfig)
@@ -382,7 +329,7 @@ class Config(_Options):
     def validate(self) -> Config:
         """Check every field (types, ranges, registry names) and their combinations. Returns self."""
         for section in SECTIONS:
-            _check_fields(section, getattr(self, section))
+            getattr(self, section).validate()
         t, m, g = self.train, self.model, self.guide
         if t.lr_final > t.lr:
             raise UserError(f"lr_final must lie in [0, lr = {t.lr}], got {t.lr_final}")
@@ -415,102 +362,6 @@ class Config(_Options):
 
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "guide": GuideConfig, "train": TrainConfig}
 """TOML section of a run's config -> its dataclass."""
-
-
-def options_of(cls: type) -> Iterator[tuple[str, type, Option]]:
-    """``(field name, type, Option)`` for every option of a config dataclass."""
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        yield f.name, hints[f.name], f.metadata["option"]
-
-
-def did_you_mean(text: str, candidates: Iterable[str]) -> str:
-    """`` (did you mean X?)`` for the closest of ``candidates`` to a misspelt ``text``, else ``""``."""
-    import difflib
-
-    close = difflib.get_close_matches(str(text)[:200], list(candidates), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def flag_of(name: str, opt: Option) -> str:
-    """The command-line flag of the field ``name``."""
-    return opt.flag or "--" + name.replace("_", "-")
-
-
-_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
-
-
-def parse_text(kind: type, text: str) -> Any:
-    """A value of type ``kind`` from command-line text; ``ValueError`` if it is not one."""
-    if kind is str:
-        return text
-    if kind is bool:
-        if text.strip().lower() in _TRUE + _FALSE:
-            return text.strip().lower() in _TRUE
-        raise ValueError(text)
-    if kind is int:
-        return int(text.strip())
-    return float(text)
-
-
-def coerce(where: str, kind: type, value: Any, opt: Option | None = None) -> Any:
-    """The one coercion of a config value: command-line text is parsed, anything else must have the field's type.
-
-    A ``count`` field (a number or ``all``, stored as text) also takes a non-negative integer;
-    a ``switch`` field takes ``true``/``false`` (a TOML file's words) as ``on``/``off``.
-    """
-    if opt is not None and opt.switch and isinstance(value, bool):
-        return "on" if value else "off"
-    if opt is not None and opt.also == "count" and isinstance(value, int) and not isinstance(value, bool):
-        if value < 0:
-            raise UserError(f"{where} must be a count N >= 0 or 'all', got {value}")
-        return str(value)
-    if isinstance(value, str) and kind is not str:
-        try:
-            return parse_text(kind, value)
-        except ValueError:
-            raise UserError(f"{where} must be of type {kind.__name__}, got {value!r}") from None
-    if kind is bool and isinstance(value, bool):
-        return value
-    if kind is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if kind is str and isinstance(value, str):
-        return value
-    raise UserError(f"{where} must be of type {kind.__name__}, got {value!r}")
-
-
-def _check_fields(section: str, values: Any) -> None:
-    for name, kind, opt in options_of(type(values)):
-        where = f"{flag_of(name, opt)} ({section}.{name})"  # the flag a user typed, the key a TOML file holds
-        value = coerce(where, kind, getattr(values, name), opt)
-        if kind in (int, float) and not math.isfinite(value):
-            raise UserError(f"{where} must be a finite number, got {value}")
-        _check_range(where, value, opt)
-        if opt.names is not None and value not in opt.names():
-            accepted, description = _ALSO.get(opt.also, (lambda s: False, ""))
-            if not accepted(value):
-                choices = ", ".join(opt.names()) + (f", or {description}" if description else "")
-                raise UserError(
-                    f"unknown {opt.noun or name.replace('_', ' ')} {value!r}{did_you_mean(value, opt.names())}; "
-                    f"choose one of {choices}"
-                )
-        elif opt.also == "program" and value and opt.names is None and not is_program_spec(value):
-            raise UserError(f"{where} must look like path/to/file.py:factory, got {value!r}")
-        elif opt.also == "count" and not (value == "all" or (value.isascii() and value.isdigit())):
-            raise UserError(f"{where} must be a count N >= 0 or 'all', got {value!r}")
-        setattr(values, name, value)
-
-
-def _check_range(where: str, value: Any, opt: Option) -> None:
-    low_ok = opt.low is None or (value > opt.low if opt.open_low else value >= opt.low)
-    high_ok = opt.high is None or (value < opt.high if opt.open_high else value <= opt.high)
-    if not (low_ok and high_ok):
-        left, right = "(" if opt.open_low else "[", ")" if opt.open_high else "]"
-        low = "-inf" if opt.low is None else f"{opt.low:g}"
-        high = "inf" if opt.high is None else f"{opt.high:g}"
-        raise UserError(f"{where} must lie in {left}{low}, {high}{right}, got {value}")
 
 
 def resolve_key(key: str, sections: dict[str, type] = SECTIONS) -> tuple[str, str]:
@@ -570,17 +421,7 @@ MAX_CONFIG_BYTES = 1 << 20
 def load_config(path: str | Path, base: Config | None = None) -> Config:
     """Read a TOML config file (its keys set on top of ``base``, or of the defaults)."""
     path = Path(path)
-    try:
-        with open_regular(path, "config file") as f:
-            raw = f.read(MAX_CONFIG_BYTES + 1)
-    except FileNotFoundError:
-        raise UserError(f"config file not found: {path}") from None
-    except IsADirectoryError:
-        raise UserError(f"config file {path} is a directory") from None
-    except OSError as err:
-        raise UserError(f"cannot read the config file {path}: {err.strerror}") from None
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise UserError(f"config file {path} is larger than {MAX_CONFIG_BYTES >> 20} MiB; it is not a config")
+    raw = read_bounded(path, "config file", MAX_CONFIG_BYTES)
     try:
         # an editor's byte-order mark is not part of the TOML
         data = tomllib.loads(raw.decode("utf-8").removeprefix("\ufeff"))

@@ -26,7 +26,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -35,10 +35,8 @@ from ..errors import UserError
 from ..storage.atomic import check_regular, open_regular
 from .rowfile import RowFile
 
-if TYPE_CHECKING:  # the config layer sits above this one: read by attribute, imported for types only
-    from ..config import DataConfig
-
 __all__ = [
+    "DataSpec",
     "Dataset",
     "load_data",
     "validate_array",
@@ -51,6 +49,21 @@ __all__ = [
 
 BINARIZE_SEED = 123
 """Seed of the one binarization of the test and validation rows (the one benchmarks/mnist_nll.py has used)."""
+
+
+class DataSpec(Protocol):
+    """What :func:`load_data` reads: the ``[data]`` section of a run's config (``DataConfig`` has it all;
+    what each option means is written there) or any object with these attributes."""
+
+    name: str  # a name of DATASETS or a path to a .npy/.npz file
+    root: str  # folder or file holding the data set ("" = the usual places)
+    download: bool
+    test_fraction: float  # held-out share for data sets without a split
+    split_seed: int
+    limit: int  # keep the first N training rows (0 = all)
+    labels: str  # a count N of labelled training rows, or "all"
+    binarize: bool
+    validation: int  # hold out the last N training rows (0 = none)
 
 
 @dataclass
@@ -166,7 +179,7 @@ def validate_array(x: np.ndarray, name: str) -> np.ndarray:
     return x
 
 
-def _split_indices(n: int, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+def _split_indices(n: int, cfg: DataSpec) -> tuple[np.ndarray, np.ndarray]:
     """(train, test) row indices: a fixed permutation seeded by ``cfg.split_seed``."""
     perm = np.random.default_rng(cfg.split_seed).permutation(n)
     n_test = max(1, int(round(cfg.test_fraction * n)))
@@ -175,7 +188,7 @@ def _split_indices(n: int, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
     return perm[n_test:], perm[:n_test]
 
 
-def _split(x: np.ndarray, labels: np.ndarray | None, cfg: DataConfig):
+def _split(x: np.ndarray, labels: np.ndarray | None, cfg: DataSpec):
     train, test = _split_indices(len(x), cfg)
     pick = lambda a, i: None if a is None else a[i]
     return x[train], x[test], pick(labels, train), pick(labels, test)
@@ -211,13 +224,13 @@ def _digits_file() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "digits.csv.gz"
 
 
-def _digits(cfg: DataConfig) -> Dataset:
+def _digits(cfg: DataSpec) -> Dataset:
     table = np.loadtxt(_digits_file(), delimiter=",")  # 64 pixels in 0..16, then the class
     x = (table[:, :-1].reshape(-1, 8, 8) / 16.0).astype(np.float32)  # (1797, 8, 8) in [0, 1]
     return _make("digits", *_split(x, table[:, -1].astype(int), cfg))
 
 
-def _find(cfg: DataConfig, default_subdir: str, filename: str) -> Path | None:
+def _find(cfg: DataSpec, default_subdir: str, filename: str) -> Path | None:
     if cfg.root:
         root = Path(cfg.root)
         check_regular(root, "--data-root")
@@ -253,8 +266,8 @@ def _npz_with_split(path: Path, name: str) -> Dataset:
         raise UserError(f"cannot read {path}: {err}") from None
 
 
-def _mnist_like(name: str, subdir: str, torchvision_cls: str) -> Callable[[DataConfig], Dataset]:
-    def load(cfg: DataConfig) -> Dataset:
+def _mnist_like(name: str, subdir: str, torchvision_cls: str) -> Callable[[DataSpec], Dataset]:
+    def load(cfg: DataSpec) -> Dataset:
         npz = _find(cfg, subdir, f"{subdir}.npz")
         if npz is not None and npz.is_file():
             return _npz_with_split(npz, name)
@@ -273,7 +286,7 @@ def _mnist_like(name: str, subdir: str, torchvision_cls: str) -> Callable[[DataC
     return load
 
 
-def _frey(cfg: DataConfig) -> Dataset:
+def _frey(cfg: DataSpec) -> Dataset:
     from scipy.io import loadmat
 
     path = _find(cfg, "frey", "frey_rawface.mat")
@@ -287,7 +300,7 @@ def _frey(cfg: DataConfig) -> Dataset:
     return _make("frey", *_split(x, None, cfg))
 
 
-def _caltech101(cfg: DataConfig) -> Dataset:
+def _caltech101(cfg: DataSpec) -> Dataset:
     """Caltech 101 Silhouettes, 28x28 (Marlin et al. 2010): 4100 train, 2264 validation, 2307 test binary images.
 
     Read from Marlin's ``caltech101_silhouettes_28_split1.mat`` as the VampPrior paper's code reads
@@ -313,7 +326,7 @@ def _caltech101(cfg: DataConfig) -> Dataset:
     return data
 
 
-def _user_file(path: Path, cfg: DataConfig) -> Dataset:
+def _user_file(path: Path, cfg: DataSpec) -> Dataset:
     check_regular(path, "data file")
     if not path.is_file():
         raise UserError(f"data file not found: {path}")
@@ -332,14 +345,14 @@ def _user_file(path: Path, cfg: DataConfig) -> Dataset:
     return Dataset(path.stem, rows.subset(train), rows.subset(test), rows.row_shape)
 
 
-DATASETS: dict[str, Callable[[DataConfig], Dataset]] = {
+DATASETS: dict[str, Callable[[DataSpec], Dataset]] = {
     "digits": _digits,
     "mnist": _mnist_like("mnist", "mnist", "MNIST"),
     "fashion-mnist": _mnist_like("fashion-mnist", "fashion_mnist", "FashionMNIST"),
     "frey": _frey,
     "caltech101": _caltech101,
 }
-"""Data set name -> loader ``(DataConfig) -> Dataset``; any other name is read as a file path."""
+"""Data set name -> loader ``(DataSpec) -> Dataset``; any other name is read as a file path."""
 
 
 def _binarized_once(test, val, name: str):
@@ -356,8 +369,8 @@ def _binarized_once(test, val, name: str):
     return binary(test), binary(val)
 
 
-def load_data(cfg: DataConfig) -> Dataset:
-    """Load, validate and split the data set named in ``cfg``.
+def load_data(cfg: DataSpec) -> Dataset:
+    """Load, validate and split the data set ``cfg`` describes (a :class:`DataSpec`: a run's ``config.data``).
 
     Every archive (``.npz``, ``.npy``, ``.mat``, a torchvision folder) is opened under one guard:
     a file that is not what it claims — not a zip, an object array, a truncated member, a
@@ -373,7 +386,7 @@ def load_data(cfg: DataConfig) -> Dataset:
         raise UserError(f"cannot read the data set {cfg.name}: {detail}") from None
 
 
-def _load(cfg: DataConfig) -> Dataset:
+def _load(cfg: DataSpec) -> Dataset:
     if cfg.name in DATASETS:
         data = DATASETS[cfg.name](cfg)
     elif cfg.name.endswith((".npy", ".npz")):

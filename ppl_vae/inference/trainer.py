@@ -44,7 +44,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import pyro
 import torch
@@ -62,11 +62,9 @@ from .trial import check_program
 
 log = logging.getLogger(__name__)
 
-if TYPE_CHECKING:  # the config layer sits above this one: read by attribute, imported for types only
-    from ..config import Config
-
 __all__ = [
     "check_params",
+    "TrainSettings",
     "Trainer",
     "TrainingDiverged",
     "Interrupted",
@@ -170,13 +168,41 @@ def binarize(x: torch.Tensor) -> torch.Tensor:
     return (torch.rand_like(x) < x).to(x.dtype)
 
 
+class TrainSettings(Protocol):
+    """The options a :class:`Trainer` reads: the ``[train]`` section of a run's config (``TrainConfig``
+    has them all; what each means is written there) or any object with these attributes."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    optimizer: str  # a name of OPTIMIZERS
+    lr_schedule: str  # a name of LR_SCHEDULES
+    lr_final: float
+    seed: int
+    elbo: str  # a name of ELBOS
+    particles: int
+    beta: float
+    anneal: str  # a name of ANNEALING
+    anneal_epochs: int
+    compile: str  # auto, on or off
+    patience: int
+    min_epochs: int
+    pyro_validation: bool
+
+
 @dataclass
 class Trainer:
-    """Fits ``program`` to ``train`` with the objective and schedule of ``config``.
+    """Fits ``program`` to ``train`` with the objective and schedule of ``settings`` (a run's ``config.train``).
 
-    ``on_epoch(trainer)`` is called after each epoch and ``on_step(trainer)`` after each
-    step (checkpointing); ``history`` holds one dict a completed epoch. The counters are
-    everything a checkpoint needs to resume mid-epoch with the same data order.
+    ``binarize`` re-binarizes each training batch (``x ~ Bernoulli(pixel)``); ``data_plate``
+    names the programs' plate over the batch (``""``: the trial finds it).
+
+    Its hooks: ``on_epoch(trainer)`` is called after each epoch, ``on_step(trainer)`` after each
+    step (checkpointing) and ``on_interrupt(trainer)`` at the step boundary after a first signal;
+    each of ``callbacks`` as ``f(epoch, row)`` after ``on_epoch``. ``history`` holds one dict a
+    completed epoch. The counters (``epoch``, ``step``, ``batch_index``, ``epoch_loss``,
+    ``history``, ``step_kind``) are everything a checkpoint needs to resume mid-epoch with the
+    same data order: a resumed run passes the restored ones here.
 
     ``labels`` ``(N,)`` int64 are the training labels the program sees (-1: unlabelled), or
     ``None`` for a program that gets no ``y``; ``test_labels`` are passed with the test rows
@@ -185,13 +211,15 @@ class Trainer:
     """
 
     program: torch.nn.Module
-    config: Config
+    settings: TrainSettings
     train: torch.Tensor
     test: torch.Tensor
     labels: torch.Tensor | None = None
     test_labels: torch.Tensor | None = None
     name: str = "the program"
     val: torch.Tensor | None = None  # a validation split: its ELBO each epoch, for early stopping
+    binarize: bool = False  # dynamic binarization of the training rows
+    data_plate: str = ""  # the programs' plate over the batch ("" = found by the trial)
     on_epoch: Callable[[Trainer], None] | None = None
     on_step: Callable[[Trainer], None] | None = None
     on_interrupt: Callable[[Trainer], None] | None = None
@@ -206,7 +234,7 @@ class Trainer:
     step_kind: str | None = None  # eager, replayed or compiled once chosen; a resumed run keeps it
 
     def __post_init__(self):
-        t = self.config.train
+        t = self.settings
         self.objective = Objective(t.elbo, t.particles)
         if t.compile == "on" and self.cluster.world > 1:
             raise UserError("--compile trains one process; DDP needs the eager step (drop --compile or --distributed)")
@@ -221,7 +249,7 @@ class Trainer:
         self._check_params()
         beta = t.beta if t.anneal == "none" else 0.5  # annealing: β other than 1, whatever β is
         self.nesting = check_program(
-            self.program, self.objective, self.trial_batches(), self.name, beta, self.config.model.data_plate
+            self.program, self.objective, self.trial_batches(), self.name, beta, self.data_plate
         )
         self.loss = self.cluster.wrap(ProgramLoss(self.program, self.objective), self.train.device)
         # a program that cannot be recorded is refused (--compile) or trained eagerly (auto) before anything is written;
@@ -248,11 +276,11 @@ class Trainer:
         check_params(self.program, x, **inputs)
 
     def beta(self, epoch_fraction: float) -> float:
-        t = self.config.train
+        t = self.settings
         return self._schedule(t.beta, epoch_fraction, t.anneal_epochs)
 
     def lr(self, epoch_fraction: float) -> float:
-        t = self.config.train
+        t = self.settings
         return self._lr(t.lr, t.lr_final, epoch_fraction / t.epochs)
 
     def _inputs(self, idx: torch.Tensor, labelled: bool) -> dict:
@@ -269,7 +297,7 @@ class Trainer:
 
     def trial_batches(self) -> list[tuple[str, torch.Tensor, dict]]:
         """Two rows of each kind of batch this run feeds the program: labelled, unlabelled, test."""
-        binary = self.config.data.binarize
+        binary = self.binarize
         rows = lambda x, idx: (x[idx] > 0.5).to(x.dtype) if binary else x[idx]  # binarized without drawing
         batches = []
         if self.n_labelled:
@@ -287,12 +315,12 @@ class Trainer:
 
     def batches(self) -> list[tuple[torch.Tensor, bool]]:
         """This epoch's batches: ``(row indices, labelled?)``."""
-        t = self.config.train
+        t = self.settings
         return epoch_batches(len(self.train), t.batch_size, t.seed, self.epoch, self._labelled, self.train.device)
 
     def run_epoch(self) -> dict:
         """Finish the current epoch (from ``batch_index`` on, after a resume) and return its row."""
-        t, n = self.config.train, len(self.train)
+        t, n = self.settings, len(self.train)
         start = time.perf_counter()
         batches = self.batches()
         with pyro.validation_enabled(t.pyro_validation):
@@ -325,14 +353,14 @@ class Trainer:
 
         Never before ``min_epochs``: the VampPrior paper's protocol lets a model that peaked early
         during the warm-up go on for the epochs after it."""
-        t, best = self.config.train, self.best_epoch()
+        t, best = self.settings, self.best_epoch()
         if not t.patience or best is None or self.epoch < t.min_epochs:
             return False
         warm_up = t.anneal_epochs if t.anneal != "none" else 0
         return self.epoch - max(best, warm_up) >= t.patience
 
     def _steps(self, batches) -> None:
-        t, n, world = self.config.train, len(self.train), self.cluster.world
+        t, n, world = self.settings, len(self.train), self.cluster.world
         bar = tqdm(
             total=len(batches),
             initial=self.batch_index,
@@ -346,7 +374,7 @@ class Trainer:
                 idx, labelled = batches[i]
                 rows = self.cluster.shard(idx)
                 x = self.train[rows]
-                if self.config.data.binarize:
+                if self.binarize:
                     x = binarize(x)
                 # N·W/B: on one process N/B; across W ranks DDP's average restores the union batch's gradient
                 scale = part[labelled] * world / len(idx)
@@ -388,8 +416,8 @@ class Trainer:
         return value
 
     def fit(self) -> list[dict]:
-        """Train until ``config.train.epochs`` (the program was checked when the trainer was made)."""
-        t = self.config.train
+        """Train until ``settings.epochs`` (the program was checked when the trainer was made)."""
+        t = self.settings
         previous = (
             {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if _main_thread() else {}
         )

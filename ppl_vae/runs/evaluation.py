@@ -53,7 +53,7 @@ from .budget import check_memory, evaluation_bytes
 from .layout import EVALUATION, RUN_SUBDIRS
 from .programs import program_errors
 from .report import write_report
-from .run import versions
+from .schema import versions
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,8 @@
 A directory may be replaced (``--overwrite``) only when it is recognisably ours: a run whose
 ``checkpoint/state.json`` carries the format tag, or a study with its marker, holding nothing
 but the entries above (and leftovers of our own writers). Anything else — a user's data file
-inside, a folder of photos — is refused and kept.
+inside, a folder of photos — is refused and kept. :func:`check_out_dir` is that policy for a new
+run's ``--out``; :func:`refuse_inputs_inside` keeps ``--overwrite`` off the run's own inputs.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ __all__ = [
     "foreign_entries",
     "study_kind",
     "RUN_SUBDIRS",
+    "check_out_dir",
+    "refuse_inputs_inside",
 ]
 
 EVALUATION = "evaluation"
@@ -140,13 +143,16 @@ def kind_of(path: str | Path) -> str:
     return "other"
 
 
+def _entries(path: Path) -> list[Path]:
+    """The entries of ``path``, sorted, without the temporary files and locks our own writers leave."""
+    return [entry for entry in sorted(path.iterdir()) if not _OURS_HIDDEN.match(entry.name)]
+
+
 def _foreign(path: Path, layout: dict[str, object], limit: int) -> list[Path]:
     found: list[Path] = []
-    for entry in sorted(path.iterdir()):
+    for entry in _entries(path):
         if len(found) >= limit:
             break
-        if _OURS_HIDDEN.match(entry.name):
-            continue
         spec = next((v for k, v in layout.items() if fnmatch.fnmatchcase(entry.name, k)), False)
         if entry.is_symlink() or spec is False:
             found.append(entry)
@@ -165,11 +171,9 @@ def _foreign(path: Path, layout: dict[str, object], limit: int) -> list[Path]:
 def _foreign_runs(path: Path, limit: int) -> list[Path]:
     """A tree whose leaves are run directories (``runs/<variant>`` or ``runs/<variant>/seed-<s>``)."""
     found: list[Path] = []
-    for entry in sorted(path.iterdir()):
+    for entry in _entries(path):
         if len(found) >= limit:
             break
-        if _OURS_HIDDEN.match(entry.name):
-            continue
         if entry.is_symlink() or not entry.is_dir():
             found.append(entry)
         elif (entry / "checkpoint").is_dir():
@@ -183,3 +187,47 @@ def foreign_entries(path: str | Path, limit: int = 3) -> list[Path]:
     """Entries of a run or study directory that ppl_vae did not write (at most ``limit``)."""
     path = Path(path)
     return _foreign(path, STUDY_LAYOUT if study_kind(path) else RUN_LAYOUT, limit)
+
+
+# --- the output-folder policy: which directories a new run may take ----------------------------------
+
+
+def check_out_dir(out: str | Path, overwrite: bool) -> Path:
+    """Refuse an ``out`` that a new run may not take: an existing file, someone else's folder, or a
+    run or study without ``overwrite`` (and, with it, one holding files ppl_vae did not write)."""
+    out = Path(out)
+    kind = kind_of(out)
+    if out.exists() and out.resolve() in (Path.cwd().resolve(), *Path.cwd().resolve().parents):
+        raise UserError(f"--out {out} is the working directory or holds it; give a folder from outside it")
+    if out.is_symlink():
+        raise UserError(f"--out {out} is a symbolic link; give the directory it points to, or another path")
+    if kind == "file":
+        raise UserError(f"--out {out} exists and is not a directory")
+    if kind in ("missing", "empty"):
+        return out
+    if kind == "other":
+        if overwrite:
+            raise UserError(
+                f"--out {out} is not a ppl_vae run or study; --overwrite replaces only those, so it is kept: "
+                "choose another --out"
+            )
+        raise UserError(f"--out {out} already exists and is not empty; choose another --out")
+    if not overwrite:
+        raise UserError(f"--out {out} already holds a ppl_vae {kind}; pass --overwrite to replace it")
+    foreign = foreign_entries(out)
+    if foreign:
+        names = ", ".join(str(p.relative_to(out)) for p in foreign)
+        raise UserError(
+            f"--out {out} holds files ppl_vae did not write ({names}); --overwrite would delete them, so nothing "
+            "was replaced: move them or choose another --out"
+        )
+    return out
+
+
+def refuse_inputs_inside(out: Path, inputs: list[Path]) -> None:
+    """``--overwrite`` must not delete the data or the program files (``inputs``) the new run is made from."""
+    root = out.resolve()
+    for path in inputs:
+        resolved = path.resolve()
+        if resolved == root or root in resolved.parents:
+            raise UserError(f"--out {out} holds {path}, an input of this run; --overwrite would delete it")

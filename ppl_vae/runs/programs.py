@@ -33,7 +33,7 @@ from pyro.poutine.messenger import Messenger
 
 from ..config import Config, is_program_spec
 from ..errors import ProgramError, UserError
-from ..storage.atomic import open_regular, sha256_bytes, write_bytes
+from ..storage.atomic import read_bounded, sha256_bytes, write_bytes
 from .layout import PROGRAM
 
 __all__ = [
@@ -82,18 +82,7 @@ def program_specs(config: Config) -> dict[str, str]:
 
 
 def _read(path: Path, what: str) -> bytes:
-    try:
-        with open_regular(path, f"{what} program file") as f:
-            code = f.read(MAX_PROGRAM_BYTES + 1)
-    except FileNotFoundError:
-        raise UserError(f"{what} program file not found: {path}") from None
-    except IsADirectoryError:
-        raise UserError(f"{what} program file {path} is a directory") from None
-    except OSError as err:
-        raise UserError(f"cannot read the {what} program {path}: {err.strerror}") from None
-    if len(code) > MAX_PROGRAM_BYTES:
-        raise UserError(f"{what} program file {path} is larger than {MAX_PROGRAM_BYTES >> 20} MiB")
-    return code
+    return read_bounded(path, f"{what} program file", MAX_PROGRAM_BYTES)
 
 
 def named_file(role: str, spec: str) -> ProgramFile:

@@ -30,6 +30,7 @@ __all__ = [
     "write_json",
     "write_csv",
     "read_json",
+    "read_bounded",
     "open_regular",
     "check_regular",
     "sha256_file",
@@ -146,18 +147,28 @@ def open_regular(path: str | os.PathLike, what: str = "file", error: type = User
         raise
 
 
-def read_json(path: str | os.PathLike, what: str, max_bytes: int = 16 << 20, error: type = UserError) -> Any:
-    """The JSON value in ``path``, or ``error`` (one line) if it is missing, too large or not JSON."""
+def read_bounded(path: str | os.PathLike, what: str, max_bytes: int, error: type = UserError) -> bytes:
+    """The bytes of the regular file ``path``, read once; ``error`` (one line naming ``what``) where it is
+    missing, a directory, unreadable or larger than ``max_bytes``."""
     path = Path(path)
     try:
         with open_regular(path, what, error) as f:
             data = f.read(max_bytes + 1)
     except FileNotFoundError:
         raise error(f"{what} not found: {path}") from None
+    except IsADirectoryError:
+        raise error(f"{what} {path} is a directory") from None
     except OSError as err:
-        raise error(f"cannot read {what} {path}: {err.strerror}") from None
+        raise error(f"cannot read the {what} {path}: {err.strerror}") from None
     if len(data) > max_bytes:
-        raise error(f"{path} is too large to be a {what}")
+        raise error(f"{what} {path} is larger than {max_bytes / (1 << 20):g} MiB; it is not a {what}")
+    return data
+
+
+def read_json(path: str | os.PathLike, what: str, max_bytes: int = 16 << 20, error: type = UserError) -> Any:
+    """The JSON value in ``path``, or ``error`` (one line) if it is missing, too large or not JSON."""
+    path = Path(path)
+    data = read_bounded(path, what, max_bytes, error)
     try:
         return json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:

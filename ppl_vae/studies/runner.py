@@ -32,9 +32,13 @@ from ..config import Config, EvalConfig
 from ..data.datasets import Dataset
 from ..errors import CheckpointError, UserError
 from ..runs.evaluation import evaluate_run
+from ..runs.fit import fit
 from ..runs.layout import EVALUATION, STUDY_FORMAT, STUDY_MARKER, kind_of, study_kind
+from ..runs.load import load
+from ..runs.preflight import preflight, with_absolute_programs
 from ..runs.programs import current_digests
-from ..runs.run import Run, fit, load, preflight, read_metrics, read_run_config, with_absolute_programs
+from ..runs.run import Run
+from ..runs.schema import read_metrics, read_run_config
 from ..storage.checkpoint import read_state
 from ..storage.directories import check_contained, locked, make_parents, remove_created
 from ..storage.schema import NewerSchema, read_table, write_table

@@ -11,7 +11,7 @@ from ppl_vae.config import Config
 from ppl_vae.errors import UserError
 from ppl_vae.inference.importance import log_weights
 from ppl_vae.runs.build import build_program
-from ppl_vae.runs.run import fit
+from ppl_vae.runs.fit import fit
 from tests.conftest import tiny_config
 
 

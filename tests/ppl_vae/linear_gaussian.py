@@ -87,7 +87,7 @@ def train_linear_vae(sigma2: float, epochs: int = 150):
         train={"epochs": epochs, "batch_size": 100, "lr": 1e-2},
     )
     program = build_program(config, 6, (6,))
-    Trainer(program, config, data.train, data.test, progress=False).fit()
+    Trainer(program, config.train, data.train, data.test, progress=False).fit()
     est = importance_sample(program.model, program.guide, data.test, k=1000)
     measured, _ = active_units(est.latent_mean)
     sample_eigenvalues = np.linalg.eigvalsh(np.cov(data.train.numpy().T))

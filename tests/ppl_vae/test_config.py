@@ -210,3 +210,46 @@ def test_a_config_with_a_newline_and_quotes_in_a_path_round_trips_through_toml(t
     path = tmp_path / "config.toml"
     path.write_text(to_toml(config))
     assert load_config(path).data.root == config.data.root
+
+
+@pytest.mark.parametrize(
+    "protocol,section",
+    [("ppl_vae.inference.trainer:TrainSettings", "train"), ("ppl_vae.data.datasets:DataSpec", "data")],
+    ids=["trainer", "data"],
+)
+def test_a_config_section_is_what_the_layer_below_reads(protocol, section):
+    """The trainer and the data loaders read their section through a Protocol instead of importing the config:
+    every attribute the Protocol names is an option of the section, with the option's type."""
+    import importlib
+    import typing
+
+    from ppl_vae.config import SECTIONS
+
+    module, _, name = protocol.partition(":")
+    wanted = typing.get_type_hints(getattr(importlib.import_module(module), name))
+    has = typing.get_type_hints(SECTIONS[section])
+    assert wanted and {k: has.get(k) for k in wanted} == wanted
+
+
+def test_no_lower_layer_imports_the_config():
+    """data/, inference/ and storage/ sit below the config (layer 2): none imports it, not even for types."""
+    import ast
+    from pathlib import Path
+
+    import ppl_vae
+
+    root = Path(ppl_vae.__file__).parent
+    found = []
+    for layer in ("data", "inference", "storage"):
+        for path in sorted((root / layer).glob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    modules = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom):  # from ..config import X is ppl_vae.config
+                    package = "ppl_vae." if node.level == 2 else f"ppl_vae.{layer}." if node.level == 1 else ""
+                    modules = [package + (node.module or "")] + [f"{package}{a.name}" for a in node.names]
+                else:
+                    continue
+                if any(m == "ppl_vae.config" or m.startswith("ppl_vae.config.") for m in modules):
+                    found.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert not found

@@ -81,7 +81,7 @@ def test_npy_is_streamed_by_rows_and_trains_like_the_array_in_memory(tmp_path):
     for data in (streamed, in_memory):
         torch.manual_seed(0)
         program = build_program(config, 20, (5, 4))
-        history = Trainer(program, copy.deepcopy(config), data.train, data.test, progress=False).fit()
+        history = Trainer(program, copy.deepcopy(config.train), data.train, data.test, progress=False).fit()
         results.append((history, [p.detach().clone() for p in program.parameters()]))
     numbers = [[(row["train_objective"], row["test_elbo"]) for row in history] for history, _ in results]
     assert numbers[0] == numbers[1]

@@ -30,7 +30,7 @@ if __name__ == "__main__":
     program = build_program(config(), 64, (8, 8))
     cluster = init_cluster(torch.device("cpu"))
     pyro.set_rng_seed(cluster.rank)
-    Trainer(program, config(), train, test, progress=False, cluster=cluster).run_epoch()
+    Trainer(program, config().train, train, test, progress=False, cluster=cluster).run_epoch()
     if cluster.is_main:
         save_file({k: v.contiguous() for k, v in program.state_dict().items()}, sys.argv[1])
     torch.distributed.destroy_process_group()

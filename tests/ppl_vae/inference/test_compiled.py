@@ -91,7 +91,7 @@ def test_compiled_training_follows_eager_training(digits, prior):
         )
         pyro.set_rng_seed(0)
         program = build_program(config, 64, (8, 8), init_data=x)
-        trainer = Trainer(program, config, x, digits.test[:50], progress=False)
+        trainer = Trainer(program, config.train, x, digits.test[:50], progress=False)
         runs[compile_] = (trainer.fit(), program)
     (eager, p_eager), (compiled, p_compiled) = runs[False], runs[True]
     for a, b in zip(eager, compiled):
@@ -160,7 +160,7 @@ def test_compile_with_several_processes_is_refused(digits):
     config = tiny_config(train={"compile": True})
     program = build_program(config, 64, (8, 8))
     with pytest.raises(UserError, match="--compile trains one process"):
-        Trainer(program, config, digits.train[:32], digits.test[:8], cluster=Cluster(rank=0, world=2))
+        Trainer(program, config.train, digits.train[:32], digits.test[:8], cluster=Cluster(rank=0, world=2))
 
 
 def test_fit_with_compile_from_the_command_line(tmp_path, capsys, monkeypatch):
@@ -247,7 +247,7 @@ def test_the_default_step_is_chosen_by_the_rule(digits, epochs, program, kind, s
     assert config.train.compile == "auto"
     x = digits.train[:300]  # batches of 128, 128 and 44: three steps an epoch
     model = build_program(config, 64, (8, 8)) if program is None else _Toy(program, 64)
-    trainer = Trainer(model, config, x, digits.test[:8], progress=False)
+    trainer = Trainer(model, config.train, x, digits.test[:8], progress=False)
     assert trainer.step_kind == kind and (trainer.compiled is not None) == (kind != "eager"), trainer.step_reason
     assert trainer.compiled is None or trainer.compiled.kind == kind
     assert trainer.step_reason.startswith(says), trainer.step_reason
@@ -278,7 +278,7 @@ def test_the_default_step_does_not_depend_on_how_fast_the_machine_is(digits, epo
     for seconds in (0.0, 0.05):
         torch.manual_seed(0)
         program = _Sleepy(build_program(config, 64, (8, 8)), seconds)
-        trainer = Trainer(program, config, x, digits.test[:8], progress=False)
+        trainer = Trainer(program, config.train, x, digits.test[:8], progress=False)
         chosen.append((trainer.step_kind, trainer.step_reason))
     assert chosen[0] == chosen[1], chosen
     assert chosen[0][0] == {2: "eager", 700: "replayed", 20_000: "compiled"}[epochs]
@@ -293,7 +293,7 @@ def test_a_resumed_run_keeps_its_replayed_step_and_trains_as_eager(digits):
     for kind, stored in (("replayed", "replayed"), ("eager", "eager"), ("replayed", "replay"), ("eager", "off")):
         pyro.set_rng_seed(0)
         program = build_program(config, 64, (8, 8))
-        trainer = Trainer(program, config, x, digits.test[:8], progress=False, step_kind=stored)
+        trainer = Trainer(program, config.train, x, digits.test[:8], progress=False, step_kind=stored)
         assert trainer.step_kind == kind, (stored, trainer.step_kind)
         assert trainer.step_reason == f"{kind} step, as when the run started"
         assert (trainer.compiled is None) == (kind == "eager")
@@ -424,7 +424,8 @@ def test_a_program_that_reads_values_back_is_caught_on_its_second_batch(digits):
         torch.manual_seed(0)
         program = ReadsBack(64)
         # 20,000 epochs of 3 steps: auto compiles; one epoch is trained
-        trainer = Trainer(program, tiny_config(train={"compile": mode, "epochs": 20_000}), x, x[:8], progress=False)
+        settings = tiny_config(train={"compile": mode, "epochs": 20_000}).train
+        trainer = Trainer(program, settings, x, x[:8], progress=False)
         assert trainer.step_kind == ("eager" if mode == "off" else "compiled"), trainer.step_reason
         if mode == "on":
             with pytest.raises(UserError, match="read tensor values back as numbers"):

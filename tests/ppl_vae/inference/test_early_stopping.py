@@ -14,7 +14,7 @@ from tests.conftest import tiny_config
 def _trainer(digits, **train):
     config = tiny_config(train=train)
     program = build_program(config, 64, (8, 8))
-    return Trainer(program, config, digits.train, digits.test, val=digits.test)
+    return Trainer(program, config.train, digits.train, digits.test, val=digits.test)
 
 
 @pytest.mark.parametrize(

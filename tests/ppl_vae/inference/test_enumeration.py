@@ -58,7 +58,7 @@ def test_iwae_of_a_trained_mixture_is_within_0_05_nats_of_exact_log_px_on_held_o
     x = x.float()
     program = MixtureVAE(seed=0).float()
     config = tiny_config(train={"epochs": 25, "batch_size": 200, "lr": 0.02, "elbo": "traceenum"})
-    trainer = Trainer(program, config, x[:2000], x[2000:], progress=False)
+    trainer = Trainer(program, config.train, x[:2000], x[2000:], progress=False)
     trainer.fit()
     assert trainer.history[-1]["test_elbo"] > trainer.history[0]["test_elbo"] + 0.5
     held_out = x[2000:].double()

@@ -116,7 +116,7 @@ def test_the_trainer_refuses_a_param_it_would_not_train_in_one_line(kind, names)
     config = tiny_config()
     x = torch.randn(16, 3)
     with pytest.raises(UserError, match=f"pyro.param site\\(s\\) {names} are not parameters") as err:
-        Trainer(_Stray(kind), config, x, x[:4], progress=False)
+        Trainer(_Stray(kind), config.train, x, x[:4], progress=False)
     assert "\n" not in str(err.value) and len(str(err.value)) < 300
     assert not _store()
 
@@ -127,7 +127,7 @@ def test_the_trainer_accepts_a_program_registered_with_pyro_module():
     x = torch.randn(32, 3)
     program = _Stray("plain")
     before = [p.detach().clone() for p in program.parameters()]
-    Trainer(program, config, x, x[:4], progress=False).run_epoch()
+    Trainer(program, config.train, x, x[:4], progress=False).run_epoch()
     assert all(not torch.equal(a, b) for a, b in zip(before, program.parameters()))
     assert not _store()
 
@@ -159,7 +159,7 @@ def test_a_pyro_module_with_a_constrained_param_trains():
     program = _Constrained()
     before = {name: p.detach().clone() for name, p in program.named_parameters()}
     assert foreign_params(program.model, program.guide, program, x[:2]) == []
-    Trainer(program, config, x, x[:4], progress=False).run_epoch()
+    Trainer(program, config.train, x, x[:4], progress=False).run_epoch()
     assert [name for name, p in program.named_parameters() if torch.equal(p, before[name])] == []
 
 
@@ -192,7 +192,7 @@ def test_svi_and_the_trainer_step_the_same_parameters(digits, model, guide):
     start = [p.detach().clone() for p in program.parameters()]
 
     pyro.set_rng_seed(1)
-    Trainer(program, config, x, x[:8], progress=False).run_epoch()
+    Trainer(program, config.train, x, x[:8], progress=False).run_epoch()
 
     svi = SVI(twin.model, twin.guide, pyro.optim.Adam({"lr": config.train.lr}), Trace_ELBO())
     pyro.set_rng_seed(1)

@@ -46,7 +46,7 @@ def test_labels_reach_only_labelled_batches_with_their_scale():
     keep = torch.arange(0, 300, 5)  # 60 labelled points
     labels[keep] = y[keep]
     config = tiny_config(train={"epochs": 1, "batch_size": 32, "elbo": "traceenum"})
-    trainer = Trainer(MixtureVAE().float(), config, x.float(), x[:10].float(), labels=labels, progress=False)
+    trainer = Trainer(MixtureVAE().float(), config.train, x.float(), x[:10].float(), labels=labels, progress=False)
     calls = []
     step = trainer._loss_and_grads
     trainer._loss_and_grads = lambda xb, scale, beta, inputs: (

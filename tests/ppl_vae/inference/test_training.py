@@ -68,7 +68,8 @@ def test_cosine_learning_rate_reaches_lr_final_and_resumes_from_the_counters(dig
     assert cosine(1e-3, 1e-5, 1.0) == pytest.approx(1e-5)
     assert cosine(1e-3, 1e-5, 0.3) > cosine(1e-3, 1e-5, 0.7)
     config = tiny_config(train={"epochs": 2, "batch_size": 100, "lr_schedule": "cosine", "lr_final": 1e-5})
-    trainer = Trainer(build_program(config, 64, (8, 8)), config, digits.train[:400], digits.test[:10], progress=False)
+    program = build_program(config, 64, (8, 8))
+    trainer = Trainer(program, config.train, digits.train[:400], digits.test[:10], progress=False)
     trainer.fit()
     # the last step of 2 epochs of 4 batches starts at epoch fraction 1 + 3/4
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(cosine(1e-3, 1e-5, 1.75 / 2))
@@ -84,7 +85,7 @@ def test_bad_learning_rate_schedules_are_refused(digits, train, message):
 
     with pytest.raises(UserError, match=message):
         config = tiny_config(train=train)
-        Trainer(build_program(config, 64, (8, 8)), config, digits.train[:40], digits.test[:10], progress=False)
+        Trainer(build_program(config, 64, (8, 8)), config.train, digits.train[:40], digits.test[:10], progress=False)
 
 
 def test_progress_bars_are_closed_when_training_diverges(digits, monkeypatch):
@@ -117,7 +118,8 @@ def test_progress_bars_are_closed_when_training_diverges(digits, monkeypatch):
 
     monkeypatch.setattr(trainer_module, "tqdm", Bar)
     config = tiny_config(train={"epochs": 3, "batch_size": 32})
-    trainer = trainer_module.Trainer(build_program(config, 64, (8, 8)), config, digits.train[:128], digits.test[:8])
+    program = build_program(config, 64, (8, 8))
+    trainer = trainer_module.Trainer(program, config.train, digits.train[:128], digits.test[:8])
     steps = [0]
 
     def poison(t):  # the third step's parameters become NaN, so the fourth loss is NaN

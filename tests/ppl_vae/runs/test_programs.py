@@ -17,7 +17,8 @@ import ppl_vae
 from ppl_vae.cli import main
 from ppl_vae.config import EvalConfig
 from ppl_vae.errors import ProgramError
-from ppl_vae.runs.run import read_run_config, with_absolute_programs
+from ppl_vae.runs.preflight import with_absolute_programs
+from ppl_vae.runs.schema import read_run_config
 from ppl_vae.storage.checkpoint import read_state, state_digest
 from ppl_vae.studies.runner import _plan
 from tests.ppl_vae.test_adversarial import program

@@ -9,7 +9,7 @@ import ppl_vae
 from ppl_vae.cli import main
 from ppl_vae.errors import CheckpointError
 from ppl_vae.inference import compiled
-from ppl_vae.storage.checkpoint import state_digest
+from ppl_vae.storage.checkpoint import read_state, state_digest
 
 FIT = ["--epochs", "2", "--limit", "256", "--batch-size", "128", "--hidden-dim", "16", "--no-progress"]
 EVALUATE = ["--k", "20", "--points", "40", "--gap-points", "4", "--gap-steps", "2", "--sbc-simulations", "10"]
@@ -25,6 +25,7 @@ def test_load_names_the_step_that_metrics_json_records(kind, tmp_path, monkeypat
     assert main(["fit", "--out", str(out), *FIT, *FLAGS[kind]]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["step"] == kind
+    assert read_state(out / "checkpoint")["extra"]["step_kind"] == kind  # the checkpoint's own record, too
     assert ppl_vae.load(out).step_kind == kind
 
 

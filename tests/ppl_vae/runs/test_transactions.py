@@ -47,17 +47,17 @@ def _copy(run: Path, tmp_path: Path) -> Path:
 
 
 def test_a_new_run_takes_its_place_at_its_first_checkpoint(tmp_path, monkeypatch):
-    from ppl_vae.runs import run as run_module
+    from ppl_vae.runs import transaction
 
     out, seen = tmp_path / "run", []
-    real = run_module.save_checkpoint
+    real = transaction.save_checkpoint
 
     def watch(directory, *args, **kwargs):
         staging = [p.name for p in tmp_path.iterdir() if p.name.startswith(".run.staging-")]
         seen.append((out.exists(), len(staging), Path(directory).parent.name.startswith(".run.staging-")))
         return real(directory, *args, **kwargs)
 
-    monkeypatch.setattr(run_module, "save_checkpoint", watch)
+    monkeypatch.setattr(transaction, "save_checkpoint", watch)
     assert main(["fit", "--out", str(out), "--epochs", "2", "--hidden-dim", "16", "--no-progress"]) == 0
     assert seen[0] == (False, 1, True)  # the first checkpoint is written beside out, then swapped in
     assert seen[1] == (True, 0, False)  # later ones in place
@@ -223,12 +223,12 @@ def test_resuming_a_finished_run_on_a_read_only_disk_is_a_no_op(evaluated, monke
     """A finished run needs no lock: where none can be taken (a read-only disk), resume still says there is
     nothing to do, with exit 0, as the README promises."""
     from ppl_vae.errors import StorageError
-    from ppl_vae.runs import run as run_module
+    from ppl_vae.runs import resume
 
     def read_only(target, what="directory"):
         raise StorageError(f"cannot write into {Path(target).parent}: Read-only file system; nothing was replaced")
 
-    monkeypatch.setattr(run_module, "locked", read_only)
+    monkeypatch.setattr(resume, "locked", read_only)
     before = snapshot(evaluated)
     assert main(["fit", "--resume", str(evaluated), "--no-progress"]) == 0
     assert "nothing to do" in capsys.readouterr().out

@@ -27,7 +27,7 @@ def test_variant_trains_with_improving_elbo(room, name, overrides, digits):
     config = tiny_config(**sections)
     program = build_program(config, digits.data_dim, digits.image_shape, init_data=digits.train)
     before = elbo_per_datapoint(program, digits.test).mean().item()
-    trainer = Trainer(program, config, digits.train, digits.test, progress=False)
+    trainer = Trainer(program, config.train, digits.train, digits.test, progress=False)
     history = trainer.fit()  # 8 epochs x 23 steps = 184 steps
     after = history[-1]["test_elbo"]
     assert all(math.isfinite(row["train_objective"]) and math.isfinite(row["test_elbo"]) for row in history)
