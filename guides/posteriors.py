@@ -24,15 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = [
-    "DiagonalNormal",
-    "LowRankNormal",
-    "FlowPosterior",
-    "FLOWS",
-    "GUIDES",
-    "posterior_head",
-    "PAPER_LOG_VAR_RANGE",
-]
+__all__ = ["DiagonalNormal", "LowRankNormal", "FlowPosterior", "posterior_head"]  # the heads q(z | x)
+__all__ += ["FLOWS", "GUIDES", "PAPER_LOG_VAR_RANGE"]  # their registries and the paper's range
 
 MIN_SCALE = 1e-4
 PAPER_LOG_VAR_RANGE = (-6.0, 2.0)

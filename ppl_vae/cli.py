@@ -102,19 +102,15 @@ def _resume_config(args) -> Config | None:
 def _fit(args) -> int:
     from .runs.fit import fit
 
+    if not args.resume and not args.out:
+        raise UserError("fit needs --out RUN_DIR")
+    name = Path(args.resume or args.out).name
+    common = {"progress": _progress(args), "callbacks": trackers_from_args(args, name)}
     if args.resume:
         if args.out and Path(args.out) != Path(args.resume):
             raise UserError("--resume continues a run in place; leave out --out or give the same directory")
         config = _resume_config(args)
-        trackers = trackers_from_args(args, Path(args.resume).name)
-        run = fit(
-            config,
-            args.resume,
-            resume=True,
-            progress=_progress(args),
-            trust_program=args.trust_program,
-            callbacks=trackers,
-        )
+        run = fit(config, args.resume, resume=True, trust_program=args.trust_program, **common)
         if run.note == "finished":
             print(
                 f"{run.path} has already trained its {run.checkpoint['epoch']} epochs; nothing to do "
@@ -122,20 +118,11 @@ def _fit(args) -> int:
             )
             return 0
     else:
-        if not args.out:
-            raise UserError("fit needs --out RUN_DIR")
         config = config_from_args(args)
-        trackers = trackers_from_args(args, Path(args.out).name)
-        run = fit(
-            config,
-            args.out,
-            overwrite=args.overwrite,
-            progress=_progress(args),
-            distributed=args.distributed,
-            callbacks=trackers,
-        )
+        run = fit(config, args.out, overwrite=args.overwrite, distributed=args.distributed, **common)
         if not run.metrics:  # a rank other than 0: rank 0 reports
             return 0
+    trackers = common["callbacks"]
     for tracker in trackers:
         tracker.log_run(run.path)
     m = run.metrics

@@ -176,6 +176,20 @@ def section_from_args(args: argparse.Namespace, section: str, cls: type):
 TRUST_HELP = "import the program stored in the run (it is code: only for runs you trust; its sha256 is checked)"
 
 
+STUDY_SECTIONS = {"evaluate": EvalConfig, "study": StudyConfig, "executor": ExecutorConfig}
+
+
+def _add_study_options(p: argparse.ArgumentParser, kind: str, sections: Sequence[str]) -> None:
+    """What every study takes: its folder, the runs' config, tracking, and its own ``sections``."""
+    p.add_argument("--out", required=True, help=f"directory for the {kind} (new, empty, or a {kind} to continue)")
+    p.add_argument("--overwrite", action="store_true", help="train again the runs in --out whose config changed")
+    p.add_argument("--no-progress", action="store_true")
+    add_tracking_flags(p)
+    _add_config_options(p)
+    for section in sections:
+        _add_options(p, section, STUDY_SECTIONS[section])
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of ``ppl-vae`` and its commands; every option's flag comes from its field."""
     parser = _Parser(
@@ -221,13 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="train the fixed-σ model at several σ and compare rate, distortion, identity",
     )
     p.add_argument("--sigmas", default="0.03,0.05,0.1,0.2,0.4", help="comma-separated σ values")
-    p.add_argument("--out", required=True, help="directory for the sweep (new, empty, or a sweep to continue)")
-    p.add_argument("--overwrite", action="store_true", help="train again the runs in --out whose config changed")
-    p.add_argument("--no-progress", action="store_true")
-    add_tracking_flags(p)
-    _add_config_options(p)
-    _add_options(p, "evaluate", EvalConfig)
-    _add_options(p, "executor", ExecutorConfig)
+    _add_study_options(p, "sweep", sections=("evaluate", "executor"))
 
     p = sub.add_parser(
         "compare", parents=[verbosity], help="train and evaluate variants on equal terms, ranked by held-out log p(x)"
@@ -238,16 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--grid", default="", help="e.g. 'guide=diagonal,iaf;prior=standard,vamp' (any option: flag or section.key)"
     )
-    p.add_argument(
-        "--out", required=True, help="directory for the comparison (new, empty, or a comparison to continue)"
-    )
-    p.add_argument("--overwrite", action="store_true", help="train again the runs in --out whose config changed")
-    p.add_argument("--no-progress", action="store_true")
-    add_tracking_flags(p)
-    _add_config_options(p)
-    _add_options(p, "evaluate", EvalConfig)
-    _add_options(p, "study", StudyConfig)
-    _add_options(p, "executor", ExecutorConfig)
+    _add_study_options(p, "comparison", sections=("evaluate", "study", "executor"))
 
     p = sub.add_parser("sample", parents=[verbosity], help="decode draws z ~ p(z) of a trained run into an image grid")
     p.add_argument("run_dir")

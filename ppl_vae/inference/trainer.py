@@ -50,6 +50,7 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
+from ..contracts import rows_of
 from ..errors import UserError
 from .compiled import as_step_kind, choose_step
 from .distributed import SINGLE, Cluster, ProgramLoss
@@ -140,10 +141,6 @@ def epoch_batches(
     return [(idx.to(device), kind) for _, kind, idx in keyed]
 
 
-def _rows(inputs: dict, rows) -> dict:
-    return {k: v[rows] if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-
-
 @torch.no_grad()
 def elbo_per_datapoint(
     program, x: torch.Tensor, batch_size: int = 1024, num_particles: int = 1, nesting: int | None = None, **inputs
@@ -153,10 +150,12 @@ def elbo_per_datapoint(
     ``nesting`` is the pair's plate nesting, when known; ``inputs`` the rows' inputs (labels ``y``, or ``y=None``).
     """
     if nesting is None:
-        nesting = max_plate_nesting(program.model, program.guide, x[:batch_size], **_rows(inputs, slice(0, batch_size)))
+        nesting = max_plate_nesting(
+            program.model, program.guide, x[:batch_size], **rows_of(inputs, slice(0, batch_size))
+        )
     parts = [
         log_weights(
-            program.model, program.guide, xb, num_particles, nesting, **_rows(inputs, slice(i, i + len(xb)))
+            program.model, program.guide, xb, num_particles, nesting, **rows_of(inputs, slice(i, i + len(xb)))
         ).elbo.mean(0)
         for i, xb in zip(range(0, len(x), batch_size), x.split(batch_size))
     ]
@@ -310,7 +309,7 @@ class Trainer:
             kind = "unlabelled" if self.labels is not None else ""
             batches.append((kind, rows(self.train, idx), self._inputs(idx, False)))
         if self.test_labels is not None and not self.n_labelled:
-            batches.append(("labelled test", self.test[:2], _rows(self.test_inputs(), slice(0, 2))))
+            batches.append(("labelled test", self.test[:2], rows_of(self.test_inputs(), slice(0, 2))))
         return batches
 
     def batches(self) -> list[tuple[torch.Tensor, bool]]:

@@ -33,6 +33,7 @@ import pyro
 import torch
 
 from ..config import EvalConfig
+from ..contracts import rows_of
 from ..data.datasets import is_class_labels
 from ..data.rowfile import as_tensor
 from ..diagnostics.elpd import heldout_elpd, point_hashes
@@ -111,10 +112,6 @@ def _gaps_skipped(reason: str) -> dict:
     return {"approximation_gap": None, "amortization_gap": None, "gap_points": 0, "gaps_skipped": reason}
 
 
-def _rows(inputs: dict, n: int) -> dict:
-    return {k: v[:n] if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-
-
 def evaluate(
     run,
     config: EvalConfig | None = None,
@@ -164,7 +161,7 @@ def evaluate(
     # the local guide's gaps and calibration: global latents held at one draw θ ~ q(θ) in both programs
     local_model, local_guide = model, guide
     if est.global_draws:
-        first = _rows(inputs, 2)
+        first = rows_of(inputs, slice(2))
         with torch.no_grad():
             theta = draw_globals(guide, x[:2], 1, max_plate_nesting(model, guide, x[:2], **first), **first)
         local_model, local_guide = theta.hold(model, 0), theta.hold(guide, 0)
@@ -174,7 +171,9 @@ def evaluate(
     if n_gap:
         amortized = _first(est, n_gap)
         if est.global_draws:  # the amortized numbers at the same θ as the refined guide's
-            amortized = importance_sample(local_model, local_guide, x[:n_gap], config.k, **_rows(inputs, n_gap))
+            amortized = importance_sample(
+                local_model, local_guide, x[:n_gap], config.k, **rows_of(inputs, slice(n_gap))
+            )
         summary.update(
             inference_gaps(
                 local_model,
@@ -184,7 +183,7 @@ def evaluate(
                 config.k,
                 config.gap_steps,
                 progress,
-                **_rows(inputs, n_gap),
+                **rows_of(inputs, slice(n_gap)),
             )
         )
     else:
@@ -206,7 +205,7 @@ def evaluate(
     summary["verdicts"] = verdicts(summary)  # {diagnostic: what it says about this run, what to try next}
 
     n_idata = min(config.idata_points, len(x))
-    idata = to_inference_data(model, guide, x[:n_idata], draws=config.idata_draws, **_rows(inputs, n_idata))
+    idata = to_inference_data(model, guide, x[:n_idata], draws=config.idata_draws, **rows_of(inputs, slice(n_idata)))
     _, prior_x = prior_predictive(model, 16, run.data_dim, run.device, like=x, **inputs)
     return Evaluation(summary, est, khat, sbc, idata, x, prior_x)
 
