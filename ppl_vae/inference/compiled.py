@@ -48,12 +48,14 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from ..errors import UserError
 from .distributed import ProgramLoss
 from .importance import global_latent_sites, latent_sites, replayed_traces, rng_untouched, sample_sites, trace_pair
 from .objectives import Objective, with_handlers
-from .params import ModuleParams, foreign_params
+from .params import ModuleParams
 from .recording import Recorder, Unrecordable
 from .steps import COMPILE_STEPS, REPLAY_STEPS, SAMPLER_CHUNKS, STEP_KINDS, as_step_kind
+from .trial import check_params
 
 log = logging.getLogger(__name__)
 
@@ -185,13 +187,10 @@ class RecordedStep:
 
     def _check_recordable(self, tensors, x: torch.Tensor, beta) -> None:
         model, guide = self.program.model, self.program.guide
-        with rng_untouched(x):  # first: any other run would hand a foreign pyro.param to the global store
-            foreign = foreign_params(model, guide, self.program, x[:2])
-        if foreign:
-            raise Unrecordable(
-                f"{FLAG} needs every parameter inside the program's modules; "
-                f"pyro.param site(s) {', '.join(foreign)} are not parameters of the program's modules"
-            )
+        try:  # first: any other run would hand a foreign pyro.param to the global store
+            check_params(self.program, x[:2])
+        except UserError as err:
+            raise Unrecordable(f"{FLAG} needs every parameter inside the program's modules", str(err)) from None
         self.objective.nesting(model, guide, x[:2])  # before recording, so it is not recorded
         with rng_untouched(x):
             guide_trace, model_trace = trace_pair(model, guide, x[:2])

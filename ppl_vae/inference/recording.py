@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import logging
 import os
-import traceback
 import warnings
 from collections.abc import Callable, Hashable
 
@@ -51,6 +50,7 @@ from torch.utils import _pytree as pytree
 from ..errors import UserError
 from .importance import rng_untouched
 from .steps import STEP_KINDS
+from .trial import user_line
 
 __all__ = ["Recorder", "Unrecordable", "record", "fuse_graph", "close", "disagreement", "kept_cache", "AGREEMENT_SEED"]
 
@@ -216,29 +216,13 @@ def record(fn: Callable, args: tuple, flag: str) -> nn.Module:
         except RuntimeError as err:
             if "tracing tensor" not in str(err) and "data-dependent" not in str(err):
                 raise
-            where = _program_line(err)
+            line = user_line(err)
+            where = f"{os.path.basename(line[0])}:{line[1]}, in {line[2]}" if line else ""
             raise Unrecordable(
                 f"{flag} cannot record this program: it branches on tensor values or reads them back "
                 f"(if tensor:, .item(), F.one_hot without num_classes){f', at {where}' if where else ''}"
             ) from None
     return _without_dead_code(graph)
-
-
-def _program_line(err: BaseException) -> str:
-    """``file.py:line, in function`` of the innermost frame outside torch, Pyro, ppl_vae and the standard library.
-
-    Pyro re-raises a program's error with its trace attached, so the innermost cause is read.
-    """
-    while err.__cause__ is not None:
-        err = err.__cause__
-    libraries = [os.path.dirname(m.__file__) + os.sep for m in (torch, pyro, os)]
-    libraries.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep)  # ppl_vae itself
-    where = ""
-    for frame, line in traceback.walk_tb(err.__traceback__):
-        name = frame.f_code.co_filename
-        if not name.startswith("<") and not any(name.startswith(lib) for lib in libraries):
-            where = f"{os.path.basename(name)}:{line}, in {frame.f_code.co_name}"
-    return where
 
 
 def _without_dead_code(graph: nn.Module) -> nn.Module:

@@ -54,12 +54,11 @@ from ..contracts import rows_of
 from ..errors import UserError
 from .compiled import as_step_kind, choose_step
 from .distributed import SINGLE, Cluster, ProgramLoss
-from .importance import log_weights, max_plate_nesting, rng_untouched
+from .importance import log_weights, max_plate_nesting
 from .objectives import Objective
 from .optimizers import OPTIMIZERS
-from .params import foreign_params
 from .schedules import ANNEALING, LR_SCHEDULES
-from .trial import check_program
+from .trial import check_params, check_program
 
 log = logging.getLogger(__name__)
 
@@ -73,21 +72,6 @@ __all__ = [
     "epoch_batches",
     "elbo_per_datapoint",
 ]
-
-
-def check_params(program, x: torch.Tensor, **inputs) -> None:
-    """Refuse ``pyro.param`` sites that the optimizer, holding the modules' parameters, would never step.
-
-    Nothing is drawn from the RNG and nothing is written to Pyro's param store.
-    """
-    with rng_untouched(x):
-        foreign = foreign_params(program.model, program.guide, program, x, **inputs)
-    if foreign:
-        raise UserError(
-            f"pyro.param site(s) {', '.join(foreign)} are not parameters of the program's modules, so training "
-            "would not change them; make them nn.Parameters of a module the program holds (registered with "
-            "pyro.module or a PyroModule)"
-        )
 
 
 class TrainingDiverged(UserError):

@@ -18,7 +18,9 @@ particle-by-particle fallback would make every K = 1000 evaluation a thousand se
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import traceback
+from collections.abc import Callable, Collection
 
 import pyro
 import pyro.poutine as poutine
@@ -38,11 +40,19 @@ from .importance import (
     rng_untouched,
     sample_sites,
 )
-from .params import local_params
+from .params import foreign_params, local_params
 from .plates import find_data_plate
 from .predictive import default_dtype
 
-__all__ = ["check_module", "check_program", "TRIAL_PARTICLES"]
+__all__ = [
+    "check_module",
+    "check_program",
+    "check_params",
+    "check_latent_names",
+    "LastSite",
+    "user_line",
+    "TRIAL_PARTICLES",
+]
 
 TRIAL_PARTICLES = 2  # K of the trial evaluation step: enough to expose a missing particle broadcast
 
@@ -59,8 +69,8 @@ def check_module(module: object, role: str, where: str) -> nn.Module:
     return module
 
 
-class _LastSite(Messenger):
-    """Remember the name of the last site a program reached, to say where it failed."""
+class LastSite(Messenger):
+    """Remember the last site a program reached (and a sample site's shape), to say where it failed."""
 
     def __init__(self):
         super().__init__()
@@ -74,7 +84,27 @@ class _LastSite(Messenger):
             self.shape = tuple(value.shape) if msg["type"] == "sample" and isinstance(value, torch.Tensor) else None
 
 
-def _failure(where: str, what: str, last: _LastSite, err: Exception, particles: int = 0) -> UserError:
+def user_line(err: BaseException, files: Collection[str] | None = None) -> tuple[str, int, str] | None:
+    """``(file, line, function)`` of the innermost frame of the user's code where ``err`` was raised: in one of
+    ``files`` where given, else outside torch, Pyro, ppl_vae and the standard library; ``None`` if none.
+
+    Pyro re-raises a program's error with the original as its cause: the causes are read too, innermost last.
+    """
+    libraries = [os.path.dirname(m.__file__) + os.sep for m in (torch, pyro, os)]
+    libraries.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep)  # ppl_vae itself
+    users = (lambda f: f in files) if files is not None else (lambda f: not any(f.startswith(x) for x in libraries))
+    where, seen = None, set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        for frame, line in traceback.walk_tb(err.__traceback__):
+            name = frame.f_code.co_filename
+            if not name.startswith("<") and users(name):
+                where = (name, line, frame.f_code.co_name)
+        err = err.__cause__
+    return where
+
+
+def _failure(where: str, what: str, last: LastSite, err: Exception, particles: int = 0) -> UserError:
     # Pyro appends every site's shapes to a shape error ("Trace Shapes: ..."): one line keeps the error itself
     text = " ".join(str(err).split("Trace Shapes:")[0].split()) or type(err).__name__
     at = f" after site {last.name!r}" if last.name else " before its first site"
@@ -90,7 +120,7 @@ def _failure(where: str, what: str, last: _LastSite, err: Exception, particles: 
 
 def _run(where: str, what: str, fn: Callable, *args, particles: int = 0, **kwargs):
     """``fn(*args, **kwargs)``; what it raises becomes one line saying what failed where (``particles``: K in front)."""
-    last = _LastSite()
+    last = LastSite()
     try:
         with last:
             return fn(*args, **kwargs)
@@ -155,6 +185,12 @@ def _structure(where: str, guide_trace, model_trace, batch: int, parameters: set
                 f"{where}: site {site['name']!r} is inside the plate {name!r} in the {inside} and outside it in the "
                 f"{outside}; a global latent sits outside the plate in both programs, a local one inside"
             )
+    check_latent_names(where, guide_trace, model_trace)
+
+
+def check_latent_names(where: str, guide_trace, model_trace) -> None:
+    """Refuse a pair whose guide does not sample its model's latent sites under the same names; a model-only
+    site is allowed where it is enumerated in parallel (summed out, not guessed)."""
     guide_latents = {s["name"] for s in latent_sites(guide_trace)}
     model_latents = {
         s["name"]
@@ -171,6 +207,21 @@ def _structure(where: str, guide_trace, model_trace, batch: int, parameters: set
         raise UserError(
             f"{where}: {'; '.join(parts)}; model and guide must share latent site names "
             "(or mark a model-only discrete site infer={'enumerate': 'parallel'})"
+        )
+
+
+def check_params(program, x: torch.Tensor, **inputs) -> None:
+    """Refuse ``pyro.param`` sites that the optimizer, holding the modules' parameters, would never step.
+
+    Nothing is drawn from the RNG and nothing is written to Pyro's param store.
+    """
+    with rng_untouched(x):
+        foreign = foreign_params(program.model, program.guide, program, x, **inputs)
+    if foreign:
+        raise UserError(
+            f"pyro.param site(s) {', '.join(foreign)} are not parameters of the program's modules, so training "
+            "would not change them; make them nn.Parameters of a module the program holds (registered with "
+            "pyro.module or a PyroModule)"
         )
 
 

@@ -20,9 +20,9 @@ import torch
 
 from ..config import Config, is_program_spec
 from ..data.datasets import Dataset
-from ..errors import StorageError, UserError
-from ..inference.importance import latent_sites, rng_untouched, trace_pair
-from ..inference.trainer import check_params
+from ..errors import StorageError
+from ..inference.importance import rng_untouched, trace_pair
+from ..inference.trial import check_latent_names, check_params
 from .budget import check_memory, human, training_bytes
 from .build import Program, build_program, check_support
 from .programs import ProgramFile, program_errors, read_named
@@ -39,23 +39,11 @@ __all__ = [
 
 
 def check_latent_sites(program: Program, x: torch.Tensor) -> None:
-    """Refuse a guide that does not sample its model's latent sites under the same names.
-
-    Traced once on two rows, drawing nothing from the RNG. A model site the guide lacks is
-    allowed only when the model marks it for enumeration (it is summed out, not guessed).
-    """
+    """Refuse a guide that does not sample its model's latent sites under the same names (the trial's rule,
+    :func:`~ppl_vae.inference.trial.check_latent_names`), traced once on two rows, drawing nothing from the RNG."""
     with rng_untouched(x), pyro.validation_enabled(False):
         guide_trace, model_trace = trace_pair(program.model, program.guide, x[:2])
-    model_sites = {s["name"]: s for s in latent_sites(model_trace)}
-    guide_sites = [s["name"] for s in latent_sites(guide_trace)]
-    extra = [n for n in guide_sites if n not in model_sites]
-    missing = [n for n, s in model_sites.items() if n not in guide_sites and not s["infer"].get("enumerate")]
-    if extra or missing:
-        raise UserError(
-            f"the guide samples the latent sites {guide_sites} and the model {list(model_sites)}: "
-            f"{'site ' + repr((extra or missing)[0]) + ' is in ' + ('the guide only' if extra else 'the model only')}; "
-            "a guide must sample every latent site of its model, under the same names"
-        )
+    check_latent_names("the program", guide_trace, model_trace)
 
 
 def check_inputs(config: Config, data: Dataset, device: torch.device) -> None:

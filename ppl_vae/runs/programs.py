@@ -23,16 +23,14 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import sys
-import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pyro.poutine.messenger import Messenger
-
 from ..config import Config, is_program_spec
 from ..errors import ProgramError, UserError
+from ..inference.trial import LastSite, user_line
 from ..storage.atomic import read_bounded, sha256_bytes, write_bytes
 from .layout import PROGRAM
 
@@ -190,18 +188,6 @@ def import_factory(program: ProgramFile) -> Callable:
     return factory
 
 
-class _LastSite(Messenger):
-    """Remembers the name of the last sample site a program reached."""
-
-    def __init__(self):
-        super().__init__()
-        self.name: str | None = None
-
-    def _process_message(self, msg):
-        if msg["type"] == "sample":
-            self.name = msg["name"]
-
-
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
@@ -209,17 +195,14 @@ def _first_line(err: BaseException) -> str:
 
 def _describe(err: BaseException, programs: dict[str, ProgramFile], site: str | None) -> str:
     files = {str(p.path): p for p in programs.values()}
-    where = None
-    for frame, line in traceback.walk_tb(err.__traceback__):
-        if frame.f_code.co_filename in files:
-            where = (frame.f_code.co_filename, line, frame.f_code.co_name)
+    where = user_line(err, files)
     if where is not None:
         spec = files[where[0]].spec
         place = f"{where[0]} line {where[1]}, in {where[2]}"
     else:
         spec = " and ".join(sorted({p.spec for p in programs.values()}))
         place = ""
-    parts = [place, f"last sample site {site!r}" if site else ""]
+    parts = [place, f"last site {site!r}" if site else ""]
     detail = "; ".join(p for p in parts if p)
     return f"the program {spec} raised {_first_line(err)}" + (f" ({detail})" if detail else "")
 
@@ -236,7 +219,7 @@ def program_errors(programs: dict[str, ProgramFile]) -> Iterator[None]:
         return
     from ..inference.trainer import Interrupted
 
-    tracker = _LastSite()
+    tracker = LastSite()
     try:
         with tracker:
             yield

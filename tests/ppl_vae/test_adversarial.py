@@ -374,9 +374,12 @@ CASES = {
     "program not a module": ([*FIT, *NEW, "--model", "{w}/not_module.py:make"], "not a torch.nn.Module"),
     "program raises in model": (
         [*FIT, *NEW, "--model", "{w}/model_raises.py:make"],
-        r"raised KeyError: 'boom' \(.*model_raises\.py line \d+, in model; last sample site 'z'\)",
+        r"raised KeyError: 'boom' \(.*model_raises\.py line \d+, in model; last site 'z'\)",
     ),
-    "program site names differ": ([*FIT, *NEW, "--model", "{w}/sites_differ.py:make"], "site 'w' is in the guide only"),
+    "program site names differ": (
+        [*FIT, *NEW, "--model", "{w}/sites_differ.py:make"],
+        "the guide samples 'w', which the model does not have as latents",
+    ),
     "program without factory": ([*FIT, *NEW, "--model", "{w}/prog.py"], "path/to/file.py:factory"),
     "program factory missing": ([*FIT, *NEW, "--guide", "{w}/prog.py:nothing"], "no callable 'nothing'"),
     # fit --resume
