@@ -16,7 +16,20 @@ def bounded(text: str, limit: int = MAX_MESSAGE) -> str:
 
 
 class UserError(ValueError):
-    """Something the user gave (a name, a number, a file) cannot be used; the message says what to do."""
+    """Something the user gave (a name, a number, a file) cannot be used: ``reason`` says what is wrong,
+    ``hint`` what to do instead; the message is ``"reason; hint"``. Code reads the fields, never the message.
+
+    >>> err = UserError("--sigma must be positive", "try --sigma 0.1")
+    >>> str(err), err.reason, err.hint
+    ('--sigma must be positive; try --sigma 0.1', '--sigma must be positive', 'try --sigma 0.1')
+    """
+
+    def __init__(self, reason: str = "", hint: str = ""):
+        super().__init__(f"{reason}; {hint}" if hint else reason)
+        self.reason, self.hint = reason, hint
+
+    def __reduce__(self):  # across processes (a study's workers) with both fields
+        return type(self), (self.reason, self.hint)
 
 
 class CheckpointError(UserError):

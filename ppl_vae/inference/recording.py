@@ -63,10 +63,6 @@ READS_BACK = "(.tolist(), .numpy(), float(tensor))"
 class Unrecordable(UserError):
     """A function the recorder cannot reproduce: ``reason`` says why, ``hint`` what to do instead."""
 
-    def __init__(self, reason: str, hint: str = ""):
-        super().__init__(f"{reason}; {hint}" if hint else reason)
-        self.reason, self.hint = reason, hint
-
 
 class Recorder:
     """``fn(static)(*args)``, recorded once per shape and replayed or compiled; ``None`` where it runs eagerly.

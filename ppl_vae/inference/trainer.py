@@ -365,8 +365,8 @@ class Trainer:
                 value = self._loss_and_grads(x, scale, self.beta(progress), self._inputs(rows, labelled))
                 if not math.isfinite(value):
                     raise TrainingDiverged(
-                        f"the loss became {value} at epoch {self.epoch + 1}, step {i + 1}; "
-                        "training stopped, the last good checkpoint is kept"
+                        f"the loss became {value} at epoch {self.epoch + 1}, step {i + 1}",
+                        "training stopped, the last good checkpoint is kept",
                     )
                 for group in self.optimizer.param_groups:
                     group["lr"] = self.lr(progress)

@@ -183,9 +183,7 @@ def _transaction(out: Path, run: Run, trainer: Trainer, writer: _Writer, resumed
         if target.committed:
             raise
         kept = f"{out} is as it was" if target.existed else "nothing was written"
-        raise TrainingDiverged(
-            f"{str(err).split(';')[0]}; training stopped before its first checkpoint: {kept}"
-        ) from None
+        raise TrainingDiverged(err.reason, f"training stopped before its first checkpoint: {kept}") from None
     except Interrupted as err:
         target.abort()
         if not err.forced:
