@@ -55,6 +55,7 @@ from .layout import EVALUATION, RUN_SUBDIRS
 from .programs import program_errors
 from .report import write_report
 from .schema import versions
+from .timing import timed
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,16 @@ def _gaps_skipped(reason: str) -> dict:
     return {"approximation_gap": None, "amortization_gap": None, "gap_points": 0, "gaps_skipped": reason}
 
 
+def _gaps(est, model, guide, x: torch.Tensor, config: EvalConfig, progress: bool, inputs: dict) -> dict:
+    """The approximation and amortization gaps on ``x`` (the first points), or why there are none."""
+    if not len(x):
+        return _gaps_skipped("--gap-points 0")
+    amortized = _first(est, len(x))
+    if est.global_draws:  # the amortized numbers at the same θ as the refined guide's
+        amortized = importance_sample(model, guide, x, config.k, **inputs)
+    return inference_gaps(model, guide, x, amortized, config.k, config.gap_steps, progress, **inputs)
+
+
 def evaluate(
     run,
     config: EvalConfig | None = None,
@@ -138,17 +149,18 @@ def evaluate(
         sampler.append(line)
         log.info(line)
 
-    est = importance_sample(
-        model,
-        guide,
-        x,
-        config.k,
-        progress=progress,
-        compile=config.compile_sampler,
-        say=say,
-        global_draws=config.global_draws,
-        **inputs,
-    )
+    with timed(f"importance sampling (K = {config.k}, {len(x)} points)"):
+        est = importance_sample(
+            model,
+            guide,
+            x,
+            config.k,
+            progress=progress,
+            compile=config.compile_sampler,
+            say=say,
+            global_draws=config.global_draws,
+            **inputs,
+        )
     khat = psis_khat(est.log_w)
     summary = summarize(est, khat)
     summary["sampler"] = sampler[-1] if sampler else "eager importance sampler"  # the last word: a fallback
@@ -168,33 +180,16 @@ def evaluate(
         summary["global_sites"] = global_names(model, guide, x[:2], **first)
         summary["local_diagnostics"] = "gaps and calibration of q(z | x, theta) at one draw theta ~ q(theta)"
     n_gap = min(config.gap_points, len(x))
-    if n_gap:
-        amortized = _first(est, n_gap)
-        if est.global_draws:  # the amortized numbers at the same θ as the refined guide's
-            amortized = importance_sample(
-                local_model, local_guide, x[:n_gap], config.k, **rows_of(inputs, slice(n_gap))
-            )
-        summary.update(
-            inference_gaps(
-                local_model,
-                local_guide,
-                x[:n_gap],
-                amortized,
-                config.k,
-                config.gap_steps,
-                progress,
-                **rows_of(inputs, slice(n_gap)),
-            )
-        )
-    else:
-        summary.update(_gaps_skipped("--gap-points 0"))
+    with timed(f"inference gaps ({n_gap} points, {config.gap_steps} steps)"):
+        summary.update(_gaps(est, local_model, local_guide, x[:n_gap], config, progress, rows_of(inputs, slice(n_gap))))
 
     sbc = None
-    if config.sbc_simulations:
-        settings = dict(device=run.device, like=x, seed=config.seed)
-        sbc = simulation_based_calibration(
-            local_model, local_guide, run.data_dim, config.sbc_simulations, config.sbc_draws, **settings, **inputs
-        )
+    with timed(f"calibration ({config.sbc_simulations} simulations)"):
+        if config.sbc_simulations:
+            settings = dict(device=run.device, like=x, seed=config.seed)
+            sbc = simulation_based_calibration(
+                local_model, local_guide, run.data_dim, config.sbc_simulations, config.sbc_draws, **settings, **inputs
+            )
     skipped = "--sbc-simulations 0" if sbc is None else sbc.reason if isinstance(sbc, SBCSkipped) else None
     sbc = None if skipped else sbc
     summary["sbc_pvalue"] = None if sbc is None else sbc.pvalue
@@ -204,9 +199,12 @@ def evaluate(
     summary["seconds"] = time.perf_counter() - start
     summary["verdicts"] = verdicts(summary)  # {diagnostic: what it says about this run, what to try next}
 
-    n_idata = min(config.idata_points, len(x))
-    idata = to_inference_data(model, guide, x[:n_idata], draws=config.idata_draws, **rows_of(inputs, slice(n_idata)))
-    _, prior_x = prior_predictive(model, 16, run.data_dim, run.device, like=x, **inputs)
+    with timed("the ArviZ export and the prior predictive"):
+        n_idata = min(config.idata_points, len(x))
+        idata = to_inference_data(
+            model, guide, x[:n_idata], draws=config.idata_draws, **rows_of(inputs, slice(n_idata))
+        )
+        _, prior_x = prior_predictive(model, 16, run.data_dim, run.device, like=x, **inputs)
     return Evaluation(summary, est, khat, sbc, idata, x, prior_x)
 
 
@@ -237,11 +235,8 @@ def write_evaluation(
     return target
 
 
-def _write_into(out: Path, ev: Evaluation, image_shape: tuple[int, ...], settings: dict) -> None:
-    figures = out / "figures"
-    with atomic_path(out / "inference_data.nc") as tmp:
-        ev.idata.to_netcdf(str(tmp), engine="h5netcdf")
-
+def _draw(figures: Path, ev: Evaluation, image_shape: tuple[int, ...]) -> None:
+    """The evaluation's figures; where one cannot be drawn, the summary says why (``figures_absent``)."""
     diagnostic_plots.khat_per_point(ev.khat, figures / "khat.png")
     worst = np.argsort(-ev.khat)[:8]
     plot_images(
@@ -275,6 +270,13 @@ def _write_into(out: Path, ev: Evaluation, image_shape: tuple[int, ...], setting
         absent["sbc.png"] = f"calibration was skipped: {ev.summary.get('sbc_skipped')}"
     if absent:
         ev.summary["figures_absent"] = absent
+
+
+def _write_into(out: Path, ev: Evaluation, image_shape: tuple[int, ...], settings: dict) -> None:
+    with timed("the ArviZ file"), atomic_path(out / "inference_data.nc") as tmp:
+        ev.idata.to_netcdf(str(tmp), engine="h5netcdf")
+    with timed("the evaluation's figures"):
+        _draw(out / "figures", ev, image_shape)
 
     est = ev.estimates
     with atomic_path(out / "pointwise.npz") as tmp:

@@ -50,6 +50,7 @@ from .programs import ProgramFile, program_errors, record_of, store
 from .report import write_report
 from .run import Run, resolve_device
 from .schema import check_position, history_columns, versions
+from .timing import timed
 
 log = logging.getLogger(__name__)
 
@@ -325,11 +326,13 @@ def _write_outputs(run: Run, seconds: float, first_test_elbo: float, best_epoch:
         run.metrics["best_epoch"] = best_epoch
         run.metrics["best_val_elbo"] = run.history[best_epoch - 1]["val_elbo"]
     write_csv(out / "history.csv", run.history, history_columns(run.history))
-    absent = draw_figures(run, data, out / "figures", run.metrics.get("observed_sites", []))
+    with timed("the run's figures"):
+        absent = draw_figures(run, data, out / "figures", run.metrics.get("observed_sites", []))
     if absent:
         run.metrics["figures_absent"] = absent
     write_table(out / "metrics.json", run.metrics)  # last: a run with metrics.json has every output
-    write_report(out)
+    with timed("the report"):
+        write_report(out)
 
 
 def _what_ran(run: Run) -> dict:
