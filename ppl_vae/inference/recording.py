@@ -52,7 +52,18 @@ from ..errors import UserError
 from .importance import rng_untouched
 from .steps import STEP_KINDS
 
-__all__ = ["Recorder", "Unrecordable", "record", "fuse_graph", "close", "disagreement", "kept_cache", "AGREEMENT_SEED"]
+__all__ = [
+    "Recorder",
+    "Unrecordable",
+    "record",
+    "fuse_graph",
+    "close",
+    "disagreement",
+    "kept_cache",
+    "split_inputs",
+    "joined_inputs",
+    "AGREEMENT_SEED",
+]
 
 AGREEMENT_SEED = 20240601
 """The noise a recording and its eager reference are compared on (any fixed seed would do: both draw it)."""
@@ -174,6 +185,28 @@ class Recorder:
     def _say(self, line: str) -> None:
         if self.say is not None:
             self.say(line)
+
+
+def split_inputs(inputs: dict) -> tuple[tuple[tuple[str, ...], tuple[str, ...]], list[torch.Tensor]]:
+    """A program's ``inputs`` as a recording sees them: ``((names, absent), values)``.
+
+    The tensors (labels ``y``) are inputs of the recording, in the order of ``names``, so a
+    recording is not bound to one batch's values; the names given as ``None`` (``y=None``, an
+    unlabelled batch) are part of the static key, so each kind of batch has its own recording.
+
+    Example:
+        >>> split_inputs({"y": torch.tensor([3]), "c": None})
+        ((('y',), ('c',)), [tensor([3])])
+    """
+    names = tuple(k for k, v in inputs.items() if v is not None)
+    absent = tuple(k for k, v in inputs.items() if v is None)
+    return (names, absent), [inputs[k] for k in names]
+
+
+def joined_inputs(key: tuple[tuple[str, ...], tuple[str, ...]], values) -> dict:
+    """The inputs that :func:`split_inputs` split into ``key`` and ``values``, whole again."""
+    names, absent = key
+    return {**dict.fromkeys(absent), **dict(zip(names, values))}
 
 
 def run(graph: nn.Module, args: tuple):
