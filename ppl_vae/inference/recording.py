@@ -89,8 +89,8 @@ class Recorder:
         forced: the user asked for this kind: a refusal is raised, never fallen back from.
         flag, hint, what: the option that asked for it (``--compile``), what to do without it
             (``train without --compile``) and what runs (``step``): the words of every message.
-        prepare: ``prepare(*args)`` checks the function once before its first recording
-            (raises :class:`Unrecordable`).
+        prepare: ``prepare(static, *args)`` checks the function before its first recording for each
+            static part (a labelled and an unlabelled batch meet different sites; raises :class:`Unrecordable`).
         shapes: how many shapes are recorded (``None``: all); the others run eagerly.
         replay_pays: whether replaying is worth it where compiling fails (else that is a refusal).
         say: told each line of a fallback or a compile failure.
@@ -122,6 +122,7 @@ class Recorder:
         self.reason = ""  # why it runs as it does, where that is not what was asked: a fallback, a compile failure
         self.graphs: dict[Hashable, nn.Module] = {}
         self._verified: set[Hashable] = set()  # shapes whose recording agreed on inputs it was not recorded on
+        self._prepared: set[Hashable] = set()  # static parts whose function was checked
 
     def __call__(self, static: Hashable, *args):
         """``fn(static)(*args)`` from its recording; ``None`` where the caller runs it eagerly."""
@@ -153,9 +154,9 @@ class Recorder:
             raise Unrecordable(err.reason, err.hint or self.hint) from None
 
     def _record(self, static: Hashable, args: tuple, fuse: bool) -> nn.Module:
-        if self.prepare is not None:
-            self.prepare(*args)
-            self.prepare = None  # the function's own checks: once, whatever its shapes
+        if self.prepare is not None and static not in self._prepared:
+            self.prepare(static, *args)
+            self._prepared.add(static)  # the function's own checks: once, whatever its shapes
         graph = record(self.fn(static), args, self.flag)
         if fuse:
             graph, problem = fuse_graph(graph, args)
