@@ -77,7 +77,7 @@ from ..inference.importance import (
     rng_untouched,
 )
 from ..inference.predictive import element_mask, observed_sites, site_mean
-from ..inference.recording import Recorder
+from ..inference.recording import Recorder, joined_inputs, split_inputs
 from .statistics import mean_se
 
 __all__ = [
@@ -295,18 +295,16 @@ class _Chunks:
             say(self.note)
 
     def _terms(self, static):
-        kk, names, absent = static
+        kk, key = static
 
         def chunk(xb, *values):
-            inputs = {**dict.fromkeys(absent), **dict(zip(names, values))}
-            return _chunk_terms(self.model, self.guide, self.nesting, xb, kk, inputs)
+            return _chunk_terms(self.model, self.guide, self.nesting, xb, kk, joined_inputs(key, values))
 
         return chunk
 
     def __call__(self, xb: torch.Tensor, kk: int, inputs: dict) -> dict:
-        names = tuple(k for k, v in inputs.items() if v is not None)
-        absent = tuple(k for k, v in inputs.items() if v is None)
-        terms = self.recorder((kk, names, absent), xb, *(inputs[k] for k in names))
+        key, values = split_inputs(inputs)
+        terms = self.recorder((kk, key), xb, *values)
         if terms is not None and not self.told:  # the first chunk was recorded: the sampler is what was chosen
             self.told = True
             if self.say is not None and not self.recorder.reason:  # else it said why it replays uncompiled

@@ -20,11 +20,26 @@ values back to Python (Pyro's ``Trace_ELBO`` calls ``.item()``, which cannot be 
                   - \sum_{\text{guide sites}} \log q\Big]
 
 with the same ``poutine.scale`` (N/B) and β handlers, or the IWAE bound on the shared
-log-weights.
+log-weights. Pyro's ``TraceEnum_ELBO`` cannot be recorded either: its expectation drops the
+enumerated values of probability zero with ``mask.all()`` and ``masked_select``, whose
+shapes depend on the values. Its recorded form is the dense sum over the enumerated values
+that the importance sampler already computes (:func:`~ppl_vae.inference.importance.log_weights`,
+zero-probability values zeroed with ``torch.where``),
+
+.. math::
+
+    -\mathcal L = -\frac NB \frac1K \sum_{k,i} \sum_y q(y \mid x_i)\Big[\log p(x_i \mid y, z_{k,y})
+                  + \beta\big(\log p(y, z_{k,y}) - \log q(y \mid x_i) - \log q(z_{k,y} \mid x_i, y)\big)\Big]
+
+(Kingma et al. 2014, arXiv:1406.5298, eq. 7; an observed y, a labelled batch, is no sum),
+the minibatch scale and β applied outside the sum, where ``TraceEnum_ELBO`` scales the costs
+and leaves the probabilities q(y|x) unscaled. A program's inputs (labels ``y``) are inputs of
+the recording; ``y=None`` (an unlabelled batch) has a recording of its own.
 
 The recording is faithful only where:
 
-- every latent site of the guide is reparameterized (score-function terms are not recorded);
+- every latent site of the guide is reparameterized (score-function terms are not recorded),
+  or, for ``traceenum``, enumerated in parallel;
 - every ``pyro.param`` is a parameter of the program's modules (registered with ``pyro.module`` or
   a ``PyroModule``; any other would be recorded as a constant);
 - the programs do not branch on tensor values (recording refuses ``if tensor:`` and ``.item()``);
@@ -48,12 +63,21 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from ..contracts import rows_of
 from ..errors import UserError
 from .distributed import ProgramLoss
-from .importance import global_latent_sites, latent_sites, replayed_traces, rng_untouched, sample_sites, trace_pair
+from .importance import (
+    global_latent_sites,
+    latent_sites,
+    log_weights,
+    replayed_traces,
+    rng_untouched,
+    sample_sites,
+    trace_pair,
+)
 from .objectives import Objective, with_handlers
 from .params import ModuleParams
-from .recording import Recorder, Unrecordable
+from .recording import Recorder, Unrecordable, joined_inputs, split_inputs
 from .steps import COMPILE_STEPS, REPLAY_STEPS, SAMPLER_CHUNKS, STEP_KINDS, as_step_kind
 from .trial import check_params
 
@@ -73,23 +97,34 @@ __all__ = [
     "SAMPLER_CHUNKS",
 ]
 
-RECORDABLE = ("trace", "iwae")
+RECORDABLE = ("trace", "traceenum", "iwae")
 FLAG, HINT = "--compile", "train without --compile"
 
 
 def recordable_elbo(objective: Objective):
-    """``loss(model, guide, x, scale, beta)``: ``objective``'s estimator without reads back to Python."""
+    """``loss(model, guide, x, scale, beta, **inputs)``: ``objective``'s estimator without reads back to Python."""
     if objective.name == "iwae":
         return objective  # already computed from tensors alone
 
-    def trace_elbo(model, guide, x, scale, beta):
+    def traceenum_elbo(model, guide, x, scale, beta, **inputs):
+        # the per-datapoint terms of the log-weights, enumerated values summed densely (module docstring);
+        # N/B and β multiply outside, so the probabilities q(y|x) of the sum stay unscaled, as in TraceEnum_ELBO
+        K = objective.particles
+        lw = log_weights(model, guide, x, K, objective.nesting(model, guide, x, **inputs), **inputs)
+        return -scale * (lw.log_lik + beta * lw.log_ratio).sum() / K  # lw terms: (K, B)
+
+    if objective.name == "traceenum":
+        return traceenum_elbo
+
+    def trace_elbo(model, guide, x, scale, beta, **inputs):
         K = objective.particles
         guide_trace, model_trace = replayed_traces(
             with_handlers(model, scale, beta),
             with_handlers(guide, scale, beta),
             x,
             K,
-            objective.nesting(model, guide, x),
+            objective.nesting(model, guide, x, **inputs),
+            **inputs,
         )
         guide_trace.compute_log_prob()
         model_trace.compute_log_prob()
@@ -101,18 +136,20 @@ def recordable_elbo(objective: Objective):
 
 
 class RecordedStep:
-    """``step(x, scale, beta) -> loss``, which also sets ``.grad`` of every parameter of ``program``; ``None``
+    """``step(x, scale, beta, **inputs) -> loss``, which also sets ``.grad`` of every parameter of ``program``; ``None``
     where the step fell back to eager (the caller then takes the eager step; ``reason`` says why).
 
-    One recording per (batch shape, dtype, device, scale); β is an input of the recording, so
-    annealing does not record again. ``kind`` is ``compiled`` (TorchInductor fuses the recorded
+    One recording per (batch shape, dtype, device, scale, inputs given as ``None``); β and the
+    inputs' tensors (labels ``y``) are inputs of the recording, so annealing and each batch's
+    labels do not record again. ``kind`` is ``compiled`` (TorchInductor fuses the recorded
     operations) or ``replayed`` (they run one by one: no compiler needed, no compile time).
     ``forced``: a program the recording cannot reproduce is refused rather than trained eagerly.
     """
 
     def __init__(self, program: nn.Module, objective: Objective, kind: str = "compiled", forced: bool = True):
         if objective.name not in RECORDABLE:
-            raise Unrecordable(f"{FLAG} records the {' and '.join(RECORDABLE)} ELBOs, not {objective.name!r}", HINT)
+            names = f"{', '.join(RECORDABLE[:-1])} and {RECORDABLE[-1]}"
+            raise Unrecordable(f"{FLAG} records the {names} ELBOs, not {objective.name!r}", HINT)
         self.program, self.objective = program, objective
         self.loss = ProgramLoss(program, recordable_elbo(objective))
         # the recording's inputs: each distinct parameter (they get gradients), then each buffer
@@ -141,12 +178,15 @@ class RecordedStep:
     def reason(self) -> str:
         return self.recorder.reason
 
-    def _args(self, x: torch.Tensor, beta: float) -> tuple:
+    def _args(self, x: torch.Tensor, beta: float, inputs: dict) -> tuple:
+        """``(static, args)`` of a recorder call: the scale and which inputs are ``None`` are static."""
         tensors = [t.detach() for t in self._inputs]
-        return tensors, x, torch.tensor(float(beta), dtype=x.dtype, device=x.device)
+        key, values = split_inputs(inputs)
+        return key, (tensors, x, torch.tensor(float(beta), dtype=x.dtype, device=x.device), *values)
 
-    def __call__(self, x: torch.Tensor, scale: float, beta: float) -> torch.Tensor | None:
-        out = self.recorder(float(scale), *self._args(x, beta))
+    def __call__(self, x: torch.Tensor, scale: float, beta: float, **inputs) -> torch.Tensor | None:
+        key, args = self._args(x, beta, inputs)
+        out = self.recorder((float(scale), key), *args)
         if out is None:
             return None
         loss, grads = out
@@ -154,53 +194,65 @@ class RecordedStep:
             p.grad = g
         return loss
 
-    def check(self, x: torch.Tensor) -> None:
-        """Record (without compiling) a step on two rows of ``x``: refusals surface before training starts."""
-        self.recorder.check(1.0, *self._args(x[:2], 0.5))  # β other than 1: its handler is exercised
+    def check(self, x: torch.Tensor, **inputs) -> None:
+        """Record (without compiling) a step on two rows of ``x`` (and their ``inputs``): refusals surface before
+        training starts."""
+        key, args = self._args(x[:2], 0.5, rows_of(inputs, slice(0, 2)))  # β other than 1: its handler is exercised
+        self.recorder.check((1.0, key), *args)
 
-    def _step_fn(self, scale: float):
+    def _step_fn(self, static: tuple):
         n_params = len(self._params)
+        scale, key = static
 
-        def step(tensors, x, beta):
+        def step(tensors, x, beta, *values):
             leaves = [t.detach().requires_grad_(i < n_params) for i, t in enumerate(tensors)]
             # every holder swapped once and restored once: a module shared by two programs (the
             # VampPrior's encoder) must get its own Parameter objects back, the optimizer's
             swap = {name: leaves[i] for name, i in self._holders}
             # the stand-ins are what pyro.module finds in the modules now: answer it with them
             with torch.enable_grad(), ModuleParams(leaves[:n_params]):
-                loss = functional_call(self.loss, swap, (x, scale, beta), tie_weights=False)
+                args, inputs = (x, scale, beta), joined_inputs(key, values)
+                loss = functional_call(self.loss, swap, args, inputs, tie_weights=False)
                 grads = torch.autograd.grad(loss, leaves[:n_params], allow_unused=True)
             return loss.detach(), list(grads)
 
         return step
 
-    def _eager_fn(self, scale: float):
+    def _eager_fn(self, static: tuple):
         """The eager objective and its gradients: what a recording of :meth:`_step_fn` must give."""
+        scale, key = static
 
-        def step(tensors, x, beta):
+        def step(tensors, x, beta, *values):
+            model, guide, inputs = self.program.model, self.program.guide, joined_inputs(key, values)
             with torch.enable_grad(), pyro.validation_enabled(False):
-                loss = self.objective(self.program.model, self.program.guide, x, scale=scale, beta=beta.item())
+                loss = self.objective(model, guide, x, scale=scale, beta=beta.item(), **inputs)
                 grads = torch.autograd.grad(loss, self._params, allow_unused=True)
             return loss.detach(), list(grads)
 
         return step
 
-    def _check_recordable(self, tensors, x: torch.Tensor, beta) -> None:
+    def _check_recordable(self, static: tuple, tensors, x: torch.Tensor, beta, *values) -> None:
         model, guide = self.program.model, self.program.guide
+        x, inputs = x[:2], rows_of(joined_inputs(static[1], values), slice(0, 2))
         try:  # first: any other run would hand a foreign pyro.param to the global store
-            check_params(self.program, x[:2])
+            check_params(self.program, x, **inputs)
         except UserError as err:
             raise Unrecordable(f"{FLAG} needs every parameter inside the program's modules", str(err)) from None
-        self.objective.nesting(model, guide, x[:2])  # before recording, so it is not recorded
+        self.objective.nesting(model, guide, x, **inputs)  # before recording, so it is not recorded
         with rng_untouched(x):
-            guide_trace, model_trace = trace_pair(model, guide, x[:2])
+            guide_trace, model_trace = trace_pair(model, guide, x, **inputs)
         held = [s["name"] for s in global_latent_sites(guide_trace)]
         if held:  # the eager step scales them apart (ScaleLocal); the recorder is not taught global sites
             raise Unrecordable(
                 f"{FLAG} records programs whose every latent site is inside the data plate; global site(s) "
                 f"{', '.join(map(repr, held))} are not"
             )
-        score = [s["name"] for s in latent_sites(guide_trace) if not s["fn"].has_rsample]
+        summed = self.objective.name == "traceenum"  # its enumerated sites are summed, not sampled
+        score = [
+            s["name"]
+            for s in latent_sites(guide_trace)
+            if not s["fn"].has_rsample and not (summed and s["infer"].get("enumerate") == "parallel")
+        ]
         if score:
             raise Unrecordable(
                 f"{FLAG} records reparameterized guides only; site(s) {', '.join(score)} need score-function gradients"
@@ -255,11 +307,18 @@ def sampler_kind(mode: str, chunks: int) -> tuple[str, bool, str]:
 
 
 def choose_step(
-    program: nn.Module, objective: Objective, x: torch.Tensor, steps: int, mode: str, forced: bool = True
+    program: nn.Module,
+    objective: Objective,
+    trials: list[tuple[torch.Tensor, dict]],
+    steps: int,
+    mode: str,
+    forced: bool = True,
 ) -> tuple[RecordedStep | None, str, str]:
     """The step to train with, its kind and one line saying why, under ``mode``: ``auto`` or a step kind.
 
-    A kind is taken as asked (``compiled`` and ``replayed`` record on ``x`` now, or refuse the
+    ``trials`` are a batch ``(x, inputs)`` of each kind the run feeds the program (a labelled one
+    with ``y``, an unlabelled one with ``y=None``). A kind is taken as asked (``compiled`` and
+    ``replayed`` record on each trial now, or refuse the
     program, :class:`~ppl_vae.inference.recording.Unrecordable`; ``forced=False`` lets the step
     fall back to eager if a later batch shows it cannot be recorded); ``auto`` takes
     :func:`default_step` of the run's ``steps``, and the eager step where the program cannot be
@@ -270,7 +329,8 @@ def choose_step(
         if kind == "eager":
             return None, kind, "eager step (--no-compile)"
         step = RecordedStep(program, objective, kind, forced)
-        step.check(x)
+        for x, inputs in trials:
+            step.check(x, **inputs)
         return step, kind, "compiled step (--compile)" if kind == "compiled" else "replayed step"
     rule = f"--compile auto: replayed from {REPLAY_STEPS} steps, compiled from {COMPILE_STEPS}"
     kind = default_step(steps, recordable=True)
@@ -278,7 +338,8 @@ def choose_step(
         return None, kind, f"eager step: {steps} steps ({rule})"
     try:
         step = RecordedStep(program, objective, kind, forced=False)
-        step.check(x)
+        for x, inputs in trials:
+            step.check(x, **inputs)
     except Unrecordable as err:
         return None, "eager", f"eager step: {err.reason} (fallback)"
     return step, kind, f"{kind} step: {steps} steps ({rule})"

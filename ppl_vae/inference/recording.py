@@ -52,7 +52,18 @@ from .importance import rng_untouched
 from .steps import STEP_KINDS
 from .trial import user_line
 
-__all__ = ["Recorder", "Unrecordable", "record", "fuse_graph", "close", "disagreement", "kept_cache", "AGREEMENT_SEED"]
+__all__ = [
+    "Recorder",
+    "Unrecordable",
+    "record",
+    "fuse_graph",
+    "close",
+    "disagreement",
+    "kept_cache",
+    "split_inputs",
+    "joined_inputs",
+    "AGREEMENT_SEED",
+]
 
 AGREEMENT_SEED = 20240601
 """The noise a recording and its eager reference are compared on (any fixed seed would do: both draw it)."""
@@ -74,8 +85,8 @@ class Recorder:
         forced: the user asked for this kind: a refusal is raised, never fallen back from.
         flag, hint, what: the option that asked for it (``--compile``), what to do without it
             (``train without --compile``) and what runs (``step``): the words of every message.
-        prepare: ``prepare(*args)`` checks the function once before its first recording
-            (raises :class:`Unrecordable`).
+        prepare: ``prepare(static, *args)`` checks the function before its first recording for each
+            static part (a labelled and an unlabelled batch meet different sites; raises :class:`Unrecordable`).
         shapes: how many shapes are recorded (``None``: all); the others run eagerly.
         replay_pays: whether replaying is worth it where compiling fails (else that is a refusal).
         say: told each line of a fallback or a compile failure.
@@ -107,6 +118,7 @@ class Recorder:
         self.reason = ""  # why it runs as it does, where that is not what was asked: a fallback, a compile failure
         self.graphs: dict[Hashable, nn.Module] = {}
         self._verified: set[Hashable] = set()  # shapes whose recording agreed on inputs it was not recorded on
+        self._prepared: set[Hashable] = set()  # static parts whose function was checked
 
     def __call__(self, static: Hashable, *args):
         """``fn(static)(*args)`` from its recording; ``None`` where the caller runs it eagerly."""
@@ -138,9 +150,9 @@ class Recorder:
             raise Unrecordable(err.reason, err.hint or self.hint) from None
 
     def _record(self, static: Hashable, args: tuple, fuse: bool) -> nn.Module:
-        if self.prepare is not None:
-            self.prepare(*args)
-            self.prepare = None  # the function's own checks: once, whatever its shapes
+        if self.prepare is not None and static not in self._prepared:
+            self.prepare(static, *args)
+            self._prepared.add(static)  # the function's own checks: once, whatever its shapes
         graph = record(self.fn(static), args, self.flag)
         if fuse:
             graph, problem = fuse_graph(graph, args)
@@ -170,6 +182,28 @@ class Recorder:
     def _say(self, line: str) -> None:
         if self.say is not None:
             self.say(line)
+
+
+def split_inputs(inputs: dict) -> tuple[tuple[tuple[str, ...], tuple[str, ...]], list[torch.Tensor]]:
+    """A program's ``inputs`` as a recording sees them: ``((names, absent), values)``.
+
+    The tensors (labels ``y``) are inputs of the recording, in the order of ``names``, so a
+    recording is not bound to one batch's values; the names given as ``None`` (``y=None``, an
+    unlabelled batch) are part of the static key, so each kind of batch has its own recording.
+
+    Example:
+        >>> split_inputs({"y": torch.tensor([3]), "c": None})
+        ((('y',), ('c',)), [tensor([3])])
+    """
+    names = tuple(k for k, v in inputs.items() if v is not None)
+    absent = tuple(k for k, v in inputs.items() if v is None)
+    return (names, absent), [inputs[k] for k in names]
+
+
+def joined_inputs(key: tuple[tuple[str, ...], tuple[str, ...]], values) -> dict:
+    """The inputs that :func:`split_inputs` split into ``key`` and ``values``, whole again."""
+    names, absent = key
+    return {**dict.fromkeys(absent), **dict(zip(names, values))}
 
 
 def run(graph: nn.Module, args: tuple):

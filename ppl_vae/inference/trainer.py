@@ -225,8 +225,6 @@ class Trainer:
             raise UserError(
                 "a program conditioned on labels (--labels all) cannot be validated: its validation rows have none"
             )
-        if t.compile == "on" and self.labels is not None:
-            raise UserError("--compile records steps on x alone; a program given labels (--labels) trains without it")
         self._labelled = None if self.labels is None else self.labels >= 0
         self.n_labelled = 0 if self._labelled is None else int(self._labelled.sum())
         self._check_params()
@@ -239,13 +237,16 @@ class Trainer:
         # the choice reads the config and the data's shape, never a clock: the same command takes the same step
         kept = self.step_kind is not None
         steps = t.epochs * -(-len(self.train) // t.batch_size)  # the whole run's, so a resume decides as its start did
-        if self.cluster.world > 1 or self.labels is not None:
-            why = "several processes" if self.cluster.world > 1 else "a program given labels"
-            self.compiled, self.step_kind, self.step_reason = None, "eager", f"eager step ({why} train eagerly)"
+        if self.cluster.world > 1:
+            self.compiled, self.step_kind, self.step_reason = (
+                None,
+                "eager",
+                "eager step (several processes train eagerly)",
+            )
         else:
             mode = as_step_kind(self.step_kind) if kept else "auto" if t.compile == "auto" else as_step_kind(t.compile)
             self.compiled, self.step_kind, self.step_reason = choose_step(
-                self.program, self.objective, self.train[: t.batch_size], steps, mode, forced=t.compile == "on"
+                self.program, self.objective, self._step_trials(), steps, mode, forced=t.compile == "on"
             )
         if kept:
             self.step_reason = f"{self.step_kind} step, as when the run started"
@@ -253,6 +254,12 @@ class Trainer:
         self._schedule = ANNEALING[t.anneal]  # names were checked by Config.validate()
         self._lr = LR_SCHEDULES[t.lr_schedule]
         self._signal: int | None = None
+
+    def _step_trials(self) -> list[tuple[torch.Tensor, dict]]:
+        """A batch ``(x, inputs)`` of each kind the training step meets: labelled, unlabelled (or plain)."""
+        if self.labels is None:
+            return [(self.train[: self.config.train.batch_size], {})]
+        return [(x, inputs) for kind, x, inputs in self.trial_batches() if kind in ("labelled", "unlabelled")]
 
     def _check_params(self) -> None:
         _, x, inputs = self.trial_batches()[0]
@@ -386,7 +393,7 @@ class Trainer:
     def _loss_and_grads(self, x: torch.Tensor, scale: float, beta: float, inputs: dict | None = None) -> float:
         """The objective's value on ``x`` (and its ``inputs``), with its gradient left in the parameters' ``.grad``."""
         if self.compiled is not None:
-            loss = self.compiled(x, scale, beta)
+            loss = self.compiled(x, scale, beta, **(inputs or {}))
             if loss is not None:
                 return loss.item()
             # it could not record this batch's shape, or disagreed with the program on it: it said so, eager now

@@ -13,6 +13,7 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
     "script,expect",
     [
         ("train_speed.py", "a/b ="),
+        ("m2_step_speed.py", "x eager)"),
         ("eval_speed.py", "sampling/best 1.000"),
         ("mmap_memory.py", "peak / file size ="),
         ("mnist_nll.py", "NLL"),

@@ -72,7 +72,6 @@ REFUSED = {
     "M2 sampled, iwae": ([f"{DEFECTS}:sampled_m2", "--elbo", "iwae"], "would train it on no gradient"),
     "no particle broadcast": ([f"{DEFECTS}:no_broadcast"], "K = 2 particles in one pass"),
     "labels, no y": ([f"{DEFECTS}:extras", "--labels", "50"], "take no input y, so labels would be ignored"),
-    "M2, compile": ([M2, "--elbo", "traceenum", "--labels", "50", "--compile"], "--compile records steps on x alone"),
 }
 
 

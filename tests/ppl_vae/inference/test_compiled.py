@@ -136,7 +136,7 @@ class _Toy(nn.Module):
         ("discrete", "trace", "score-function"),
         ("param", "trace", r"pyro.param site\(s\) loc"),
         ("branch", "trace", "branches on tensor values"),
-        ("plain", "meanfield", "records the trace and iwae ELBOs"),
+        ("plain", "meanfield", "records the trace, traceenum and iwae ELBOs"),
     ],
 )
 def test_unrecordable_programs_are_refused(kind, elbo, message):
@@ -194,7 +194,7 @@ def test_fit_with_compile_from_the_command_line(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "cache" / "compile-seconds.json").exists()  # no timing is kept for a later choice
     assert main(["fit", "--out", str(tmp_path / "mf"), "--epochs", "1", "--compile", "--elbo", "meanfield"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err[-1]) < 300 and "records the trace and iwae ELBOs" in err[-1]
+    assert len(err[-1]) < 300 and "records the trace, traceenum and iwae ELBOs" in err[-1]
     assert not (tmp_path / "mf").exists()
 
 
