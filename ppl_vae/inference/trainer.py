@@ -258,7 +258,7 @@ class Trainer:
     def _step_trials(self) -> list[tuple[torch.Tensor, dict]]:
         """A batch ``(x, inputs)`` of each kind the training step meets: labelled, unlabelled (or plain)."""
         if self.labels is None:
-            return [(self.train[: self.config.train.batch_size], {})]
+            return [(self.train[: self.settings.batch_size], {})]
         return [(x, inputs) for kind, x, inputs in self.trial_batches() if kind in ("labelled", "unlabelled")]
 
     def _check_params(self) -> None:

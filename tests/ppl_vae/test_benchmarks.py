@@ -18,6 +18,7 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
         ("mmap_memory.py", "peak / file size ="),
         ("mnist_nll.py", "NLL"),
         ("priors_table.py", "HVAE, VampPrior, IWAE-3 training (ours)"),
+        ("make_run_time.py", "start: imports, data, checks"),
     ],
 )
 def test_benchmark_smoke(script, expect, tmp_path):
