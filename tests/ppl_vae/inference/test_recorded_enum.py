@@ -157,7 +157,7 @@ def test_an_unrecordable_labelled_program_falls_back_to_eager_in_one_line(digits
     labels = torch.full((200,), -1)
     labels[:40] = torch.as_tensor(digits.train_labels[:40])
     config = tiny_config(train={"epochs": 1, "elbo": "traceenum", "batch_size": 32})
-    trainer = Trainer(ReadsBack(64, 3, 10, hidden=16), config, digits.train[:200], digits.test[:8], labels=labels)
+    trainer = Trainer(ReadsBack(64, 3, 10, hidden=16), config.train, digits.train[:200], digits.test[:8], labels=labels)
     assert trainer.step_kind == "eager" and trainer.compiled is None
     assert trainer.step_reason.startswith("eager step: --compile cannot record this program")
     assert trainer.step_reason.endswith("(fallback)") and "\n" not in trainer.step_reason
