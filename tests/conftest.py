@@ -8,6 +8,28 @@ import pytest
 SHARED_DATA = Path(os.environ.get("PPL_VAE_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 
 
+# the files that take longest, first: two workers then start on them, and the suite does not end with one
+# worker alone on a long file while the other has nothing left (make test prints the slowest tests)
+LONGEST_FIRST = [
+    "tests/ppl_vae/test_reliability.py",
+    "tests/ppl_vae/studies/test_executors.py",
+    "tests/ppl_vae/studies/test_compare.py",
+    "tests/ppl_vae/test_benchmarks.py",
+    "tests/ppl_vae/runs/test_transactions.py",
+    "tests/ppl_vae/inference/test_compiled.py",
+    "tests/ppl_vae/inference/test_recorded_enum.py",
+    "tests/ppl_vae/diagnostics/test_compiled_sampler.py",
+    "tests/ppl_vae/inference/test_distributed.py",
+    "tests/ppl_vae/studies/test_sigma.py",
+]
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Run the longest files first (a stable sort: each file's tests keep their order and stay together)."""
+    rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
+
+
 @pytest.fixture(autouse=True)
 def _pyro_state():
     """Validation on, a clean param store and a fixed seed for every test."""

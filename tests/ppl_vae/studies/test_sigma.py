@@ -7,6 +7,7 @@ from tests.ppl_vae.linear_gaussian import train_linear_vae
 
 @pytest.mark.parametrize("sigma2,expected", [(0.2, 3), (0.04, 4)])
 def test_active_units_match_ppca_prediction_at_two_sigmas(sigma2, expected):
+    """Lucas et al. 2019: a linear VAE with fixed σ recovers pPCA; directions with eigenvalue <= σ² collapse."""
     measured, predicted = train_linear_vae(sigma2)
     assert predicted == expected
     assert measured == predicted
