@@ -139,6 +139,17 @@ def test_compare_reports_accuracy_and_a_batch_plate_program_beside_a_data_plate_
     assert saved["conclusion"]["equivalence"] == PRACTICAL_EQUIVALENCE
 
 
+def test_compare_refuses_to_rank_a_conditional_density_beside_a_joint_one(tmp_path):
+    """The cvae's log p(x) is log p(x_out | x_in) over half of x's columns: no ranking against a VAE of all of x."""
+    from ppl_vae.studies.compare import compare
+
+    variants = {name: _config(f"{name}.py:make", train={"epochs": 1}) for name in ("cvae", "vae")}
+    workflow = EvalConfig(k=4, points=8, gap_points=0, sbc_simulations=0, idata_points=2, idata_draws=2)
+    with pytest.raises(UserError, match=r"^'vae' is a density of all 64 columns of x and 'cvae' of 32 of x's 64 col"):
+        compare(variants, tmp_path / "cmp", workflow, progress=False)
+    assert not (tmp_path / "cmp" / "comparison.json").exists()
+
+
 def test_a_lead_below_the_practical_threshold_is_equal_in_practice_however_small_its_se():
     rows = [
         {"variant": "a", "diff_to_best": 0.0, "diff_se": 0.0},
