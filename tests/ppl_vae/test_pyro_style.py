@@ -85,6 +85,8 @@ def test_a_pyro_style_program_goes_through_fit_evaluate_and_sample(tmp_path, fac
     report = (tmp_path / "run" / "report.md").read_text()
     assert "sigma" not in report  # the built-in model's options did not run, so the report does not name them
     assert not any(f"(`{name}`): not drawn" in report for name in ("elbo.png", "reconstructions.png", "samples.png"))
+    if factory == "cvae.py:make":  # draws of half of x are not images of the data: the report says why they are absent
+        assert "(`ppc.png`): not drawn, no observed site of the model holds x" in report
 
     png = tmp_path / "samples.png"
     assert main(["sample", str(tmp_path / "run"), "--out", str(png), "--trust-program", "--n", "8"]) == 0
