@@ -308,6 +308,7 @@ def _compare(
             rows[name]["log_px_seed_sd"] = float(np.std([ev["log_px"] for ev in evs], ddof=1))
         said[name] = verdicts({**evs[0], **rows[name]})  # seed means where there are several, else seed 0's
     check_comparable(per_run)
+    _check_same_columns({name: results[runs[(name, 0)]][0] for name in variants}, data)
     # stacking mixes predictive densities: a seed-averaged log p(x) is not one, so no weights then
     table = compare_elpd(elpds, stacking=seeds == 1)
     ranked = [_ranked(rows[name], entry) for name, entry in table.iterrows()]
@@ -351,6 +352,34 @@ def _compare(
     if recon:
         compare_plots.reconstructions_side_by_side(x, recon, data.image_shape, figures / "reconstructions.png")
     return comparison
+
+
+def _check_same_columns(runs: dict, data: Dataset) -> None:
+    """Refuse, in one line, to rank runs whose log p(x) are densities of different columns of x.
+
+    A conditional program observes some of x's columns (``obs=x[:, half:]``): its log p(x) is
+    log p(x_out | x_in), which a program observing all of x does not estimate.
+    """
+    from ..inference.predictive import data_columns
+    from ..runs.figures import first_rows
+
+    x, labels = data.test[:2], None if data.test_labels is None else data.test_labels[:2]
+    predicted = {}
+    for name, run in runs.items():
+        part = data_columns(run.program.model, x.to(run.device), **first_rows(run.inputs(labels), 2))
+        predicted[name] = None if part is None else part[1].tolist()  # None: all of x, as far as we can tell
+    first, d = next(iter(predicted)), x[0].numel()
+    for name, columns in predicted.items():
+        if columns != predicted[first]:
+            said = {
+                n: f"all {d} columns of x" if c is None else f"{len(c)} of x's {d} columns"
+                for n, c in predicted.items()
+            }
+            raise UserError(
+                f"{name!r} is a density of {said[name]} and {first!r} of {said[first]} (a conditional program's "
+                "log p(x) is log p(x_out | x_in)): their log p(x) are not comparable; compare programs that "
+                "observe the same columns"
+            )
 
 
 def _ranked(row: dict, entry) -> dict:

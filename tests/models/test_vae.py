@@ -79,6 +79,7 @@ def _every_configuration():
     axes = [("prior", PRIORS), ("likelihood", LIKELIHOODS), ("network", NETWORKS)]
     cases = [pytest.param({key: name}, {}, id=f"{key}-{name}") for key, names in axes for name in names]
     cases += [pytest.param({}, {"name": name}, id=f"guide-{name}") for name in GUIDES]
+    cases += [pytest.param({"decoder_prior": "normal"}, {}, id="decoder-prior-normal")]  # global latents
     cases += [
         pytest.param({"stochastic_layers": 2, "network": net, "prior": prior}, {}, id=f"two-layers-{net}-{prior}")
         for net in LAYERS

@@ -140,6 +140,24 @@ def test_unknown_names_are_refused_before_any_variant_is_built():
 
 
 @pytest.mark.parametrize(
+    "section,key,value",
+    [("guide", "name", "iaf"), ("model", "prior", "mog"), ("model", "likelihood", "bernoulli")],
+)
+def test_a_built_in_choice_a_user_program_would_not_use_is_refused(section, key, value):
+    """A user's model brings its own guide, prior and likelihood: a built-in one named beside it would go unused."""
+    config = Config()
+    config.model.program = "mine.py:make"
+    setattr(getattr(config, section), key, value)
+    flag = {"name": "guide"}.get(key, key)
+    with pytest.raises(UserError, match=rf"^--{flag} {value} would not be used: the program mine\.py:make brings"):
+        config.validate()
+    config.guide.name = "theirs.py:make"  # a guide program beside it is the user's own, and allowed
+    if key != "name":
+        setattr(getattr(config, section), key, getattr(type(getattr(config, section))(), key))
+    assert config.validate() is config
+
+
+@pytest.mark.parametrize(
     "section,key,value,message",
     [
         ("train", "seed", -1, r"--seed \(train\.seed\) must lie in"),

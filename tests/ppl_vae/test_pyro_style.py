@@ -85,6 +85,8 @@ def test_a_pyro_style_program_goes_through_fit_evaluate_and_sample(tmp_path, fac
     report = (tmp_path / "run" / "report.md").read_text()
     assert "sigma" not in report  # the built-in model's options did not run, so the report does not name them
     assert not any(f"(`{name}`): not drawn" in report for name in ("elbo.png", "reconstructions.png", "samples.png"))
+    if factory == "cvae.py:make":  # draws of half of x are not images of the data: the report says why they are absent
+        assert "(`ppc.png`): not drawn, no observed site of the model holds x" in report
 
     png = tmp_path / "samples.png"
     assert main(["sample", str(tmp_path / "run"), "--out", str(png), "--trust-program", "--n", "8"]) == 0
@@ -137,6 +139,17 @@ def test_compare_reports_accuracy_and_a_batch_plate_program_beside_a_data_plate_
         assert 0.0 <= row["accuracy"] <= 1.0
     assert "accuracy" in table.to_markdown().splitlines()[0]
     assert saved["conclusion"]["equivalence"] == PRACTICAL_EQUIVALENCE
+
+
+def test_compare_refuses_to_rank_a_conditional_density_beside_a_joint_one(tmp_path):
+    """The cvae's log p(x) is log p(x_out | x_in) over half of x's columns: no ranking against a VAE of all of x."""
+    from ppl_vae.studies.compare import compare
+
+    variants = {name: _config(f"{name}.py:make", train={"epochs": 1}) for name in ("cvae", "vae")}
+    workflow = EvalConfig(k=4, points=8, gap_points=0, sbc_simulations=0, idata_points=2, idata_draws=2)
+    with pytest.raises(UserError, match=r"^'vae' is a density of all 64 columns of x and 'cvae' of 32 of x's 64 col"):
+        compare(variants, tmp_path / "cmp", workflow, progress=False)
+    assert not (tmp_path / "cmp" / "comparison.json").exists()
 
 
 def test_a_lead_below_the_practical_threshold_is_equal_in_practice_however_small_its_se():

@@ -201,7 +201,11 @@ def trial(program, elbo="trace", particles=1, x=X):
 @pytest.mark.parametrize(
     "program,elbo,message",
     [
-        (NoParticleBroadcast(), "trace", "K = 2 particles in one pass"),
+        (
+            NoParticleBroadcast(),
+            "trace",
+            "site 'z' has shape (2, 2, 2) with the K = 2 particles in front, where the program expects (2, 2)",
+        ),
         (
             OtherNames(),
             "trace",
