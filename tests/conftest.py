@@ -1,7 +1,12 @@
 import os
 from pathlib import Path
 
-import pyro
+# one torch thread a test process (and the CLI processes the tests start, which inherit it): the suite runs one
+# process per core, and the tests' small networks lose far more to two threads contending for a core than a
+# second thread could win them (a variant's training: 4 s on one thread, 11-18 s on two beside another worker)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pyro  # noqa: E402
 import pytest
 
 # ../shared/data beside the checkout; PPL_VAE_DATA (the bench's own variable) points a checkout elsewhere at it
