@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from ..config import Config, EvalConfig
 from ..data.datasets import Dataset
+from ..diagnostics.summary import Summary
 from ..errors import CheckpointError, UserError
 from ..runs.evaluation import evaluate_run
 from ..runs.fit import fit
@@ -38,7 +39,7 @@ from ..runs.load import load
 from ..runs.preflight import preflight, with_absolute_programs
 from ..runs.programs import current_digests
 from ..runs.run import Run
-from ..runs.schema import read_metrics, read_run_config
+from ..runs.schema import read_evaluation, read_metrics, read_run_config
 from ..storage.checkpoint import read_state
 from ..storage.directories import check_contained, locked, make_parents, remove_created
 from ..storage.schema import NewerSchema, read_table, write_table
@@ -120,15 +121,13 @@ def _evaluated(run_dir: Path, workflow: EvalConfig, step: int, data_name: str) -
     """Whether ``run_dir`` holds an evaluation of checkpoint ``step`` at ``workflow``'s settings."""
     try:
         settings = read_table(run_dir / EVALUATION / "settings.json", "evaluation settings")
-        evaluation = read_table(run_dir / EVALUATION / "evaluation.json", "evaluation")
+        read_evaluation(run_dir)  # a readable summary, or evaluate again
     except NewerSchema:
         raise  # a newer ppl_vae's evaluation is neither misread nor replaced
     except UserError:
         return False
     return (
         isinstance(settings, dict)
-        and isinstance(evaluation, dict)
-        and "log_px" in evaluation
         and _estimates(settings.get("evaluate")) == _estimates(asdict(workflow))
         and settings.get("data") == {"name": data_name, "split": "test"}
         and (settings.get("checkpoint") or {}).get("step") == step
@@ -180,7 +179,7 @@ def run_variants(
     kind: str = "compare",
     executor: Executor | None = None,
     callbacks: Sequence[VariantCallback] = (),
-) -> dict[str, tuple[Run, dict]]:
+) -> dict[str, tuple[Run, Summary]]:
     """Fit (or reuse) and evaluate every variant under ``out/runs/<name>``; return runs and evaluations.
 
     Call inside :func:`open_study`. Every variant is checked, and its plan made, before the
@@ -222,7 +221,7 @@ def run_variants(
     for name in variants:  # the stored programs are byte for byte the files this study names: trusted as those are
         run = load(dirs[name], trust_program=True)
         run.data = data
-        results[name] = (run, read_table(dirs[name] / EVALUATION / "evaluation.json", "evaluation"))
+        results[name] = (run, read_evaluation(dirs[name]))
     return results
 
 

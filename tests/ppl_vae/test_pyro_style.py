@@ -70,9 +70,9 @@ def test_a_pyro_style_program_goes_through_fit_evaluate_and_sample(tmp_path, fac
     assert run.model_module is run.program.model_module and run.guide_module is run.model_module
 
     summary = evaluate_run(run, EVAL, progress=False)
-    assert summary["log_px"] >= summary["elbo"] - 1e-6, summary
-    assert summary["approximation_gap"] is not None and summary["amortization_gap"] is not None
-    assert summary["sbc_pvalue"] is not None, summary.get("sbc_skipped")  # the cvae: its columns of x simulated
+    assert summary.log_px >= summary.elbo - 1e-6, summary
+    assert summary.approximation_gap is not None and summary.amortization_gap is not None
+    assert summary.sbc_pvalue is not None, summary.sbc_skipped  # the cvae: its columns of x simulated
     idata = az.from_netcdf(tmp_path / "run" / "evaluation" / "inference_data.nc")
     assert GROUPS <= set(idata.groups())
     names = json.loads(idata.attrs["site_names"])  # variable -> site
