@@ -53,9 +53,9 @@ from ..storage.directories import check_contained, locked, remove_leftovers, sta
 from ..storage.schema import write_table
 from .budget import check_memory, evaluation_bytes
 from .layout import EVALUATION, RUN_SUBDIRS
-from .programs import program_errors
 from .report import write_report
 from .schema import versions
+from .sources import user_code_errors
 from .timing import timed
 
 log = logging.getLogger(__name__)
@@ -327,7 +327,7 @@ def evaluate_run(
     )
     check_writable(run.path)  # before the work, not after it
     check_contained(run.path, RUN_SUBDIRS, whole=(EVALUATION,))
-    with program_errors(run.programs):
+    with user_code_errors(run.sources):
         ev = evaluate(run, config, x, progress, labels)
     settings = {
         "evaluate": asdict(config),

@@ -36,10 +36,10 @@ from ..runs.evaluation import evaluate_run
 from ..runs.fit import fit
 from ..runs.layout import EVALUATION, STUDY_FORMAT, STUDY_MARKER, kind_of, study_kind
 from ..runs.load import load
-from ..runs.preflight import preflight, with_absolute_programs
-from ..runs.programs import current_digests
+from ..runs.preflight import preflight, with_absolute_sources
 from ..runs.run import Run
 from ..runs.schema import read_evaluation, read_metrics, read_run_config
+from ..runs.sources import current_digests
 from ..storage.checkpoint import read_state
 from ..storage.directories import check_contained, locked, make_parents, remove_created
 from ..storage.schema import NewerSchema, read_table, write_table
@@ -202,7 +202,7 @@ def run_variants(
             other = next(n for n, d in dirs.items() if d == run_dir)
             raise UserError(f"variants {other!r} and {name!r} would share the run directory {run_dir}")
         dirs[name] = run_dir
-        config = with_absolute_programs(config.validate())
+        config = with_absolute_sources(config.validate())
         plans[name] = _plan(run_dir, config, workflow, overwrite)
         if plans[name] in ("new", "retrain"):
             preflight(config, data)
@@ -218,7 +218,7 @@ def run_variants(
     with tqdm(total=len(jobs), desc="variants", unit="run", disable=not progress) as bar:
         executor.map(execute_plan, jobs, shared=data, tick=_ticker(jobs, bar, progress), start=_starter(jobs, bar))
     results = {}
-    for name in variants:  # the stored programs are byte for byte the files this study names: trusted as those are
+    for name in variants:  # the stored sources are byte for byte the files this study names: trusted as those are
         run = load(dirs[name], trust_program=True)
         run.data = data
         results[name] = (run, read_evaluation(dirs[name]))

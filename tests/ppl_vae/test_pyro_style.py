@@ -25,7 +25,7 @@ from ppl_vae.errors import UserError
 from ppl_vae.inference.objectives import Objective
 from ppl_vae.inference.plates import find_data_plate
 from ppl_vae.inference.trial import check_program
-from ppl_vae.runs.build import Program
+from ppl_vae.runs.build import ModelAndGuide
 from ppl_vae.runs.evaluation import evaluate_run
 from tests.conftest import tiny_config
 
@@ -180,7 +180,7 @@ class Plates(nn.Module):
 
 
 def _trial(module, named=""):
-    program = Program(module, module)
+    program = ModelAndGuide(module, module)
     check_program(program, Objective("trace"), [("", torch.randn(4, 4), {})], "prog.py:make", data_plate=named)
     return program
 
