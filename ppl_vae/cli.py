@@ -194,13 +194,13 @@ def _evaluate(args) -> int:
             )
         x, labels = other.test, other.test_labels
     r = evaluate_run(run, config, x=x, progress=_progress(args), labels=labels, data_name=args.data or None)
-    number = lambda key, spec: "skipped" if r.get(key) is None else format(r[key], spec)
-    accuracy = f"accuracy {r['accuracy']:.4f}, " if "accuracy" in r else ""
+    number = lambda value, spec: "skipped" if value is None else format(value, spec)
+    accuracy = f"accuracy {r.accuracy:.4f}, " if r.accuracy is not None else ""
     print(
-        f"log p(x) {r['log_px']:.2f} ± {r['log_px_se']:.2f}, ELBO {r['elbo']:.2f}, KL {r['kl']:.2f}, {accuracy}"
-        f"k̂ mean {r['khat_mean']:.2f} ({r['khat_frac_gt_0_7']:.0%} > 0.7), active units {r['active_units']}, "
-        f"gaps: approximation {number('approximation_gap', '.2f')}, amortization {number('amortization_gap', '.2f')}, "
-        f"SBC p {number('sbc_pvalue', '.2g')} -> {run.path}/evaluation/"
+        f"log p(x) {r.log_px:.2f} ± {r.log_px_se:.2f}, ELBO {r.elbo:.2f}, KL {r.kl:.2f}, {accuracy}"
+        f"k̂ mean {r.khat_mean:.2f} ({r.khat_frac_gt_0_7:.0%} > 0.7), active units {r.active_units}, "
+        f"gaps: approximation {number(r.approximation_gap, '.2f')}, amortization {number(r.amortization_gap, '.2f')}, "
+        f"SBC p {number(r.sbc_pvalue, '.2g')} -> {run.path}/evaluation/"
     )
     return 0
 

@@ -56,7 +56,7 @@ collapsed units as active) and of the draws where it has none (flows).
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pyro
@@ -79,6 +79,7 @@ from ..inference.importance import (
 from ..inference.predictive import element_mask, observed_sites, site_mean
 from ..inference.recording import Recorder, joined_inputs, split_inputs
 from .statistics import mean_se
+from .summary import Summary
 
 __all__ = [
     "PointEstimates",
@@ -440,41 +441,42 @@ def active_units(latent_mean: torch.Tensor, threshold: float = ACTIVE_THRESHOLD)
     return int((variance > threshold).sum()), variance
 
 
-def summarize(est: PointEstimates, khat: np.ndarray) -> dict:
+def summarize(est: PointEstimates, khat: np.ndarray) -> Summary:
     """The headline numbers, nats per datapoint (higher is better for log_px and elbo)."""
     log_px, log_px_se = mean_se(est.log_px)
     elbo, elbo_se = mean_se(est.elbo)
     n_active, variance = active_units(est.latent_mean)
     mc_se = est.log_px_mc_se.numpy()
     finite = bool(np.isfinite(mc_se).all())
-    summary = {
-        "log_px": log_px,
-        "log_px_se": log_px_se,
-        "log_px_mc_se": float(mc_se.mean()) if finite else None,  # mean over points of each estimate's MC SE
-        "log_px_mc_se_rms": float(np.sqrt(np.mean(mc_se**2))) if finite else None,
-        "elbo": elbo,
-        "elbo_se": elbo_se,
-        "kl": float(est.kl.mean()),
-        "distortion": float(est.distortion.mean()),
-        "mse": float(est.mse.mean()) if est.mse_by_site else None,
-        "active_units": n_active,
-        "latent_variance": [float(v) for v in variance],
-        "posterior_variance": [float(v) for v in est.latent_var.mean(0)],
-        "distortion_by_site": {name: float(v.mean()) for name, v in est.distortion_by_site.items()},
-        "mse_by_site": {name: float(v.mean()) for name, v in est.mse_by_site.items()},
-        "khat_mean": float(np.mean(khat)),
-        "khat_max": float(np.max(khat)),
-        "khat_frac_gt_0_7": float(np.mean(khat > 0.7)),
-        "khat_frac_0_5_to_0_7": float(np.mean((khat > 0.5) & (khat <= 0.7))),
-        "k": est.k,
-        "n_points": int(est.log_w.shape[0]),
-    }
-    if est.global_draws:  # the posterior predictive under q(θ): say so, and split its Monte Carlo error
-        inner = est.log_px_mc_se_inner.numpy()
-        summary["global_draws"] = est.global_draws
-        summary["log_px_estimand"] = "posterior predictive log E_q(theta)[p(x|theta)], theta: the global latents"
-        summary["log_px_mc_se_inner"] = float(inner.mean()) if finite else None
-        summary["log_px_mc_se_outer"] = (
-            float(np.sqrt(np.clip(mc_se**2 - inner**2, 0.0, None)).mean()) if finite else None
-        )
-    return summary
+    summary = Summary(
+        log_px=log_px,
+        log_px_se=log_px_se,
+        log_px_mc_se=float(mc_se.mean()) if finite else None,  # mean over points of each estimate's MC SE
+        log_px_mc_se_rms=float(np.sqrt(np.mean(mc_se**2))) if finite else None,
+        elbo=elbo,
+        elbo_se=elbo_se,
+        kl=float(est.kl.mean()),
+        distortion=float(est.distortion.mean()),
+        mse=float(est.mse.mean()) if est.mse_by_site else None,
+        active_units=n_active,
+        latent_variance=[float(v) for v in variance],
+        posterior_variance=[float(v) for v in est.latent_var.mean(0)],
+        distortion_by_site={name: float(v.mean()) for name, v in est.distortion_by_site.items()},
+        mse_by_site={name: float(v.mean()) for name, v in est.mse_by_site.items()},
+        khat_mean=float(np.mean(khat)),
+        khat_max=float(np.max(khat)),
+        khat_frac_gt_0_7=float(np.mean(khat > 0.7)),
+        khat_frac_0_5_to_0_7=float(np.mean((khat > 0.5) & (khat <= 0.7))),
+        k=est.k,
+        n_points=int(est.log_w.shape[0]),
+    )
+    if not est.global_draws:
+        return summary
+    inner = est.log_px_mc_se_inner.numpy()  # the posterior predictive under q(θ): say so, and split its MC error
+    return replace(
+        summary,
+        global_draws=est.global_draws,
+        log_px_estimand="posterior predictive log E_q(theta)[p(x|theta)], theta: the global latents",
+        log_px_mc_se_inner=float(inner.mean()) if finite else None,
+        log_px_mc_se_outer=float(np.sqrt(np.clip(mc_se**2 - inner**2, 0.0, None)).mean()) if finite else None,
+    )

@@ -1,10 +1,10 @@
 r"""What each workflow number says about a run, and what to try next: one sentence per diagnostic.
 
-Pure functions from the numbers of ``evaluation.json`` (or a comparison row) to sentences. Every
-threshold is a named constant with its reference, and every diagnostic is one :class:`Rule` of
-the one registry :data:`RULES`: the summary keys it reads, the key it is shown beside, and the
-function that words it. A rule whose numbers are missing (skipped by ``--gap-points 0``,
-``--sbc-simulations 0``, no labels, …) says nothing.
+Pure functions from an evaluation's :class:`~ppl_vae.diagnostics.summary.Summary` (in a comparison,
+with its numbers averaged over seeds) to sentences. Every threshold is a named constant with its
+reference, and every diagnostic is one :class:`Rule` of the one registry :data:`RULES`: the summary
+fields it reads, the field it is shown beside, and the function that words it. A rule whose numbers
+are missing (skipped by ``--gap-points 0``, ``--sbc-simulations 0``, no labels, …) says nothing.
 
 - PSIS k̂ of each point's K importance weights (Vehtari et al. 2024, arXiv:1507.02646; Yao et al.
   2018, arXiv:1802.02538): below 0.5 the weights have finite variance and the IWAE estimate is
@@ -30,6 +30,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from .summary import Summary
 
 __all__ = [
     "Rule",
@@ -69,7 +71,7 @@ TRY_GUIDE = "a richer guide (`--guide iaf`, flows)"
 
 @dataclass(frozen=True)
 class Rule:
-    """One diagnostic: the summary keys it reads (in ``say``'s argument order) and the key it sits beside."""
+    """One diagnostic: the :class:`Summary` fields it reads (in ``say``'s argument order) and the one it sits beside."""
 
     keys: tuple[str, ...]
     beside: str
@@ -182,16 +184,16 @@ def _present(value) -> bool:
     return value is not None and not (isinstance(value, float) and math.isnan(value))
 
 
-def verdicts(summary: dict) -> dict[str, str]:
+def verdicts(summary: Summary) -> dict[str, str]:
     """``{diagnostic: sentence}`` for every rule of :data:`RULES` whose numbers ``summary`` holds.
 
     Example:
-        >>> verdicts({"sbc_pvalue": 0.3})["sbc"][:40]
+        >>> RULES["sbc"].say(0.3)[:40]
         'SBC finds no miscalibration of q(z|x) (p'
     """
     out = {}
     for name, rule in RULES.items():
-        values = [summary.get(key) for key in rule.keys]
+        values = [getattr(summary, key) for key in rule.keys]
         text = rule.say(*values) if all(_present(v) for v in values) else None
         if text:
             out[name] = text
@@ -262,7 +264,7 @@ def conclusion(rows: list[dict], unit: str = "nats per datapoint", equivalence: 
     return {"best": best, "versus": versus, "sentence": sentence, "equivalence": equivalence}
 
 
-def reliability(summary: dict) -> tuple[bool, str]:
+def reliability(summary: Summary) -> tuple[bool, str]:
     """``(trustworthy, one line)``: whether the headline log p(x) and the guide pass the checks that can fail.
 
     The headline number is not to be trusted where PSIS k̂ > :data:`KHAT_BAD` for some test
@@ -271,16 +273,19 @@ def reliability(summary: dict) -> tuple[bool, str]:
     were skipped are named as such.
 
     Example:
-        >>> reliability({"khat_frac_gt_0_7": 0.0, "sbc_pvalue": 0.4})
+        >>> s = Summary(log_px=-93.1, log_px_se=0.4, elbo=-95.0, elbo_se=0.4, kl=20.0, distortion=75.0,
+        ...             mse=0.01, active_units=8, latent_variance=[1.0] * 8, khat_mean=0.2, khat_max=0.6,
+        ...             khat_frac_gt_0_7=0.0, khat_frac_0_5_to_0_7=0.01, k=1000, n_points=100, sbc_pvalue=0.4)
+        >>> reliability(s)
         (True, 'no warning: k̂ ≤ 0.7 at every test point; SBC finds q(z|x) calibrated (p = 0.4)')
     """
     problems, fine = [], []
-    bad = summary.get("khat_frac_gt_0_7")
+    bad = summary.khat_frac_gt_0_7
     if _present(bad):
         (problems if bad > 0 else fine).append(
             f"k̂ > {KHAT_BAD} at {bad:.0%} of test points" if bad > 0 else f"k̂ ≤ {KHAT_BAD} at every test point"
         )
-    p = summary.get("sbc_pvalue")
+    p = summary.sbc_pvalue
     if _present(p):
         if p < SBC_ALPHA:
             problems.append(f"SBC rejects q(z|x)'s calibration (p = {p:.2g})")

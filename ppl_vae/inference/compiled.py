@@ -8,8 +8,10 @@ ELBO, and its gradient with respect to every parameter — are recorded once per
 and later steps run the recording, replayed or compiled by TorchInductor, through the one
 recording lifecycle of :mod:`ppl_vae.inference.recording` (record, verify against the eager
 objective on the same noise, verify again on the next batch of the shape, then run; or fall
-back to the eager step, or refuse where ``--compile`` forced it). A compiled step draws exactly
-the noise an eager step would draw, and a resumed run stays exact.
+back to the eager step, or refuse where ``--compile`` forced it). A run compiles one shape, its
+batch size: an epoch's ragged last batch is met once an epoch and would not repay a compilation of
+its own, so its recording is replayed. A compiled step draws exactly the noise an eager step
+would draw, and a resumed run stays exact.
 
 The recorded loss is the same estimator as the eager objective, written without reading
 values back to Python (Pyro's ``Trace_ELBO`` calls ``.item()``, which cannot be recorded):
@@ -144,13 +146,22 @@ class RecordedStep:
     labels do not record again. ``kind`` is ``compiled`` (TorchInductor fuses the recorded
     operations) or ``replayed`` (they run one by one: no compiler needed, no compile time).
     ``forced``: a program the recording cannot reproduce is refused rather than trained eagerly.
+    ``rows``: the batch size; a batch of another size (an epoch's ragged last batch) is replayed, not
+    compiled, so a run compiles one shape (each kind of batch: labelled, unlabelled) where it can.
     """
 
-    def __init__(self, program: nn.Module, objective: Objective, kind: str = "compiled", forced: bool = True):
+    def __init__(
+        self,
+        program: nn.Module,
+        objective: Objective,
+        kind: str = "compiled",
+        forced: bool = True,
+        rows: int | None = None,
+    ):
         if objective.name not in RECORDABLE:
             names = f"{', '.join(RECORDABLE[:-1])} and {RECORDABLE[-1]}"
             raise Unrecordable(f"{FLAG} records the {names} ELBOs, not {objective.name!r}", HINT)
-        self.program, self.objective = program, objective
+        self.program, self.objective, self.rows = program, objective, rows
         self.loss = ProgramLoss(program, recordable_elbo(objective))
         # the recording's inputs: each distinct parameter (they get gradients), then each buffer
         self._params = list(self.loss.parameters())
@@ -186,7 +197,7 @@ class RecordedStep:
 
     def __call__(self, x: torch.Tensor, scale: float, beta: float, **inputs) -> torch.Tensor | None:
         key, args = self._args(x, beta, inputs)
-        out = self.recorder((float(scale), key), *args)
+        out = self.recorder((float(scale), key), *args, fuse=self.rows in (None, len(x)))
         if out is None:
             return None
         loss, grads = out
@@ -313,6 +324,7 @@ def choose_step(
     steps: int,
     mode: str,
     forced: bool = True,
+    rows: int | None = None,
 ) -> tuple[RecordedStep | None, str, str]:
     """The step to train with, its kind and one line saying why, under ``mode``: ``auto`` or a step kind.
 
@@ -322,13 +334,13 @@ def choose_step(
     program, :class:`~ppl_vae.inference.recording.Unrecordable`; ``forced=False`` lets the step
     fall back to eager if a later batch shows it cannot be recorded); ``auto`` takes
     :func:`default_step` of the run's ``steps``, and the eager step where the program cannot be
-    recorded (its refusal is the reason given).
+    recorded (its refusal is the reason given). ``rows`` is the batch size: the shape that is compiled.
     """
     if mode != "auto":
         kind = as_step_kind(mode)
         if kind == "eager":
             return None, kind, "eager step (--no-compile)"
-        step = RecordedStep(program, objective, kind, forced)
+        step = RecordedStep(program, objective, kind, forced, rows)
         for x, inputs in trials:
             step.check(x, **inputs)
         return step, kind, "compiled step (--compile)" if kind == "compiled" else "replayed step"
@@ -337,7 +349,7 @@ def choose_step(
     if kind == "eager":
         return None, kind, f"eager step: {steps} steps ({rule})"
     try:
-        step = RecordedStep(program, objective, kind, forced=False)
+        step = RecordedStep(program, objective, kind, forced=False, rows=rows)
         for x, inputs in trials:
             step.check(x, **inputs)
     except Unrecordable as err:

@@ -120,8 +120,12 @@ class Recorder:
         self._verified: set[Hashable] = set()  # shapes whose recording agreed on inputs it was not recorded on
         self._prepared: set[Hashable] = set()  # static parts whose function was checked
 
-    def __call__(self, static: Hashable, *args):
-        """``fn(static)(*args)`` from its recording; ``None`` where the caller runs it eagerly."""
+    def __call__(self, static: Hashable, *args, fuse: bool = True):
+        """``fn(static)(*args)`` from its recording; ``None`` where the caller runs it eagerly.
+
+        ``fuse=False``: a shape met for the first time is replayed even where the kind is ``compiled``
+        (a shape met once an epoch does not repay a compilation of its own).
+        """
         if self.kind == "eager":
             return None
         key = (static, *(_shape(a) for a in args))
@@ -130,7 +134,7 @@ class Recorder:
             if graph is None:
                 if self.shapes is not None and len(self.graphs) >= self.shapes:
                     return None
-                graph = self.graphs[key] = self._record(static, args, self.kind == "compiled")
+                graph = self.graphs[key] = self._record(static, args, fuse and self.kind == "compiled")
             elif key not in self._verified:
                 self._verified.add(key)
                 self._verify(graph, static, args)

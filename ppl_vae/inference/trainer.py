@@ -245,8 +245,9 @@ class Trainer:
             )
         else:
             mode = as_step_kind(self.step_kind) if kept else "auto" if t.compile == "auto" else as_step_kind(t.compile)
+            rows = min(t.batch_size, len(self.train))  # the one shape compiled: a ragged last batch is replayed
             self.compiled, self.step_kind, self.step_reason = choose_step(
-                self.program, self.objective, self._step_trials(), steps, mode, forced=t.compile == "on"
+                self.program, self.objective, self._step_trials(), steps, mode, t.compile == "on", rows
             )
         if kept:
             self.step_reason = f"{self.step_kind} step, as when the run started"

@@ -259,7 +259,7 @@ def check_program(
     ``kind`` names the batch in messages ("labelled", "unlabelled"); ``x`` needs two rows at
     least (only the first two are used); ``objective`` is an :class:`~ppl_vae.inference.objectives.Objective`;
     ``beta`` a KL weight other than 1 the run will use, so that the objective is tried with it.
-    A program with a ``data_plate`` attribute (:class:`ppl_vae.runs.build.Program`) gets the name
+    A program with a ``data_plate`` attribute (:class:`ppl_vae.runs.build.ModelAndGuide`) gets the name
     of its plate over the batch set there: ``data_plate`` (``--data-plate``), or the plate found
     by its size (:func:`~ppl_vae.inference.plates.find_data_plate`). Nothing is drawn from the
     RNG. Returns the pair's plate nesting.

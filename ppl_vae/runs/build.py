@@ -1,6 +1,6 @@
 """Build the model/guide pair a config names: registries for the parts, or the user's own program.
 
-The bench only ever sees a :class:`Program`: a module holding a model module and a guide
+The bench only ever sees a :class:`ModelAndGuide`: a module holding a model module and a guide
 module, with ``model(x, **inputs)`` and ``guide(x, **inputs)``; each part gets the inputs its
 own signature names (:func:`ppl_vae.contracts.accepted_inputs`). Everything the bench does
 with them goes through Pyro's effect handlers.
@@ -44,12 +44,12 @@ from ..models import (
     split_output,
     stack,
 )
-from .programs import ProgramFile, import_factory, named_file
+from .sources import SourceFile, import_factory, named_file
 
-__all__ = ["Program", "build_program", "check_support", "load_factory"]
+__all__ = ["ModelAndGuide", "build_program", "check_support", "load_factory"]
 
 
-class Program(nn.Module):
+class ModelAndGuide(nn.Module):
     """The pair the bench trains and saves: ``model_module.model`` and ``guide_module.guide``.
 
     ``model_module`` and ``guide_module`` are the modules as built (a user's factory returned
@@ -88,28 +88,28 @@ def _pick(registry: dict, name: str, what: str):
     return registry[name]
 
 
-def load_factory(spec: str, role: str, programs: dict[str, ProgramFile] | None = None) -> Callable:
+def load_factory(spec: str, role: str, sources: dict[str, SourceFile] | None = None) -> Callable:
     """The factory of ``path/to/file.py:factory`` (the user's own program).
 
-    ``programs`` holds code already read (the run's stored copy, or the file read once at
+    ``sources`` holds code already read (the run's stored copy, or the file read once at
     ``fit``); without it the file ``spec`` names is read now.
     """
     path, sep, attr = spec.rpartition(":")
     if not sep or not path.endswith(".py") or not attr:
         raise UserError(f"--{role} program must look like path/to/file.py:factory, got {spec!r}")
-    program = (programs or {}).get(role)
-    if program is None or program.spec != spec:
-        program = named_file(role, spec)
-    return import_factory(program)
+    source = (sources or {}).get(role)
+    if source is None or source.spec != spec:
+        source = named_file(role, spec)
+    return import_factory(source)
 
 
 def _user_module(
-    spec: str, role: str, data_dim: int, latent_dim: int, programs: dict[str, ProgramFile] | None, **facts
+    spec: str, role: str, data_dim: int, latent_dim: int, sources: dict[str, SourceFile] | None, **facts
 ) -> nn.Module:
     """The module ``factory(data_dim, latent_dim, **facts)`` returns, ``facts`` limited to those it names."""
-    factory = load_factory(spec, role, programs)
+    factory = load_factory(spec, role, sources)
     facts = select_inputs(accepted_inputs(factory), facts)
-    module = factory(data_dim, latent_dim, **facts)  # what it raises, program_errors says in one line
+    module = factory(data_dim, latent_dim, **facts)  # what it raises, user_code_errors says in one line
     return check_module(module, role, spec)
 
 
@@ -119,31 +119,31 @@ def build_program(
     image_shape: tuple[int, ...],
     init_data: torch.Tensor | None = None,
     num_classes: int | None = None,
-    programs: dict[str, ProgramFile] | None = None,
-) -> Program:
-    """Build the :class:`Program` described by ``cfg`` for data of ``data_dim`` values.
+    sources: dict[str, SourceFile] | None = None,
+) -> ModelAndGuide:
+    """Build the :class:`ModelAndGuide` described by ``cfg`` for data of ``data_dim`` values.
 
     Args:
         init_data: training rows used to initialise data-dependent parameters (the VampPrior's
             pseudo-inputs); ``None`` when the weights will be loaded from a checkpoint anyway.
         num_classes: C of a labelled data set, for user factories that name ``num_classes``.
-        programs: the code of the user programs ``cfg`` names, already read (see
-            :mod:`ppl_vae.runs.programs`); without it the named files are read.
+        sources: the program files ``cfg`` names, already read (see
+            :mod:`ppl_vae.runs.sources`); without it the named files are read.
     """
-    program = _program(cfg, data_dim, image_shape, init_data, num_classes, programs)
+    program = _program(cfg, data_dim, image_shape, init_data, num_classes, sources)
     _pick(INITS, cfg.model.init, "initialisation")(program)
     return program
 
 
-def _program(cfg, data_dim, image_shape, init_data, num_classes, programs) -> Program:
+def _program(cfg, data_dim, image_shape, init_data, num_classes, sources) -> ModelAndGuide:
     m, g = cfg.model, cfg.guide
     facts = {"num_classes": num_classes, "image_shape": tuple(image_shape)}
     if m.stochastic_layers == 2:
         return _hierarchical_program(cfg, data_dim, image_shape, init_data)
-    model_module = _user_module(m.program, "model", data_dim, m.latent_dim, programs, **facts) if m.program else None
+    model_module = _user_module(m.program, "model", data_dim, m.latent_dim, sources, **facts) if m.program else None
     encoder_net, decoder_net = _pick(NETWORKS, m.network, "network")
     if is_program_spec(g.name):
-        guide_module = _user_module(g.name, "guide", data_dim, m.latent_dim, programs, **facts)
+        guide_module = _user_module(g.name, "guide", data_dim, m.latent_dim, sources, **facts)
     elif model_module is not None:  # a user's model brings its own guide (its latent sites)
         guide_module = check_module(model_module, "guide", f"{m.program} (give a guide with --guide file.py:factory)")
     else:
@@ -167,7 +167,7 @@ def _program(cfg, data_dim, image_shape, init_data, num_classes, programs) -> Pr
             output = bayesian(layer)
             guide_module.global_posterior = MeanFieldNormal(output.initial)
         model_module = VAE(prior, decoder, likelihood, output)
-    return Program(model_module, guide_module)
+    return ModelAndGuide(model_module, guide_module)
 
 
 def _head(cfg: Config, name: str, hidden_dim: int) -> nn.Module:
@@ -200,7 +200,7 @@ def _prior(cfg: Config, encoder: nn.Module | None, init_data: torch.Tensor | Non
 
 def _hierarchical_program(
     cfg: Config, data_dim: int, image_shape: tuple[int, ...], init_data: torch.Tensor | None
-) -> Program:
+) -> ModelAndGuide:
     r"""The VampPrior paper's two-layer VAE, from the layers of ``cfg.model.network``.
 
     With ``n`` = ``hidden_layers`` and ``h`` = ``hidden_dim`` (the paper: gated, n = 2, h = 300):
@@ -227,7 +227,7 @@ def _hierarchical_program(
         decoder=Join(layer(L, h), layer(L, h), output),  # (z1, z2) -> f
         likelihood=likelihood,
     )
-    return Program(model, HierarchicalGuide(top, bottom))
+    return ModelAndGuide(model, HierarchicalGuide(top, bottom))
 
 
 def _pseudo_inputs(init_data: torch.Tensor | None, n: int, data_dim: int) -> torch.Tensor:

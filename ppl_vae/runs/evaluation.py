@@ -41,6 +41,7 @@ from ..diagnostics.estimators import PointEstimates, importance_sample, psis_kha
 from ..diagnostics.gaps import refine_local_guide
 from ..diagnostics.inference_data import data_variable, to_inference_data
 from ..diagnostics.sbc import SBCResult, SBCSkipped, simulation_based_calibration
+from ..diagnostics.summary import Summary
 from ..diagnostics.verdicts import verdicts
 from ..errors import UserError
 from ..inference.importance import draw_globals, global_names, max_plate_nesting
@@ -52,9 +53,9 @@ from ..storage.directories import check_contained, locked, remove_leftovers, sta
 from ..storage.schema import write_table
 from .budget import check_memory, evaluation_bytes
 from .layout import EVALUATION, RUN_SUBDIRS
-from .programs import program_errors
 from .report import write_report
 from .schema import versions
+from .sources import user_code_errors
 from .timing import timed
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ POINTWISE = ("log_px", "elbo", "kl", "khat", "point_hash", "k")  # the arrays of
 class Evaluation:
     """What :func:`evaluate` computes: the summary, per-point estimates and what the figures show."""
 
-    summary: dict[str, Any]  # the numbers of evaluation.json
+    summary: Summary  # the numbers of evaluation.json
     estimates: PointEstimates  # per test point: IWAE log p(x), ELBO, KL, ... (K log-weights each)
     khat: np.ndarray  # (N,) PSIS k̂ per test point
     sbc: SBCResult | None  # None: skipped (--sbc-simulations 0, or nothing to simulate)
@@ -162,13 +163,14 @@ def evaluate(
             **inputs,
         )
     khat = psis_khat(est.log_w)
-    summary = summarize(est, khat)
-    summary["sampler"] = sampler[-1] if sampler else "eager importance sampler"  # the last word: a fallback
-    summary["inputs"] = sorted(k for k, v in inputs.items() if v is not None)
+    found = {  # what the estimates do not say: added to the summary as the analysis goes on
+        "sampler": sampler[-1] if sampler else "eager importance sampler",  # the last word: a fallback
+        "inputs": sorted(k for k, v in inputs.items() if v is not None),
+    }
     if labels is not None and is_class_labels(np.asarray(labels)):
         predicted = classify(guide, x, "y", **inputs)
         if predicted is not None:
-            summary["accuracy"] = float((predicted.cpu().numpy() == np.asarray(labels)).mean())
+            found["accuracy"] = float((predicted.cpu().numpy() == np.asarray(labels)).mean())
 
     # the local guide's gaps and calibration: global latents held at one draw θ ~ q(θ) in both programs
     local_model, local_guide = model, guide
@@ -177,11 +179,11 @@ def evaluate(
         with torch.no_grad():
             theta = draw_globals(guide, x[:2], 1, max_plate_nesting(model, guide, x[:2], **first), **first)
         local_model, local_guide = theta.hold(model, 0), theta.hold(guide, 0)
-        summary["global_sites"] = global_names(model, guide, x[:2], **first)
-        summary["local_diagnostics"] = "gaps and calibration of q(z | x, theta) at one draw theta ~ q(theta)"
+        found["global_sites"] = global_names(model, guide, x[:2], **first)
+        found["local_diagnostics"] = "gaps and calibration of q(z | x, theta) at one draw theta ~ q(theta)"
     n_gap = min(config.gap_points, len(x))
     with timed(f"inference gaps ({n_gap} points, {config.gap_steps} steps)"):
-        summary.update(_gaps(est, local_model, local_guide, x[:n_gap], config, progress, rows_of(inputs, slice(n_gap))))
+        found.update(_gaps(est, local_model, local_guide, x[:n_gap], config, progress, rows_of(inputs, slice(n_gap))))
 
     sbc = None
     with timed(f"calibration ({config.sbc_simulations} simulations)"):
@@ -192,12 +194,15 @@ def evaluate(
             )
     skipped = "--sbc-simulations 0" if sbc is None else sbc.reason if isinstance(sbc, SBCSkipped) else None
     sbc = None if skipped else sbc
-    summary["sbc_pvalue"] = None if sbc is None else sbc.pvalue
-    summary["sbc_pvalues"] = [] if sbc is None else [float(p) for p in sbc.pvalues]
-    if skipped:
-        summary["sbc_skipped"] = skipped
-    summary["seconds"] = time.perf_counter() - start
-    summary["verdicts"] = verdicts(summary)  # {diagnostic: what it says about this run, what to try next}
+    summary = replace(
+        summarize(est, khat),
+        **found,
+        sbc_pvalue=None if sbc is None else sbc.pvalue,
+        sbc_pvalues=[] if sbc is None else [float(p) for p in sbc.pvalues],
+        sbc_skipped=skipped,
+        seconds=time.perf_counter() - start,
+    )
+    summary = replace(summary, verdicts=verdicts(summary))  # {diagnostic: what it says, what to try next}
 
     with timed("the ArviZ export and the prior predictive"):
         n_idata = min(config.idata_points, len(x))
@@ -235,8 +240,8 @@ def write_evaluation(
     return target
 
 
-def _draw(figures: Path, ev: Evaluation, image_shape: tuple[int, ...]) -> None:
-    """The evaluation's figures; where one cannot be drawn, the summary says why (``figures_absent``)."""
+def _draw(figures: Path, ev: Evaluation, image_shape: tuple[int, ...]) -> dict[str, str] | None:
+    """The evaluation's figures; where one cannot be drawn, ``{figure: why}`` (the summary's ``figures_absent``)."""
     diagnostic_plots.khat_per_point(ev.khat, figures / "khat.png")
     worst = np.argsort(-ev.khat)[:8]
     plot_images(
@@ -267,16 +272,15 @@ def _draw(figures: Path, ev: Evaluation, image_shape: tuple[int, ...]) -> None:
     if ev.sbc is not None:
         diagnostic_plots.sbc_rank_ecdf(ev.sbc, figures / "sbc.png")
     else:
-        absent["sbc.png"] = f"calibration was skipped: {ev.summary.get('sbc_skipped')}"
-    if absent:
-        ev.summary["figures_absent"] = absent
+        absent["sbc.png"] = f"calibration was skipped: {ev.summary.sbc_skipped}"
+    return absent or None
 
 
 def _write_into(out: Path, ev: Evaluation, image_shape: tuple[int, ...], settings: dict) -> None:
     with timed("the ArviZ file"), atomic_path(out / "inference_data.nc") as tmp:
         ev.idata.to_netcdf(str(tmp), engine="h5netcdf")
     with timed("the evaluation's figures"):
-        _draw(out / "figures", ev, image_shape)
+        ev.summary = replace(ev.summary, figures_absent=_draw(out / "figures", ev, image_shape))
 
     est = ev.estimates
     with atomic_path(out / "pointwise.npz") as tmp:
@@ -296,7 +300,7 @@ def _write_into(out: Path, ev: Evaluation, image_shape: tuple[int, ...], setting
         out / "settings.json",
         {**settings, "points": {"n": int(len(points)), "sha256": sha256_bytes(points.numpy().tobytes())}},
     )
-    write_table(out / "evaluation.json", {**ev.summary, "versions": versions()})
+    write_table(out / "evaluation.json", replace(ev.summary, versions=versions()).to_json())
 
 
 def evaluate_run(
@@ -306,7 +310,7 @@ def evaluate_run(
     progress: bool = True,
     labels: np.ndarray | None = None,
     data_name: str | None = None,
-) -> dict:
+) -> Summary:
     """:func:`evaluate` the run, :func:`write_evaluation` it into its directory, and return the summary.
 
     ``labels`` are the labels of ``x`` (for a program that takes y); ``data_name`` names the data
@@ -323,7 +327,7 @@ def evaluate_run(
     )
     check_writable(run.path)  # before the work, not after it
     check_contained(run.path, RUN_SUBDIRS, whole=(EVALUATION,))
-    with program_errors(run.programs):
+    with user_code_errors(run.sources):
         ev = evaluate(run, config, x, progress, labels)
     settings = {
         "evaluate": asdict(config),

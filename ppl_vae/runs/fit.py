@@ -16,10 +16,10 @@ from ..config import Config
 from ..data.datasets import Dataset
 from ..errors import UserError
 from .layout import check_out_dir, refuse_inputs_inside
-from .preflight import with_absolute_programs
-from .programs import ProgramFile, read_named
+from .preflight import with_absolute_sources
 from .resume import resume_run
 from .run import Run
+from .sources import SourceFile, read_named
 from .transaction import train
 
 __all__ = ["fit"]
@@ -62,16 +62,16 @@ def fit(
         raise UserError("fit needs a config (or resume=True to continue a run)")
     config.validate()
     check_out_dir(out, overwrite)
-    config = with_absolute_programs(config)
-    programs = read_named(config)  # the caller named these files: importing them is its trust
+    config = with_absolute_sources(config)
+    sources = read_named(config)  # the caller named these files: importing them is its trust
     if overwrite:
-        refuse_inputs_inside(out, _inputs(config, programs))
-    return train(config, out, programs, state=None, overwrite=overwrite, data=data, distributed=distributed, **hooks)
+        refuse_inputs_inside(out, _inputs(config, sources))
+    return train(config, out, sources, state=None, overwrite=overwrite, data=data, distributed=distributed, **hooks)
 
 
-def _inputs(config: Config, programs: dict[str, ProgramFile]) -> list[Path]:
+def _inputs(config: Config, sources: dict[str, SourceFile]) -> list[Path]:
     """The files a run is made from: its program files, a data file, a data root."""
-    inputs = [Path(p.path) for p in programs.values()]
+    inputs = [Path(p.path) for p in sources.values()]
     if config.data.name.endswith((".npy", ".npz")):
         inputs.append(Path(config.data.name))
     if config.data.root:

@@ -42,7 +42,7 @@ from ..storage.checkpoint import FORMAT
 
 __all__ = [
     "EVALUATION",
-    "PROGRAM",
+    "SOURCE_COPIES",
     "STUDY_MARKER",
     "kind_of",
     "foreign_entries",
@@ -53,10 +53,10 @@ __all__ = [
 ]
 
 EVALUATION = "evaluation"
-PROGRAM = "program"
+SOURCE_COPIES = "program"  # the folder of the copies of the user's program files (the name runs on disk have)
 STUDY_MARKER = "ppl_vae-study.json"
 STUDY_FORMAT = "ppl_vae-study"
-RUN_SUBDIRS = ("checkpoint", "best", "figures", PROGRAM)  # where a killed writer may leave a temporary file
+RUN_SUBDIRS = ("checkpoint", "best", "figures", SOURCE_COPIES)  # where a killed writer may leave a temporary file
 
 _OURS_HIDDEN = re.compile(r"^\..+\.(tmp|staging|old)-[0-9a-f]{12}$|^\..+\.lock$")
 _FIGURES = {"*.png"}
@@ -68,7 +68,7 @@ RUN_LAYOUT: dict[str, object] = {
     "report.html": None,
     "checkpoint": {"state.json": None, "*.safetensors": None, "*.pending": None},
     "best": {"state.json": None, "*.safetensors": None, "*.pending": None},
-    PROGRAM: {"model.py": None, "guide.py": None},
+    SOURCE_COPIES: {"model.py": None, "guide.py": None},
     "figures": {"*.png": None},
     EVALUATION: {
         "evaluation.json": None,

@@ -3,7 +3,7 @@
 Readers take no lock and see one consistent checkpoint (:mod:`ppl_vae.storage.checkpoint`).
 Every field is checked (:mod:`.schema`) before the program is built; nothing is unpickled.
 
-Layer 3 — imports ``storage`` and the run's build, programs and schema modules.
+Layer 3 — imports ``storage`` and the run's build, sources (the user's program files) and schema modules.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from ..contracts import DATA_PLATE
 from ..errors import UserError
 from ..storage.checkpoint import load_checkpoint, read_checkpoint
 from .build import build_program
-from .programs import program_errors, stored_programs
 from .run import Run, resolve_device
 from .schema import check_extra, config_of, read_metrics
+from .sources import stored_sources, user_code_errors
 
 __all__ = ["load"]
 
@@ -36,16 +36,16 @@ def load(run_dir: str | Path, device: str = "auto", trust_program: bool = False)
     state = checkpoint[0]
     config = config_of(state, run_dir)
     extra = check_extra(state, run_dir)
-    programs = stored_programs(run_dir, config, extra.get("programs"), trust_program)
+    sources = stored_sources(run_dir, config, extra.get("programs"), trust_program)
     metrics = read_metrics(run_dir)
     dev = resolve_device(device)
-    with program_errors(programs):
+    with user_code_errors(sources):
         program = build_program(
             config,
             extra["data_dim"],
             tuple(extra["image_shape"]),
             num_classes=extra.get("num_classes"),
-            programs=programs,
+            sources=sources,
         ).to(dev)
     load_checkpoint(run_dir / "checkpoint", program, device=str(dev), checkpoint=checkpoint)
     program.data_plate = extra.get("data_plate", DATA_PLATE)
@@ -59,7 +59,7 @@ def load(run_dir: str | Path, device: str = "auto", trust_program: bool = False)
         metrics=metrics,
         history=extra["history"],
         checkpoint={"epoch": state["epoch"], "step": state["step"]},
-        programs=programs,
+        sources=sources,
         step_kind=extra.get("step_kind") or "",
         num_classes=extra.get("num_classes"),
     )

@@ -24,9 +24,9 @@ from ..errors import StorageError
 from ..inference.importance import rng_untouched, trace_pair
 from ..inference.trial import check_latent_names, check_params
 from .budget import check_memory, human, training_bytes
-from .build import Program, build_program, check_support
-from .programs import ProgramFile, program_errors, read_named
+from .build import ModelAndGuide, build_program, check_support
 from .run import resolve_device
+from .sources import SourceFile, read_named, user_code_errors
 
 __all__ = [
     "preflight",
@@ -34,11 +34,11 @@ __all__ = [
     "build_checked",
     "check_latent_sites",
     "check_disk",
-    "with_absolute_programs",
+    "with_absolute_sources",
 ]
 
 
-def check_latent_sites(program: Program, x: torch.Tensor) -> None:
+def check_latent_sites(program: ModelAndGuide, x: torch.Tensor) -> None:
     """Refuse a guide that does not sample its model's latent sites under the same names (the trial's rule,
     :func:`~ppl_vae.inference.trial.check_latent_names`), traced once on two rows, drawing nothing from the RNG."""
     with rng_untouched(x), pyro.validation_enabled(False):
@@ -57,10 +57,10 @@ def check_inputs(config: Config, data: Dataset, device: torch.device) -> None:
     )
 
 
-def build_checked(config: Config, data: Dataset, programs: dict[str, ProgramFile], device: torch.device) -> Program:
+def build_checked(config: Config, data: Dataset, sources: dict[str, SourceFile], device: torch.device) -> ModelAndGuide:
     """The program, built and traced once on two training rows (its latent sites checked)."""
     program = build_program(
-        config, data.data_dim, data.image_shape, init_data=data.train, num_classes=data.num_classes, programs=programs
+        config, data.data_dim, data.image_shape, init_data=data.train, num_classes=data.num_classes, sources=sources
     )
     program = program.to(device)
     if not program.takes("y"):  # a program given labels is tried with them by the trainer's trial batches
@@ -75,12 +75,12 @@ def preflight(config: Config, data: Dataset) -> None:
     A study runs them for every variant before it trains the first, so a bad variant is
     refused before any other is trained.
     """
-    config = with_absolute_programs(config.validate())
-    programs = read_named(config)
+    config = with_absolute_sources(config.validate())
+    sources = read_named(config)
     device = resolve_device(config.train.device)
     check_inputs(config, data, device)
-    with program_errors(programs), torch.random.fork_rng():
-        build_checked(config, data, programs, device)
+    with user_code_errors(sources), torch.random.fork_rng():
+        build_checked(config, data, sources, device)
 
 
 def check_disk(directory: Path, program: torch.nn.Module) -> None:
@@ -99,7 +99,7 @@ def _absolute(spec: str) -> str:
     return f"{Path(path).resolve()}:{attr}"
 
 
-def with_absolute_programs(config: Config) -> Config:
+def with_absolute_sources(config: Config) -> Config:
     """A copy of ``config`` whose program paths are absolute, so the run finds them from anywhere.
 
     A copy: the caller's config is left as it was given (a study compares it with finished runs).

@@ -17,10 +17,12 @@ import html
 import tomllib
 from pathlib import Path
 
+from ..diagnostics.summary import Summary
 from ..diagnostics.verdicts import beside, reliability
 from ..errors import UserError
 from ..storage.atomic import read_json, write_text
 from .layout import EVALUATION
+from .schema import read_evaluation
 
 __all__ = ["write_report", "markdown_table", "render_html"]
 
@@ -40,7 +42,7 @@ WORKFLOW_FIGURES = [
 ]
 
 NATS = "nats per datapoint"
-# The diagnostics as they are read: group -> [(key in evaluation.json, what it is, unit)].
+# The diagnostics as they are read: group -> [(field of the evaluation's Summary, what it is, unit)].
 GROUPS: dict[str, list[tuple[str, str, str]]] = {
     "Fit": [
         ("log_px", "held-out log p(x), IWAE-K", NATS),
@@ -124,6 +126,14 @@ def _read(path: Path) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
+def _read_evaluation(run_dir: Path) -> Summary | None:
+    """The run's evaluation, or ``None`` where it has none that this ppl_vae can read."""
+    try:
+        return read_evaluation(run_dir)
+    except UserError:
+        return None
+
+
 def _config(run_dir: Path) -> dict:
     try:
         return tomllib.loads((run_dir / "config.toml").read_text(encoding="utf-8"))
@@ -158,14 +168,13 @@ def _program(metrics: dict) -> str:
     return "built-in VAE: " + ", ".join(parts) + f", latent dimension {metrics.get('latent_dim', '?')}"
 
 
-def _summary(run_dir: Path, metrics: dict | None, evaluation: dict | None, config: dict) -> list[str]:
+def _summary(run_dir: Path, metrics: dict | None, evaluation: Summary | None, config: dict) -> list[str]:
     lines = ["## Summary", ""]
-    if evaluation and "log_px" in evaluation:
-        k, n = evaluation.get("k"), evaluation.get("n_points")
+    if evaluation:
         lines += [
-            f"**log p(x) = {evaluation['log_px']:.2f} ± {evaluation.get('log_px_se', float('nan')):.2f} {NATS}** "
-            f"(IWAE-{k} on {n} test points; ± one standard error over points) · ELBO {evaluation.get('elbo', 0):.2f} · "
-            f"KL {evaluation.get('kl', 0):.2f} nats",
+            f"**log p(x) = {evaluation.log_px:.2f} ± {evaluation.log_px_se:.2f} {NATS}** "
+            f"(IWAE-{evaluation.k} on {evaluation.n_points} test points; ± one standard error over points) · "
+            f"ELBO {evaluation.elbo:.2f} · KL {evaluation.kl:.2f} nats",
             "",
         ]
         trustworthy, line = reliability(evaluation)
@@ -194,7 +203,7 @@ def _summary(run_dir: Path, metrics: dict | None, evaluation: dict | None, confi
                 f"{params} parameters{best}",
             ]
         )
-    versions = (metrics or {}).get("versions") or (evaluation or {}).get("versions")
+    versions = (metrics or {}).get("versions") or (evaluation and evaluation.versions)
     if isinstance(versions, dict) and versions:
         rows.append(["versions", ", ".join(f"{name} {version}" for name, version in versions.items())])
     stamp = run_dir / "metrics.json"
@@ -206,17 +215,17 @@ def _summary(run_dir: Path, metrics: dict | None, evaluation: dict | None, confi
     return lines
 
 
-def _diagnostics(evaluation: dict, settings: dict) -> list[str]:
-    notes = beside(evaluation.get("verdicts", {}))
+def _diagnostics(evaluation: Summary, settings: dict) -> list[str]:
+    notes = beside(evaluation.verdicts)
     lines = ["## Diagnostics", ""]
     data, point = settings.get("data") or {}, settings.get("checkpoint") or {}
     if data.get("name") and "epoch" in point:
         lines += [f"Evaluated on `{data['name']}` after epoch {point['epoch']} (step {point.get('step')}).", ""]
     for group, keys in GROUPS.items():
         rows = [
-            [_cell(what), _cell(evaluation[key]), unit, _cell(notes.get(key, ""))]
+            [_cell(what), _cell(getattr(evaluation, key)), unit, _cell(notes.get(key, ""))]
             for key, what, unit in keys
-            if evaluation.get(key) is not None
+            if getattr(evaluation, key) is not None
         ]
         if rows:
             lines += [
@@ -230,14 +239,14 @@ def _diagnostics(evaluation: dict, settings: dict) -> list[str]:
 
 def write_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
-    metrics, evaluation = _read(run_dir / "metrics.json"), _read(run_dir / EVALUATION / "evaluation.json")
+    metrics, evaluation = _read(run_dir / "metrics.json"), _read_evaluation(run_dir)
     config = _config(run_dir)
     lines = [f"# ppl_vae run `{run_dir.name}`", "", *_summary(run_dir, metrics, evaluation, config)]
     lines += ["## Figures", ""]
     _figures(lines, TRAIN_FIGURES, run_dir / "figures", "figures/", (metrics or {}).get("figures_absent", {}))
     if evaluation:
         figures = run_dir / EVALUATION / "figures"
-        _figures(lines, WORKFLOW_FIGURES, figures, f"{EVALUATION}/figures/", evaluation.get("figures_absent", {}))
+        _figures(lines, WORKFLOW_FIGURES, figures, f"{EVALUATION}/figures/", evaluation.figures_absent)
         lines += _diagnostics(evaluation, _read(run_dir / EVALUATION / "settings.json") or {})
     if config and metrics and "model" in metrics:  # a user's program: the built-in model's options did not run
         config["model"] = {k: v for k, v in config.get("model", {}).items() if k in ("program", "latent_dim")}
@@ -256,7 +265,8 @@ def write_report(run_dir: str | Path) -> Path:
         ]
     shown = {key for keys in GROUPS.values() for key, _, _ in keys} | HIDDEN
     rest = [[f"`{k}`", _cell(v)] for k, v in (metrics or {}).items() if k not in HIDDEN]
-    rest += [[f"`evaluation.{k}`", _cell(v)] for k, v in (evaluation or {}).items() if k not in shown]
+    recorded = sorted(evaluation.to_json().items()) if evaluation else []  # as evaluation.json lists them
+    rest += [[f"`evaluation.{k}`", _cell(v)] for k, v in recorded if k not in shown]
     if rest:
         lines += [
             "## Appendix: every other recorded number",

@@ -21,10 +21,10 @@ from ..storage.checkpoint import read_state
 from ..storage.directories import check_contained, locked, remove_leftovers
 from .layout import RUN_SUBDIRS, kind_of
 from .load import load
-from .preflight import with_absolute_programs
-from .programs import stored_programs
+from .preflight import with_absolute_sources
 from .run import Run
 from .schema import check_extra, config_of, read_metrics
+from .sources import stored_sources
 from .transaction import train
 
 __all__ = ["resume_run", "resume_plan", "differences", "RESUMABLE"]
@@ -56,7 +56,7 @@ def resume_plan(config: Config | None, out: Path) -> tuple[dict, Config]:
     run_config = config_of(state, out)
     check_extra(state, out)
     if config is not None:
-        given = with_absolute_programs(config.validate())
+        given = with_absolute_sources(config.validate())
         changed = [d for d in differences(run_config, given) if d not in RESUMABLE]
         if changed:
             raise UserError(
@@ -89,8 +89,8 @@ def _resume_locked(config: Config | None, out: Path, hooks: dict, data: Dataset 
         return finished
     check_contained(out, RUN_SUBDIRS)  # before anything is written
     remove_leftovers(out, RUN_SUBDIRS)
-    programs = stored_programs(out, run_config, state["extra"].get("programs"), trust)
-    return train(run_config, out, programs, state=state, overwrite=False, data=data, distributed=False, **hooks)
+    sources = stored_sources(out, run_config, state["extra"].get("programs"), trust)
+    return train(run_config, out, sources, state=state, overwrite=False, data=data, distributed=False, **hooks)
 
 
 def differences(a: Config, b: Config) -> list[str]:

@@ -27,8 +27,8 @@ from ..data.datasets import Dataset, load_data
 from ..errors import UserError
 from ..inference.importance import rng_untouched
 from ..inference.predictive import data_columns, prior_decode, reconstruct, repeat_rows
-from .build import Program
-from .programs import ProgramFile, program_errors
+from .build import ModelAndGuide
+from .sources import SourceFile, user_code_errors
 
 __all__ = ["Run", "resolve_device"]
 
@@ -54,14 +54,14 @@ class Run:
 
     path: Path
     config: Config
-    program: Program
+    program: ModelAndGuide
     data_dim: int
     image_shape: tuple[int, ...]
     metrics: dict = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
     data: Dataset | None = None
     checkpoint: dict = field(default_factory=dict)  # epoch and step of the weights held
-    programs: dict[str, ProgramFile] = field(default_factory=dict, repr=False)
+    sources: dict[str, SourceFile] = field(default_factory=dict, repr=False)
     note: str = ""  # "finished": a resume found nothing left to train
     step_kind: str = ""  # the training step fit() took: eager, replayed or compiled ("" before steps were recorded)
     num_classes: int | None = None
@@ -109,7 +109,7 @@ class Run:
 
     def reconstruct(self, x: torch.Tensor, num_particles: int = 1, **inputs) -> torch.Tensor | None:
         """Decodings of ``num_particles`` draws z ~ q(z|x): ``(K, B, D)`` (``None``: no observed site holds x)."""
-        with program_errors(self.programs):
+        with user_code_errors(self.sources):
             return reconstruct(self.program.model, self.program.guide, x.to(self.device), num_particles, **inputs)
 
     def sample(self, n: int, like: torch.Tensor | None = None, **inputs) -> torch.Tensor | None:
@@ -120,7 +120,7 @@ class Run:
         A program whose observed site holds only some of x's columns conditions on the others: without
         ``like`` it is given the test split's first rows (repeated to n)."""
         like = None if like is None else like.to(self.device)
-        with program_errors(self.programs):
+        with user_code_errors(self.sources):
             if like is None and self._observes_part_of_x(**inputs):
                 like = self.dataset().test[:n].to(self.device)
             guide = self.program.guide  # global latents θ ~ q(θ): the fitted decoder, not its prior

@@ -7,13 +7,14 @@ The schemas of a run's own files (their layout is :mod:`ppl_vae.runs.layout`'s):
 - the checkpoint's ``config``, the resolved config the weights were trained with (``config.toml``
   is its copy for reading);
 - ``metrics.json``: the numbers of a finished training, each field typed;
+- ``evaluation/evaluation.json``: an evaluation's :class:`~ppl_vae.diagnostics.summary.Summary`;
 - ``history.csv``: one row an epoch, its columns in a fixed order.
 
 A reader (:func:`~ppl_vae.runs.load.load`, a resume, a study) checks every field here before it
 trusts one: a hand-edited or truncated file is refused in one line naming the file and the field.
 
-Layer 3 — imports ``config`` (to rebuild a checkpoint's config), ``storage`` and the step kinds of
-``inference``; nothing that trains or draws.
+Layer 3 — imports ``config`` (to rebuild a checkpoint's config), ``storage``, the step kinds of
+``inference`` and the summary of ``diagnostics``; nothing that trains or draws.
 """
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ import torch
 
 from ..config import Config, from_dict
 from ..contracts import DATA_PLATE
+from ..diagnostics.summary import Summary
 from ..errors import CheckpointError, UserError
 from ..inference.steps import STEP_KINDS, as_step_kind
 from ..storage.checkpoint import read_state
 from ..storage.schema import read_table
+from .layout import EVALUATION
 
 __all__ = [
     "HISTORY_COLUMNS",
@@ -44,6 +47,7 @@ __all__ = [
     "REQUIRED_METRICS",
     "versions",
     "read_metrics",
+    "read_evaluation",
 ]
 
 HISTORY_COLUMNS = ("epoch", "train_objective", "test_elbo", "beta", "seconds")
@@ -232,3 +236,9 @@ def read_metrics(run_dir: str | Path) -> dict:
     if metrics["epochs"] < 1 or not metrics["seconds"] >= 0 or metrics["parameters"] < 0:
         raise CheckpointError(f"{path}: epochs, seconds and parameters must be counts")
     return metrics
+
+
+def read_evaluation(run_dir: str | Path) -> Summary:
+    """The run's ``evaluation/evaluation.json`` as a :class:`Summary`; :class:`UserError` where none can be read."""
+    path = Path(run_dir) / EVALUATION / "evaluation.json"
+    return Summary.from_json(read_table(path, "evaluation"), str(path))

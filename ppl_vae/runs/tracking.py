@@ -77,11 +77,12 @@ def flat_config(run_dir: str | Path) -> dict[str, str]:
 
 
 def _evaluation(run_dir: Path) -> dict[str, float]:
+    from .schema import read_evaluation  # torch and pyro: not at import, which the CLI's parser does
+
     try:
-        table = read_json(run_dir / EVALUATION / "evaluation.json", "evaluation")
+        return _numbers(read_evaluation(run_dir).to_json())
     except UserError:
         return {}
-    return _numbers(table) if isinstance(table, dict) else {}
 
 
 def _last_epoch(run_dir: Path) -> int:

@@ -46,10 +46,10 @@ from ..storage.schema import write_table
 from .figures import draw_figures, first_rows
 from .layout import RUN_SUBDIRS, check_out_dir
 from .preflight import build_checked, check_disk, check_inputs
-from .programs import ProgramFile, program_errors, record_of, store
 from .report import write_report
 from .run import Run, resolve_device
 from .schema import check_position, history_columns, versions
+from .sources import SourceFile, record_of, store, user_code_errors
 from .timing import timed
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ __all__ = ["train"]
 def train(
     config: Config,
     out: Path,
-    programs: dict[str, ProgramFile],
+    sources: dict[str, SourceFile],
     *,
     state: dict | None,
     overwrite: bool,
@@ -84,9 +84,9 @@ def train(
     if device.type == "cuda" and cluster.world > 1:
         device = torch.device("cuda", torch.cuda.current_device())
 
-    with program_errors(programs):
+    with user_code_errors(sources):
         pyro.set_rng_seed(config.train.seed)
-        program = build_checked(config, data, programs, device)
+        program = build_checked(config, data, sources, device)
         if cluster.world > 1:
             pyro.set_rng_seed(config.train.seed + cluster.rank)  # each rank its own Monte Carlo noise
         num_classes = data.num_classes
@@ -97,11 +97,11 @@ def train(
             data.data_dim,
             tuple(data.image_shape),
             data=data,
-            programs=programs,
+            sources=sources,
             num_classes=num_classes,
         )
         labels, test_labels = _labels_for(run, data, config)
-        writer = _Writer(run, programs, data) if cluster.is_main else None  # a rank other than 0 writes nothing
+        writer = _Writer(run, sources, data) if cluster.is_main else None  # a rank other than 0 writes nothing
         trainer = Trainer(
             program,
             config.train,
@@ -207,8 +207,8 @@ class _Writer:
     the trainer calls the hooks only from ``fit``, after that.
     """
 
-    def __init__(self, run: Run, programs: dict[str, ProgramFile], data: Dataset):
-        self.run, self.config, self.programs, self.data = run, run.config, programs, data
+    def __init__(self, run: Run, sources: dict[str, SourceFile], data: Dataset):
+        self.run, self.config, self.sources, self.data = run, run.config, sources, data
         self.target: _Target | None = None
         self.extra_fixed: dict = {}
 
@@ -224,15 +224,15 @@ class _Writer:
         self.target = target
         write_text(target.dir / "config.toml", to_toml(self.config))
         if target.fresh:
-            store(self.programs, target.dir)
+            store(self.sources, target.dir)
         self.extra_fixed = {
             "data_dim": data.data_dim,
             "image_shape": list(data.image_shape),
             "num_classes": run.num_classes,
             "data_plate": run.program.data_plate,  # found by the trial (or named with --data-plate)
         }
-        if self.programs:
-            self.extra_fixed["programs"] = record_of(self.programs)
+        if self.sources:
+            self.extra_fixed["programs"] = record_of(self.sources)
 
     def checkpoint(self, t: Trainer) -> None:
         """Write the checkpoint of where ``t`` is; the first one puts the new run in ``out``'s place."""
@@ -351,13 +351,13 @@ def _what_ran(run: Run) -> dict:
     described["guide"] = (
         cfg.guide.name if not cfg.model.program or is_program_spec(cfg.guide.name) else cfg.model.program
     )
-    for role, program in run.programs.items():
-        described[f"{role}_sha256"] = program.sha256
-    if run.programs:
+    for role, source in run.sources.items():
+        described[f"{role}_sha256"] = source.sha256
+    if run.sources:
         x = run.dataset().test[:2].to(run.device)
         labels = run.dataset().test_labels
         inputs = first_rows(run.inputs(None if labels is None else labels[:2]), 2)
-        with program_errors(run.programs), rng_untouched(x), pyro.validation_enabled(False):
+        with user_code_errors(run.sources), rng_untouched(x), pyro.validation_enabled(False):
             guide_trace, model_trace = trace_pair(run.program.model, run.program.guide, x, **inputs)
         described["latent_sites"] = [
             s["name"] for s in latent_sites(model_trace) if not s["infer"].get("_deterministic")

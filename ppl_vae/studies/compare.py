@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -212,7 +212,7 @@ def _mean(values: list) -> float | None:
     return None if any(v is None for v in values) else float(np.mean(values))
 
 
-MEANS = (
+MEANS = (  # the Summary fields a variant's row averages over its seeds
     "elbo",
     "kl",
     "mse",
@@ -297,7 +297,7 @@ def _compare(
         evs = [ev for _, ev in per_seed]
         rows[name] = {
             "variant": name,
-            **{key: _mean([ev.get(key) for ev in evs]) for key in MEANS},
+            **{key: _mean([getattr(ev, key) for ev in evs]) for key in MEANS},
             "parameters": int(per_seed[0][0].metrics["parameters"]),
             "train_seconds": float(np.mean([run.metrics["seconds"] for run, _ in per_seed])),
             "n_points": int(len(pointwise[name])),
@@ -305,8 +305,9 @@ def _compare(
             "seeds": seeds,
         }
         if seeds > 1:
-            rows[name]["log_px_seed_sd"] = float(np.std([ev["log_px"] for ev in evs], ddof=1))
-        said[name] = verdicts({**evs[0], **rows[name]})  # seed means where there are several, else seed 0's
+            rows[name]["log_px_seed_sd"] = float(np.std([ev.log_px for ev in evs], ddof=1))
+        # seed 0's summary with the seed means where there are several
+        said[name] = verdicts(replace(evs[0], **{key: rows[name][key] for key in MEANS}))
     check_comparable(per_run)
     _check_same_columns({name: results[runs[(name, 0)]][0] for name in variants}, data)
     # stacking mixes predictive densities: a seed-averaged log p(x) is not one, so no weights then

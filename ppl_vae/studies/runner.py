@@ -30,15 +30,16 @@ from tqdm.auto import tqdm
 
 from ..config import Config, EvalConfig
 from ..data.datasets import Dataset
+from ..diagnostics.summary import Summary
 from ..errors import CheckpointError, UserError
 from ..runs.evaluation import evaluate_run
 from ..runs.fit import fit
 from ..runs.layout import EVALUATION, STUDY_FORMAT, STUDY_MARKER, kind_of, study_kind
 from ..runs.load import load
-from ..runs.preflight import preflight, with_absolute_programs
-from ..runs.programs import current_digests
+from ..runs.preflight import preflight, with_absolute_sources
 from ..runs.run import Run
-from ..runs.schema import read_metrics, read_run_config
+from ..runs.schema import read_evaluation, read_metrics, read_run_config
+from ..runs.sources import current_digests
 from ..storage.checkpoint import read_state
 from ..storage.directories import check_contained, locked, make_parents, remove_created
 from ..storage.schema import NewerSchema, read_table, write_table
@@ -120,15 +121,13 @@ def _evaluated(run_dir: Path, workflow: EvalConfig, step: int, data_name: str) -
     """Whether ``run_dir`` holds an evaluation of checkpoint ``step`` at ``workflow``'s settings."""
     try:
         settings = read_table(run_dir / EVALUATION / "settings.json", "evaluation settings")
-        evaluation = read_table(run_dir / EVALUATION / "evaluation.json", "evaluation")
+        read_evaluation(run_dir)  # a readable summary, or evaluate again
     except NewerSchema:
         raise  # a newer ppl_vae's evaluation is neither misread nor replaced
     except UserError:
         return False
     return (
         isinstance(settings, dict)
-        and isinstance(evaluation, dict)
-        and "log_px" in evaluation
         and _estimates(settings.get("evaluate")) == _estimates(asdict(workflow))
         and settings.get("data") == {"name": data_name, "split": "test"}
         and (settings.get("checkpoint") or {}).get("step") == step
@@ -180,7 +179,7 @@ def run_variants(
     kind: str = "compare",
     executor: Executor | None = None,
     callbacks: Sequence[VariantCallback] = (),
-) -> dict[str, tuple[Run, dict]]:
+) -> dict[str, tuple[Run, Summary]]:
     """Fit (or reuse) and evaluate every variant under ``out/runs/<name>``; return runs and evaluations.
 
     Call inside :func:`open_study`. Every variant is checked, and its plan made, before the
@@ -203,7 +202,7 @@ def run_variants(
             other = next(n for n, d in dirs.items() if d == run_dir)
             raise UserError(f"variants {other!r} and {name!r} would share the run directory {run_dir}")
         dirs[name] = run_dir
-        config = with_absolute_programs(config.validate())
+        config = with_absolute_sources(config.validate())
         plans[name] = _plan(run_dir, config, workflow, overwrite)
         if plans[name] in ("new", "retrain"):
             preflight(config, data)
@@ -219,10 +218,10 @@ def run_variants(
     with tqdm(total=len(jobs), desc="variants", unit="run", disable=not progress) as bar:
         executor.map(execute_plan, jobs, shared=data, tick=_ticker(jobs, bar, progress), start=_starter(jobs, bar))
     results = {}
-    for name in variants:  # the stored programs are byte for byte the files this study names: trusted as those are
+    for name in variants:  # the stored sources are byte for byte the files this study names: trusted as those are
         run = load(dirs[name], trust_program=True)
         run.data = data
-        results[name] = (run, read_table(dirs[name] / EVALUATION / "evaluation.json", "evaluation"))
+        results[name] = (run, read_evaluation(dirs[name]))
     return results
 
 

@@ -115,16 +115,16 @@ def _sweep(
         row = {
             "sigma": sigma,
             "beta_equivalent": 2 * sigma**2,
-            "elbo": ev["elbo"],
-            "log_px": ev["log_px"],
-            "log_px_se": ev["log_px_se"],
-            "rate": ev["kl"],
-            "distortion": ev["distortion"],
-            "mse": ev["mse"],
-            "active_units": ev["active_units"],
+            "elbo": ev.elbo,
+            "log_px": ev.log_px,
+            "log_px_se": ev.log_px_se,
+            "rate": ev.kl,
+            "distortion": ev.distortion,
+            "mse": ev.mse,
+            "active_units": ev.active_units,
             "ppca_active_units": ppca_active_units(as_tensor(data.train), sigma, base.model.latent_dim),
-            "posterior_spread": float(np.mean(np.array(ev["posterior_variance"]) / prior_var.numpy())),
-            "khat_mean": ev["khat_mean"],
+            "posterior_spread": float(np.mean(np.array(ev.posterior_variance) / prior_var.numpy())),
+            "khat_mean": ev.khat_mean,
         }
         if classifier is not None:
             ident = identity_preservation(model, guide, x, labels, classifier)

@@ -30,8 +30,8 @@ def test_m2_on_digits_learns_to_classify_from_300_labels(tmp_path):
     run = ppl_vae.fit(config, tmp_path / "m2", progress=False)
     assert run.history[-1]["test_elbo"] > run.history[0]["test_elbo"] + 3
     summary = evaluate(run, QUICK, progress=False).summary
-    assert summary["accuracy"] > 0.6, summary["accuracy"]  # chance: 0.1
-    assert summary["log_px"] >= summary["elbo"] and summary["inputs"] == []
+    assert summary.accuracy > 0.6, summary.accuracy  # chance: 0.1
+    assert summary.log_px >= summary.elbo and summary.inputs == []
 
 
 def _bernoulli_log_lik(logits: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -52,8 +52,8 @@ def test_quadrant_cvae_keeps_the_given_quadrant_and_reports_the_conditional_like
     with torch.no_grad():
         exact = _bernoulli_log_lik(regressor.net(regressor.quadrants.inputs(x)), x, out)
     summary = evaluate(runs["regressor_small"], QUICK, progress=False).summary
-    assert summary["log_px"] == pytest.approx(float(exact.mean()), rel=1e-5)
-    assert summary["elbo"] == pytest.approx(summary["log_px"], rel=1e-6) and summary["kl"] == 0
+    assert summary.log_px == pytest.approx(float(exact.mean()), rel=1e-5)
+    assert summary.elbo == pytest.approx(summary.log_px, rel=1e-6) and summary.kl == 0
     # the CVAE: decodings and samples keep the given quadrant; only the output pixels are predicted
     cvae = runs["cvae_small"]
     given = cvae.program.model_module.quadrants.given
@@ -63,7 +63,7 @@ def test_quadrant_cvae_keeps_the_given_quadrant_and_reports_the_conditional_like
     )
     assert not torch.equal(samples[:, ~given], x[:8, ~given])
     summary = evaluate(cvae, QUICK, progress=False).summary
-    assert summary["log_px"] >= summary["elbo"] and np.isfinite(summary["log_px"])
+    assert summary.log_px >= summary.elbo and np.isfinite(summary.log_px)
 
 
 def test_class_conditional_samples_are_recognised_as_their_class(tmp_path):
@@ -82,12 +82,12 @@ def test_class_conditional_samples_are_recognised_as_their_class(tmp_path):
     recognised = float((classifier.predict(samples.clamp(0, 1).numpy()) == y.numpy()).mean())
     assert recognised > 0.6, recognised  # chance: 0.1
     summary = evaluate(run, QUICK, progress=False).summary
-    assert summary["inputs"] == ["y"] and "accuracy" not in summary  # conditioned on y: log p(x, y), no classifier
+    assert summary.inputs == ["y"] and summary.accuracy is None  # conditioned on y: log p(x, y), no classifier
     # the labels are an input of the recorded sampler: compiled, it weighs the same draws as eager
     compiled = evaluate(run, replace(QUICK, compile_sampler="on"), progress=False).summary
-    assert compiled["sampler"] == "compiled importance sampler (--compile-sampler)"
+    assert compiled.sampler == "compiled importance sampler (--compile-sampler)"
     for key in ("log_px", "elbo", "kl", "distortion", "mse"):
-        assert compiled[key] == pytest.approx(summary[key], rel=1e-5), key
+        assert getattr(compiled, key) == pytest.approx(getattr(summary, key), rel=1e-5), key
 
 
 # --- the full runs of the README (make m2, make cvae, make conditional), on MNIST ------------------------------------
@@ -102,7 +102,7 @@ def test_m2_on_mnist_with_3000_labels(shared_data, tmp_path):
     )
     run = ppl_vae.fit(config, tmp_path / "m2", progress=False)
     summary = evaluate(run, EvalConfig(k=10, gap_points=0, sbc_simulations=0), progress=False).summary
-    assert summary["accuracy"] > 0.9, summary["accuracy"]
+    assert summary.accuracy > 0.9, summary.accuracy
 
 
 @pytest.mark.slow

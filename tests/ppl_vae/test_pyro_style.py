@@ -25,7 +25,7 @@ from ppl_vae.errors import UserError
 from ppl_vae.inference.objectives import Objective
 from ppl_vae.inference.plates import find_data_plate
 from ppl_vae.inference.trial import check_program
-from ppl_vae.runs.build import Program
+from ppl_vae.runs.build import ModelAndGuide
 from ppl_vae.runs.evaluation import evaluate_run
 from tests.conftest import tiny_config
 
@@ -70,9 +70,9 @@ def test_a_pyro_style_program_goes_through_fit_evaluate_and_sample(tmp_path, fac
     assert run.model_module is run.program.model_module and run.guide_module is run.model_module
 
     summary = evaluate_run(run, EVAL, progress=False)
-    assert summary["log_px"] >= summary["elbo"] - 1e-6, summary
-    assert summary["approximation_gap"] is not None and summary["amortization_gap"] is not None
-    assert summary["sbc_pvalue"] is not None, summary.get("sbc_skipped")  # the cvae: its columns of x simulated
+    assert summary.log_px >= summary.elbo - 1e-6, summary
+    assert summary.approximation_gap is not None and summary.amortization_gap is not None
+    assert summary.sbc_pvalue is not None, summary.sbc_skipped  # the cvae: its columns of x simulated
     idata = az.from_netcdf(tmp_path / "run" / "evaluation" / "inference_data.nc")
     assert GROUPS <= set(idata.groups())
     names = json.loads(idata.attrs["site_names"])  # variable -> site
@@ -193,7 +193,7 @@ class Plates(nn.Module):
 
 
 def _trial(module, named=""):
-    program = Program(module, module)
+    program = ModelAndGuide(module, module)
     check_program(program, Objective("trace"), [("", torch.randn(4, 4), {})], "prog.py:make", data_plate=named)
     return program
 

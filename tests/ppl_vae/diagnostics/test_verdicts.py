@@ -1,6 +1,8 @@
 """Verdicts follow their thresholds, the per-point Monte Carlo SE is the spread of repeated estimates,
 and a comparison's conclusion weighs the larger of the paired SE and the seed spread."""
 
+from dataclasses import MISSING, fields, replace
+
 import numpy as np
 import pyro
 import pyro.distributions as dist
@@ -10,6 +12,7 @@ import torch
 from ppl_vae.diagnostics import verdicts as v
 from ppl_vae.diagnostics.estimators import importance_sample, iwae_mc_se, psis_khat, summarize
 from ppl_vae.diagnostics.statistics import seed_sd_of_difference
+from ppl_vae.diagnostics.summary import Summary
 from tests.ppl_vae.linear_gaussian import PosteriorGuide
 
 
@@ -23,11 +26,13 @@ def test_khat_verdict_calls_a_too_narrow_guide_unreliable_and_the_exact_guide_no
     summary = summarize(exact, psis_khat(exact.log_w))
     said = v.verdicts(summary)
     assert "unreliable" not in said["khat"] and "reliable" in said["khat"]
-    assert summary["log_px_mc_se_rms"] < 1e-8 and "small beside" in said["log_px_mc_se"]  # equal weights
+    assert summary.log_px_mc_se_rms < 1e-8 and "small beside" in said["log_px_mc_se"]  # equal weights
 
 
 def _summary(**numbers):
-    return {"n_points": 100, "k": 1000, **numbers}
+    """A summary of 100 points at K = 1000 whose other numbers are ``numbers``, or missing."""
+    headline = {f.name: None for f in fields(Summary) if f.default is MISSING and f.default_factory is MISSING}
+    return Summary(**{**headline, "n_points": 100, "k": 1000, **numbers})
 
 
 @pytest.mark.parametrize(
@@ -57,7 +62,7 @@ def test_verdicts_follow_their_thresholds(numbers, diagnostic, words):
 
 def test_missing_numbers_give_no_verdict():
     skipped = _summary(sbc_pvalue=None, amortization_gap=None, approximation_gap=None, active_units=0)
-    skipped["latent_variance"] = []  # no continuous latent: nothing can collapse
+    skipped = replace(skipped, latent_variance=[])  # no continuous latent: nothing can collapse
     assert v.verdicts(skipped) == {}
     assert v.verdicts(_summary(sbc_pvalue=float("nan"))) == {}
 
@@ -131,6 +136,6 @@ def test_seed_sd_of_difference_pairs_seeds():
 
 @pytest.mark.parametrize("outer,inner,raise_", [(0.5, 0.05, "--global-draws"), (0.05, 0.5, "--k"), (0.01, 0.01, "")])
 def test_the_posterior_predictive_verdict_says_which_draws_to_raise(outer, inner, raise_):
-    text = v.verdicts({"global_draws": 10, "log_px_mc_se_outer": outer, "log_px_mc_se_inner": inner})["global_draws"]
+    text = v.verdicts(_summary(global_draws=10, log_px_mc_se_outer=outer, log_px_mc_se_inner=inner))["global_draws"]
     assert "posterior predictive over 10 draws" in text
     assert (f"raise `{raise_}`" in text) if raise_ else "raise" not in text

@@ -80,10 +80,11 @@ def test_recorded_draws_follow_the_rng_like_eager_draws(digits):
 def test_compiled_training_follows_eager_training(digits, prior):
     """Two epochs with β annealing, compiled: the same ELBOs and weights as eager.
 
-    Also with an encoder shared by two programs (the VampPrior's).
+    Also with an encoder shared by two programs (the VampPrior's). 250 rows in batches of 64: the
+    full batch is the one shape compiled, the ragged last batch (58 rows) is replayed.
     """
-    x = digits.train[:256]
-    runs = {}
+    x = digits.train[:250]
+    runs, graphs = {}, {}
     for compile_ in (False, True):
         config = tiny_config(
             model={"prior": prior},
@@ -93,6 +94,10 @@ def test_compiled_training_follows_eager_training(digits, prior):
         program = build_program(config, 64, (8, 8), init_data=x)
         trainer = Trainer(program, config.train, x, digits.test[:50], progress=False)
         runs[compile_] = (trainer.fit(), program)
+        graphs[compile_] = trainer.compiled and trainer.compiled.recorder.graphs
+    assert trainer.step_kind == "compiled"
+    replayed = {key[2][0][0]: isinstance(graph, torch.fx.GraphModule) for key, graph in graphs[True].items()}
+    assert replayed == {64: False, 58: True}, replayed  # key: (static, params, x's (shape, dtype, device), ...)
     (eager, p_eager), (compiled, p_compiled) = runs[False], runs[True]
     for a, b in zip(eager, compiled):
         assert a["train_objective"] == pytest.approx(b["train_objective"], rel=1e-5)

@@ -62,9 +62,9 @@ def test_heldout_log_px_is_the_posterior_predictive_under_q_mu():
     assert torch.allclose(est.elbo, pair.expected_log_lik(x), atol=0.15)
     assert bool((pair.expected_log_lik(x) < exact).all()) and float(est.elbo.mean()) < float(exact.mean())
     summary = summarize(est, psis_khat(est.log_w))
-    assert summary["global_draws"] == 400 and summary["khat_max"] == 0.0
-    assert summary["log_px_mc_se_inner"] < 1e-6 < summary["log_px_mc_se_outer"]
-    assert "posterior predictive" in summary["log_px_estimand"]
+    assert summary.global_draws == 400 and summary.khat_max == 0.0
+    assert summary.log_px_mc_se_inner < 1e-6 < summary.log_px_mc_se_outer
+    assert "posterior predictive" in summary.log_px_estimand
 
 
 def test_sample_decodes_at_theta_from_the_guide_and_the_export_keeps_it_without_the_point_dim():

@@ -87,11 +87,13 @@ def test_the_evaluation_says_what_its_numbers_mean(make_run):
     import html
     import re
 
+    from ppl_vae.diagnostics.summary import Summary
     from ppl_vae.diagnostics.verdicts import verdicts
 
     evaluation = json.loads((make_run / "evaluation" / "evaluation.json").read_text())
     said = evaluation.pop("verdicts")
-    assert said == verdicts(evaluation) and {"khat", "log_px_mc_se", "sbc", "gaps", "active_units"} <= set(said)
+    assert said == verdicts(Summary.from_json(evaluation))
+    assert {"khat", "log_px_mc_se", "sbc", "gaps", "active_units"} <= set(said)
     mc_se = np.load(make_run / "evaluation" / "pointwise.npz")["log_px_mc_se"]
     assert mc_se.shape == (evaluation["n_points"],) and (mc_se >= 0).all()
     assert evaluation["log_px_mc_se"] == pytest.approx(mc_se.mean(), rel=1e-12)

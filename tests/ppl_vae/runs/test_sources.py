@@ -17,7 +17,7 @@ import ppl_vae
 from ppl_vae.cli import main
 from ppl_vae.config import EvalConfig
 from ppl_vae.errors import ProgramError
-from ppl_vae.runs.preflight import with_absolute_programs
+from ppl_vae.runs.preflight import with_absolute_sources
 from ppl_vae.runs.schema import read_run_config
 from ppl_vae.storage.checkpoint import read_state, state_digest
 from ppl_vae.studies.runner import _plan
@@ -144,7 +144,7 @@ def test_a_study_reuses_a_run_only_while_its_program_file_is_unchanged(made, tmp
     state["extra"]["programs"]["model"]["spec"] = config.model.program
     state["sha256"] = state_digest(state)
     state_path.write_text(json.dumps(state))
-    config = with_absolute_programs(config)
+    config = with_absolute_sources(config)
     assert _plan(run, config, EvalConfig(), overwrite=False) == "evaluate"  # trained, not yet evaluated
     (tmp_path / "mine.py").write_text(program(model_extra="z = z * 1.0"))
     with pytest.raises(ppl_vae.UserError, match="holds a run of another config .*its program files"):

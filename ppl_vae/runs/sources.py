@@ -1,5 +1,9 @@
 """A run remembers its code, and imports it only when trusted.
 
+A *source* (:class:`SourceFile`) is one of the user's program files, read once: the code of
+the factory that builds the model or the guide, as opposed to the program itself (the
+model/guide pair of :class:`ppl_vae.contracts.Program`).
+
 A run made from a user's program (``--model file.py:factory`` or ``--guide file.py:factory``)
 keeps a copy of each program file in ``RUN_DIR/program/<role>.py``; the sha256 of each copy
 is recorded in every checkpoint (whose ``state.json`` is digest-checked). The trust rule,
@@ -15,7 +19,7 @@ as ``trust_remote_code`` is for model hubs:
   directory cannot name code to run.
 
 Errors raised inside a user's program are reported as one line naming the program, the file
-and line where it raised, and the last sample site it reached (:func:`program_errors`).
+and line where it raised, and the last sample site it reached (:func:`user_code_errors`).
 """
 
 from __future__ import annotations
@@ -32,28 +36,28 @@ from ..config import Config, is_program_spec
 from ..errors import ProgramError, UserError
 from ..inference.trial import LastSite, user_line
 from ..storage.atomic import read_bounded, sha256_bytes, write_bytes
-from .layout import PROGRAM
+from .layout import SOURCE_COPIES
 
 __all__ = [
-    "ProgramFile",
-    "program_specs",
+    "SourceFile",
+    "source_specs",
     "named_file",
     "read_named",
     "record_of",
     "store",
-    "stored_programs",
+    "stored_sources",
     "import_factory",
-    "program_errors",
+    "user_code_errors",
     "current_digests",
 ]
 
 ROLES = ("model", "guide")
-MAX_PROGRAM_BYTES = 10 << 20
+MAX_SOURCE_BYTES = 10 << 20
 
 
 @dataclass(frozen=True)
-class ProgramFile:
-    """The code of one program, read once: what is imported is what is stored."""
+class SourceFile:
+    """One program file, read once: what is imported is what is stored."""
 
     role: str  # "model" or "guide"
     spec: str  # path/to/file.py:factory, as the run's config names it
@@ -69,8 +73,8 @@ class ProgramFile:
         return sha256_bytes(self.code)
 
 
-def program_specs(config: Config) -> dict[str, str]:
-    """``{role: "file.py:factory"}`` for the user programs ``config`` names."""
+def source_specs(config: Config) -> dict[str, str]:
+    """``{role: "file.py:factory"}`` for the program files ``config`` names."""
     specs = {}
     if config.model.program:
         specs["model"] = config.model.program
@@ -80,18 +84,18 @@ def program_specs(config: Config) -> dict[str, str]:
 
 
 def _read(path: Path, what: str) -> bytes:
-    return read_bounded(path, f"{what} program file", MAX_PROGRAM_BYTES)
+    return read_bounded(path, f"{what} program file", MAX_SOURCE_BYTES)
 
 
-def named_file(role: str, spec: str) -> ProgramFile:
+def named_file(role: str, spec: str) -> SourceFile:
     """The program file ``spec`` names, read once."""
     path = Path(spec.rpartition(":")[0])
-    return ProgramFile(role, spec, path, _read(path, f"--{role}"))
+    return SourceFile(role, spec, path, _read(path, f"--{role}"))
 
 
-def read_named(config: Config) -> dict[str, ProgramFile]:
+def read_named(config: Config) -> dict[str, SourceFile]:
     """The program files ``config`` names, read once (the caller named them: that is its trust)."""
-    return {role: named_file(role, spec) for role, spec in program_specs(config).items()}
+    return {role: named_file(role, spec) for role, spec in source_specs(config).items()}
 
 
 def current_digests(config: Config) -> dict[str, str]:
@@ -99,15 +103,17 @@ def current_digests(config: Config) -> dict[str, str]:
     return {role: p.sha256 for role, p in read_named(config).items()}
 
 
-def record_of(programs: dict[str, ProgramFile]) -> dict[str, dict[str, str]]:
-    """What a checkpoint records of the programs: the stored copy, its sha256, the spec it came from."""
-    return {role: {"file": f"{PROGRAM}/{role}.py", "sha256": p.sha256, "spec": p.spec} for role, p in programs.items()}
+def record_of(sources: dict[str, SourceFile]) -> dict[str, dict[str, str]]:
+    """What a checkpoint records of the program files: the stored copy, its sha256, the spec it came from."""
+    return {
+        role: {"file": f"{SOURCE_COPIES}/{role}.py", "sha256": p.sha256, "spec": p.spec} for role, p in sources.items()
+    }
 
 
-def store(programs: dict[str, ProgramFile], run_dir: Path) -> None:
+def store(sources: dict[str, SourceFile], run_dir: Path) -> None:
     """Write a copy of each program file into ``run_dir/program/<role>.py``."""
-    for role, p in programs.items():
-        write_bytes(run_dir / PROGRAM / f"{role}.py", p.code)
+    for role, p in sources.items():
+        write_bytes(run_dir / SOURCE_COPIES / f"{role}.py", p.code)
 
 
 def _checked_record(record: Any, run_dir: Path) -> dict[str, dict[str, str]]:
@@ -117,7 +123,7 @@ def _checked_record(record: Any, run_dir: Path) -> dict[str, dict[str, str]]:
         role in ROLES
         and isinstance(entry, dict)
         and set(entry) == {"file", "sha256", "spec"}
-        and entry["file"] == f"{PROGRAM}/{role}.py"
+        and entry["file"] == f"{SOURCE_COPIES}/{role}.py"
         and isinstance(entry["sha256"], str)
         and len(entry["sha256"]) == 64
         and isinstance(entry["spec"], str)
@@ -129,9 +135,9 @@ def _checked_record(record: Any, run_dir: Path) -> dict[str, dict[str, str]]:
     return record
 
 
-def stored_programs(run_dir: Path, config: Config, record: Any, trust: bool) -> dict[str, ProgramFile]:
+def stored_sources(run_dir: Path, config: Config, record: Any, trust: bool) -> dict[str, SourceFile]:
     """The run's stored program copies, under the trust rule (see the module's docstring)."""
-    named, record = program_specs(config), _checked_record(record, run_dir)
+    named, record = source_specs(config), _checked_record(record, run_dir)
     if not named and not record:
         return {}
     for role, spec in named.items():
@@ -151,7 +157,7 @@ def stored_programs(run_dir: Path, config: Config, record: Any, trust: bool) -> 
             f"{run_dir / first['file']} (sha256 {first['sha256']}){more} is code stored in the run; loading the run "
             "imports it: pass --trust-program (trust_program=True) if you trust it"
         )
-    programs = {}
+    sources = {}
     for role, entry in record.items():
         path = run_dir / entry["file"]
         code = _read(path, f"the run's stored {role}")
@@ -160,31 +166,31 @@ def stored_programs(run_dir: Path, config: Config, record: Any, trust: bool) -> 
                 f"{path} does not match the sha256 recorded in the checkpoint ({entry['sha256']}); "
                 "refusing to import it"
             )
-        programs[role] = ProgramFile(role, named[role], path, code)
-    return programs
+        sources[role] = SourceFile(role, named[role], path, code)
+    return sources
 
 
-def import_factory(program: ProgramFile) -> Callable:
-    """Import ``program``'s code (from its bytes, not from the file again) and return its factory.
+def import_factory(source: SourceFile) -> Callable:
+    """Import ``source``'s code (from its bytes, not from the file again) and return its factory.
 
     Modules are cached by the sha256 of their code: the same code is imported once per process,
     and edited code is a new module.
     """
-    name = f"ppl_vae_program_{program.sha256[:24]}"
+    name = f"ppl_vae_program_{source.sha256[:24]}"
     module = sys.modules.get(name)
     if module is None:
-        spec = importlib.util.spec_from_loader(name, loader=None, origin=str(program.path))
+        spec = importlib.util.spec_from_loader(name, loader=None, origin=str(source.path))
         module = importlib.util.module_from_spec(spec)
-        module.__file__ = str(program.path)
+        module.__file__ = str(source.path)
         sys.modules[name] = module
         try:
-            exec(compile(program.code, str(program.path), "exec"), module.__dict__)  # noqa: S102 - trusted code
+            exec(compile(source.code, str(source.path), "exec"), module.__dict__)  # noqa: S102 - trusted code
         except (Exception, SystemExit) as err:  # noqa: BLE001 - whatever the user's module raises at import
             del sys.modules[name]
-            raise ProgramError(f"importing {program.path} failed: {_first_line(err)}") from None
-    factory = getattr(module, program.factory, None)
+            raise ProgramError(f"importing {source.path} failed: {_first_line(err)}") from None
+    factory = getattr(module, source.factory, None)
     if not callable(factory):
-        raise ProgramError(f"{program.path} has no callable {program.factory!r}")
+        raise ProgramError(f"{source.path} has no callable {source.factory!r}")
     return factory
 
 
@@ -193,14 +199,14 @@ def _first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
 
 
-def _describe(err: BaseException, programs: dict[str, ProgramFile], site: str | None) -> str:
-    files = {str(p.path): p for p in programs.values()}
+def _describe(err: BaseException, sources: dict[str, SourceFile], site: str | None) -> str:
+    files = {str(p.path): p for p in sources.values()}
     where = user_line(err, files)
     if where is not None:
         spec = files[where[0]].spec
         place = f"{where[0]} line {where[1]}, in {where[2]}"
     else:
-        spec = " and ".join(sorted({p.spec for p in programs.values()}))
+        spec = " and ".join(sorted({p.spec for p in sources.values()}))
         place = ""
     parts = [place, f"last site {site!r}" if site else ""]
     detail = "; ".join(p for p in parts if p)
@@ -208,13 +214,13 @@ def _describe(err: BaseException, programs: dict[str, ProgramFile], site: str | 
 
 
 @contextlib.contextmanager
-def program_errors(programs: dict[str, ProgramFile]) -> Iterator[None]:
+def user_code_errors(sources: dict[str, SourceFile]) -> Iterator[None]:
     """Report an error raised inside a user's program as one :class:`ProgramError` line.
 
     Errors of the bench itself (a :class:`UserError` already, an interrupt) pass through; with
     no user program, nothing is wrapped, so a defect of a built-in program keeps its traceback.
     """
-    if not programs:
+    if not sources:
         yield
         return
     from ..inference.trainer import Interrupted
@@ -226,4 +232,4 @@ def program_errors(programs: dict[str, ProgramFile]) -> Iterator[None]:
     except (UserError, Interrupted):
         raise
     except (Exception, SystemExit) as err:  # noqa: BLE001 - anything the user's code raises
-        raise ProgramError(_describe(err, programs, tracker.name)) from None
+        raise ProgramError(_describe(err, sources, tracker.name)) from None
