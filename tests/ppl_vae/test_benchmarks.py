@@ -13,6 +13,7 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
     "script,expect",
     [
         ("train_speed.py", "a/b ="),
+        ("train_speed.py --whole-run 2", "default/f ="),
         ("m2_step_speed.py", "x eager)"),
         ("eval_speed.py", "sampling/best 1.000"),
         ("mmap_memory.py", "peak / file size ="),
@@ -22,7 +23,8 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
     ],
 )
 def test_benchmark_smoke(script, expect, tmp_path):
-    args = [sys.executable, str(BENCHMARKS / script), "--smoke"]
+    script, *options = script.split()
+    args = [sys.executable, str(BENCHMARKS / script), "--smoke", *options]
     if script in ("mnist_nll.py", "priors_table.py"):
         args += ["--out", str(tmp_path / "out")]
     result = subprocess.run(args, cwd=BENCHMARKS, capture_output=True, text=True, timeout=300)
