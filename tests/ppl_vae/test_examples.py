@@ -123,7 +123,7 @@ def test_class_conditional_samples_on_mnist(shared_data, tmp_path):
     config = tiny_config(
         model={"program": program("conditional_vae.py:conditional"), "latent_dim": 16},
         data={"name": "mnist", "root": str(shared_data / "mnist"), "labels": "all"},
-        train={"epochs": 10},
+        train={"epochs": 20},
     )
     run = ppl_vae.fit(config, tmp_path / "cond", progress=False)
     data = run.dataset()
