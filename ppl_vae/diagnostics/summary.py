@@ -25,12 +25,29 @@ Example:
 
 from __future__ import annotations
 
+import types
 from dataclasses import MISSING, dataclass, field, fields
-from typing import Any
+from typing import Any, get_args, get_origin, get_type_hints
 
 from ..errors import UserError
 
 __all__ = ["Summary"]
+
+
+def _holds(value: Any, kind: Any) -> bool:
+    """Whether a value read from JSON is of the field type ``kind`` (``float`` takes an int, never a bool)."""
+    origin, args = get_origin(kind), get_args(kind)
+    if origin is types.UnionType:
+        return any(_holds(value, k) for k in args)
+    if origin is list:
+        return isinstance(value, list) and all(_holds(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(_holds(k, args[0]) and _holds(v, args[1]) for k, v in value.items())
+    if kind is type(None):
+        return value is None
+    if kind is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, kind) and not (kind is int and isinstance(value, bool))
 
 
 def _when(present_with: str = ""):
@@ -99,7 +116,7 @@ class Summary:
     @classmethod
     def from_json(cls, table: Any, where: str = "evaluation.json") -> Summary:
         """The summary a table read from ``where`` holds; :class:`~ppl_vae.errors.UserError` naming the
-        first missing headline number where it is not an evaluation's."""
+        first missing headline number, or a field not of its type, where it is not an evaluation's."""
         if not isinstance(table, dict):
             raise UserError(f"{where} must hold a table of numbers", "run `ppl-vae evaluate` again")
         known = {f.name for f in fields(cls)}
@@ -107,4 +124,8 @@ class Summary:
         missing = next((name for name in required if name not in table), None)
         if missing:
             raise UserError(f"{where} has no {missing!r}", "run `ppl-vae evaluate` again")
+        kinds = get_type_hints(cls)
+        for key in known & table.keys():
+            if not _holds(table[key], kinds[key]):
+                raise UserError(f"{where}: {key!r} is not a {kinds[key]}", "run `ppl-vae evaluate` again")
         return cls(**{key: value for key, value in table.items() if key in known})

@@ -99,7 +99,23 @@ def test_an_older_evaluation_loads_and_a_newer_field_is_ignored():
 NO_LOG_PX = {k: v for k, v in WRITTEN.items() if k != "log_px"}
 
 
-@pytest.mark.parametrize("table", [[1, 2], NO_LOG_PX], ids=["list", "no-log_px"])
+WRONG_TYPES = {  # a hand-edited file: each field of the wrong type is refused, so a study evaluates again
+    "log_px": "-93.1",
+    "n_points": "x",
+    "k": True,
+    "latent_variance": 5,
+    "khat_frac_gt_0_7": [1],
+    "verdicts": 3,
+    "distortion_by_site": {"x": "506"},
+    "global_sites": [1],
+}
+
+
+@pytest.mark.parametrize(
+    "table",
+    [[1, 2], NO_LOG_PX, *({**WRITTEN, key: value} for key, value in WRONG_TYPES.items())],
+    ids=["list", "no-log_px", *WRONG_TYPES],
+)
 def test_a_table_that_is_no_evaluation_is_refused_in_one_line(table):
     with pytest.raises(UserError, match="evaluation.json") as refused:
         Summary.from_json(table)
