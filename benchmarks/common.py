@@ -36,5 +36,13 @@ def run_worker(script: str, args: list[str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def count(text: str) -> int:
+    """An argparse type: a whole number ≥ 1 (argparse turns the ValueError into one line and exit 2)."""
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
 def median(values) -> float:
     return statistics.median(values)

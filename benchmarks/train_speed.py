@@ -32,7 +32,7 @@ import time
 import pyro  # noqa: E402
 import pyro.optim  # noqa: E402
 import torch
-from common import median, mnist
+from common import count, median, mnist
 from pyro.infer import SVI, Trace_ELBO  # noqa: E402
 
 from ppl_vae.config import (
@@ -185,13 +185,13 @@ def whole_run(name, x, config, epochs, device):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--epochs", type=int, default=5, help="timed epochs per method (after one warm-up)")
+    p.add_argument("--epochs", type=count, default=5, help="timed epochs per method (after one warm-up)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--only", choices=["mnist", "digits"], help="run one data set")
     p.add_argument(
         "--whole-run",
-        type=int,
+        type=count,
         metavar="EPOCHS",
         help="time whole runs of EPOCHS epochs instead (fit's default against (f), compiling included)",
     )
