@@ -335,21 +335,22 @@ class Config(Section):
             raise UserError(f"lr_final must lie in [0, lr = {t.lr}], got {t.lr_final}")
         if m.prior == "vamp" and (m.program or is_program_spec(g.name)):
             raise UserError("the vamp prior needs a built-in amortized guide (its encoder), not a user program")
-        if m.program:  # the user's model brings its own prior, likelihood and guide
+        if m.program:  # the user's model brings its own prior, likelihood (and its σ) and guide
             unused = [
                 f"--{flag} {value}"
                 for flag, value, default in (
                     ("prior", m.prior, ModelConfig().prior),
                     ("likelihood", m.likelihood, ModelConfig().likelihood),
+                    ("sigma", m.sigma, ModelConfig().sigma),
                     ("guide", g.name, GuideConfig().name),
                 )
-                if value != default and not is_program_spec(value)
+                if value != default and not (isinstance(value, str) and is_program_spec(value))
             ]
             if unused:
                 raise UserError(
                     f"{', '.join(unused)} would not be used: the program {m.program} brings its own prior, "
-                    f"likelihood and guide; drop {'them' if len(unused) > 1 else 'it'} (a guide of your own: "
-                    "--guide file.py:factory)"
+                    f"likelihood (σ included) and guide; drop {'them' if len(unused) > 1 else 'it'} "
+                    "(a guide of your own: --guide file.py:factory)"
                 )
         if m.decoder_prior != "none":
             if m.program or is_program_spec(g.name):

@@ -141,7 +141,12 @@ def test_unknown_names_are_refused_before_any_variant_is_built():
 
 @pytest.mark.parametrize(
     "section,key,value",
-    [("guide", "name", "iaf"), ("model", "prior", "mog"), ("model", "likelihood", "bernoulli")],
+    [
+        ("guide", "name", "iaf"),
+        ("model", "prior", "mog"),
+        ("model", "likelihood", "bernoulli"),
+        ("model", "sigma", 0.3),
+    ],
 )
 def test_a_built_in_choice_a_user_program_would_not_use_is_refused(section, key, value):
     """A user's model brings its own guide, prior and likelihood: a built-in one named beside it would go unused."""
