@@ -2,7 +2,8 @@ r"""Training objectives: which ELBO, how many particles, and the KL weight β.
 
 All objectives return a differentiable loss ``-ELBO`` summed over the batch and multiplied
 by ``scale = N / B``, so a minibatch stands for the whole data set (for a semi-supervised
-run, N is the size of the batch's part: labelled or unlabelled points). Only the sites inside
+run, the scale :mod:`~ppl_vae.inference.trainer` gives a labelled or an unlabelled batch, N/B
+when B divides both parts). Only the sites inside
 the data plate are scaled (:class:`ScaleLocal`); a global latent θ (a site outside it) counts
 once per data set, so the minibatch objective is unbiased for the full-batch ELBO,
 

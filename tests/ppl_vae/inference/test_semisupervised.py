@@ -1,4 +1,4 @@
-"""Labels: a seeded, balanced labelled subset; labelled and unlabelled batches, each scaled to its part of the data."""
+"""Labels: a seeded, balanced labelled subset; labelled and unlabelled batches, scaled so a step is unbiased."""
 
 import numpy as np
 import pytest
@@ -40,7 +40,7 @@ def test_labelled_and_unlabelled_batches_cover_every_point_once_interleaved():
 
 
 def test_labels_reach_only_labelled_batches_with_their_scale():
-    """A labelled batch gets y = its labels and scale N_l / B; an unlabelled one y=None and N_u / B."""
+    """A labelled batch gets y = its labels and scale (M/M_l)·N_l/B; an unlabelled one y=None and (M/M_u)·N_u/B."""
     x, y = MixturePPCA(seed=1).sample(300, torch.Generator().manual_seed(0))
     labels = torch.full((300,), -1, dtype=torch.int64)
     keep = torch.arange(0, 300, 5)  # 60 labelled points
@@ -58,11 +58,16 @@ def test_labels_reach_only_labelled_batches_with_their_scale():
     for (xb, scale, inputs), (idx, labelled) in zip(calls, expected):
         assert torch.equal(xb, x.float()[idx])
         if labelled:
-            assert torch.equal(inputs["y"], y[idx]) and scale == pytest.approx(60 / len(idx))
+            assert torch.equal(inputs["y"], y[idx]) and scale == pytest.approx(10 / 2 * 60 / len(idx))
         else:
-            assert inputs == {"y": None} and scale == pytest.approx(240 / len(idx))
-    # the scaled batch objectives average to the full-data objective: each point counted once per epoch
-    assert sum(1 / scale * (60 if inputs["y"] is not None else 240) for _, scale, inputs in calls) == pytest.approx(300)
+            assert inputs == {"y": None} and scale == pytest.approx(10 / 8 * 240 / len(idx))
+    # a step at a batch drawn uniformly from the epoch's 10 is unbiased for the whole objective: with a loss of
+    # a on every labelled point and b on every unlabelled one, the steps' mean is 60a + 240b
+    a, b = 3.0, -7.0
+    mean = sum(scale * len(xb) * (a if inputs["y"] is not None else b) for xb, scale, inputs in calls) / len(calls)
+    assert mean == pytest.approx(60 * a + 240 * b)
+    # each point is counted once per epoch in the reported per-datapoint objective
+    assert sum(len(xb) for xb, _, _ in calls) == 300
 
 
 def test_labelled_subset_is_balanced_over_classes_and_seeded(digits):
