@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -30,9 +31,12 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def run_worker(script: str, args: list[str]) -> dict:
-    """Run ``script --worker ...`` in a fresh process (its own peak memory) and read its JSON line."""
-    out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, check=True)
+def run_worker(script: str, args: list[str], env: dict | None = None) -> dict:
+    """Run ``script --worker ...`` in a fresh process (its own peak memory, start-up, caches) and read its JSON line.
+
+    ``env`` adds to (or overrides) this process's environment."""
+    env = None if env is None else {**os.environ, **env}
+    out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
