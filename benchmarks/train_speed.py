@@ -159,20 +159,20 @@ def bench(name, x, config, epochs, device):
     return t
 
 
-def whole_run_seconds(which: str, x, config, epochs, device) -> dict:
+def whole_run_seconds(which: str, x, config, epochs, device, step: str | None = None) -> dict:
     """Seconds of one whole run of ``epochs`` epochs in this process (from building the program on: the checks,
     recording and compiling included):
-    ``default`` is ``fit``'s default (``--compile auto``: the step the rule takes for this many steps), ``best``
-    the best loop (f)."""
+    ``default`` is ``fit``'s default (``--compile auto``: the step the rule takes for this many steps, or the
+    kind ``step`` forces), ``best`` the best loop (f)."""
     pyro.set_rng_seed(0)
     program = build_program(config, x.shape[1], (x.shape[1],)).to(device)
     start = time.perf_counter()
     if which == "default":
         train = copy.deepcopy(config.train)
         train.epochs = epochs
-        trainer = Trainer(program, train, x, x[:2], progress=False)
+        trainer = Trainer(program, train, x, x[:2], progress=False, step_kind=step)
         trainer.fit()
-        step = trainer.step_kind
+        step = trainer.step_kind if step is None else f"forced {step}"
     else:
         best_opt = torch.optim.Adam(program.parameters(), lr=config.train.lr, fused=True)
         best_loss = torch.compile(lambda xb, scale: hand_loss(program, config, xb, scale), dynamic=False)
@@ -219,6 +219,11 @@ def main(argv=None) -> int:
         help="time whole runs of EPOCHS epochs instead (fit's default against (f), compiling included)",
     )
     p.add_argument("--rounds", type=count, default=3, help="whole runs of each, order alternating (median)")
+    p.add_argument(
+        "--step",
+        choices=["eager", "replayed", "compiled"],
+        help="with --whole-run: the step the default's run takes, forced, instead of the rule's",
+    )
     p.add_argument("--worker", choices=["default", "best"], help=argparse.SUPPRESS)
     p.add_argument("--case", help=argparse.SUPPRESS)
     p.add_argument("--likelihood", help=argparse.SUPPRESS)
@@ -237,8 +242,8 @@ def main(argv=None) -> int:
     if args.smoke:
         cases = [("digits-smoke", digits[:256], 16, 2, 64)]
     else:
-        x_mnist = mnist(None, "x_train")
-        if x_mnist is None and args.only != "digits":
+        x_mnist = mnist(None, "x_train") if args.only != "digits" else None
+        if x_mnist is None and args.only != "digits" and args.worker is None:
             print("MNIST not found in ../shared/data: skipping the MNIST rows")
         if x_mnist is not None and args.only != "digits":
             cases.append(("mnist 784-400-50 b256", x_mnist.to(args.device), 400, 50, 256))
@@ -251,7 +256,7 @@ def main(argv=None) -> int:
             config = make_config(likelihood, hidden, latent, batch, args.device)
             if args.worker is not None:
                 if (name, likelihood) == (args.case, args.likelihood):
-                    print(json.dumps(whole_run_seconds(args.worker, x, config, args.whole_run, args.device)))
+                    print(json.dumps(whole_run_seconds(args.worker, x, config, args.whole_run, args.device, args.step)))
             elif args.whole_run is not None:
                 whole_run(name, likelihood, args.whole_run, args.rounds, argv if argv is not None else sys.argv[1:])
             else:

@@ -38,10 +38,13 @@ def as_step_kind(name: str) -> str:
 # saves ~0.9 ms of Pyro's per-step Python a step (digits: 2.75 → 1.83 ms, BENCHMARKS.md), which
 # repays the recording twice over from ~1,300 steps. `make run` (1,200 steps) stays eager.
 REPLAY_STEPS = 1_500
-# Compiling two shapes takes ~20 s with an empty kernel cache; the compiled step saves ~0.7 ms a step
-# more than the replayed one on digits (1.17 against 1.83 ms), ~1.6 ms on MNIST (784-400-50), which
-# repays the compile twice over from ~55,000 steps on digits and ~28,000 on MNIST.
-COMPILE_STEPS = 50_000
+# Compiling the one batch shape a run compiles takes ~12 s in a fresh process with an empty kernel
+# cache (TorchInductor's own start-up, ~8 s, included); the compiled step then saves ~1.1 ms a step
+# more than the replayed one on digits (12-step epochs: 18 against 31 ms), ~1.6 ms on MNIST
+# (784-400-50), which repays the compile from ~11,000 steps on digits and ~8,000 on MNIST. Whole
+# runs of 18,000 steps on digits, each in a fresh process: compiled 45 s and 47 s, replayed 50 s and
+# 60 s (Normal, Bernoulli; BENCHMARKS.md).
+COMPILE_STEPS = 15_000
 # A chunk of the importance sampler (ROWS_PER_CHUNK particle-rows) takes 64 ms eager and 30 ms
 # compiled for MNIST's 784-400-50 network (BENCHMARKS.md); a cold compile of it ~15 s: 1,000
 # chunks (MNIST's 10,000 test points at K = 1000: 1,221) repay it twice over.

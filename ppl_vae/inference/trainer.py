@@ -340,9 +340,9 @@ class Trainer:
 
     def best_epoch(self) -> int | None:
         """The epoch (1-based) with the highest validation ELBO so far; None without a validation split."""
-        scores = [row.get("val_elbo", -math.inf) for row in self.history]
-        if self.val is None or not scores:
+        if self.val is None or not self.history:
             return None
+        scores = [row.get("val_elbo", -math.inf) for row in self.history]
         return max(range(len(scores)), key=lambda i: (scores[i], -i)) + 1  # the first of equal scores
 
     def stopped_early(self) -> bool:

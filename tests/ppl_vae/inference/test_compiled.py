@@ -225,22 +225,22 @@ def test_an_unrecordable_program_is_refused_before_the_run_directory_exists(tmp_
     [
         (1_200, True, "eager"),  # make run: 100 epochs of 12 steps, shorter than recording repays
         (1_500, True, "replayed"),
-        (49_999, True, "replayed"),
-        (50_000, True, "compiled"),
+        (14_999, True, "replayed"),
+        (15_000, True, "compiled"),
         (10**6, False, "eager"),  # a program that cannot be recorded, however long the run
     ],
 )
 def test_the_default_step_is_a_function_of_the_runs_length(steps, recordable, kind):
     from ppl_vae.inference.compiled import COMPILE_STEPS, REPLAY_STEPS, default_step
 
-    assert (REPLAY_STEPS, COMPILE_STEPS) == (1_500, 50_000)  # the constants BENCHMARKS.md gives reasons for
+    assert (REPLAY_STEPS, COMPILE_STEPS) == (1_500, 15_000)  # the constants BENCHMARKS.md gives reasons for
     assert default_step(steps, recordable) == kind
 
 
 @pytest.mark.parametrize(
     "epochs,program,kind,says",
     [
-        (2, None, "eager", "eager step: 6 steps (--compile auto: replayed from 1500 steps, compiled from 50000)"),
+        (2, None, "eager", "eager step: 6 steps (--compile auto: replayed from 1500 steps, compiled from 15000)"),
         (700, None, "replayed", "replayed step: 2100 steps (--compile auto: "),
         (20_000, None, "compiled", "compiled step: 60000 steps (--compile auto: "),
         (20_000, "branch", "eager", "eager step: --compile cannot record this program"),  # cannot record: eager
