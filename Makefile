@@ -4,9 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 RUN    ?= runs/digits
-# --no-compile: Python byte-compiles a module when it is first imported; compiling every file of torch, ray and
-# the rest at install time cost a fresh `make test` about a minute
-PIP_QUIET := -q --disable-pip-version-check --no-compile
+PIP_QUIET := -q --disable-pip-version-check
 
 .PHONY: install run test test-slow lint sigma-sweep compare benchmarks benchmarks-gpu mnist-nll m2 cvae conditional examples priors-table priors-ablation clean
 
