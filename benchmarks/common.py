@@ -34,9 +34,13 @@ def peak_rss_mb() -> float:
 def run_worker(script: str, args: list[str], env: dict | None = None) -> dict:
     """Run ``script --worker ...`` in a fresh process (its own peak memory, start-up, caches) and read its JSON line.
 
-    ``env`` adds to (or overrides) this process's environment."""
+    ``env`` adds to (or overrides) this process's environment. A worker that fails ends the script in one
+    line with the worker's own last line of error, not a traceback that hides it."""
     env = None if env is None else {**os.environ, **env}
-    out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, check=True, env=env)
+    out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        last = (out.stderr.strip().splitlines() or [f"exit code {out.returncode}"])[-1]
+        raise SystemExit(f"{Path(script).name}: a worker ({' '.join(args)}) failed: {last}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -228,6 +228,8 @@ def main(argv=None) -> int:
     p.add_argument("--case", help=argparse.SUPPRESS)
     p.add_argument("--likelihood", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if (args.step or args.worker) and args.whole_run is None:
+        p.error("--step forces the default's step of a whole run: give --whole-run EPOCHS too")
     torch.set_num_threads(torch.get_num_threads())
     if args.smoke:
         args.epochs = 1
@@ -242,10 +244,12 @@ def main(argv=None) -> int:
     if args.smoke:
         cases = [("digits-smoke", digits[:256], 16, 2, 64)]
     else:
-        x_mnist = mnist(None, "x_train") if args.only != "digits" else None
+        # a worker loads only its own case's data
+        wanted = args.only != "digits" and (args.worker is None or args.case.startswith("mnist"))
+        x_mnist = mnist(None, "x_train") if wanted else None
         if x_mnist is None and args.only != "digits" and args.worker is None:
             print("MNIST not found in ../shared/data: skipping the MNIST rows")
-        if x_mnist is not None and args.only != "digits":
+        if x_mnist is not None:
             cases.append(("mnist 784-400-50 b256", x_mnist.to(args.device), 400, 50, 256))
         if args.only != "mnist":
             cases.append(("digits 64-256-8 b128", digits, 256, 8, 128))
