@@ -1,16 +1,15 @@
-# Set-up and the main jobs. Every target creates .venv and installs the project if needed.
+# Set-up and the main jobs. Every target creates .venv and installs the project if needed (tools/install.py:
+# with uv where it can be had, with pip otherwise).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 RUN    ?= runs/digits
-PIP_QUIET := -q --disable-pip-version-check
 
 .PHONY: install run test test-slow lint sigma-sweep compare benchmarks benchmarks-gpu mnist-nll m2 cvae conditional examples priors-table priors-ablation clean
 
 $(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	. tools/pip-env.sh && $(PY) -m pip install $(PIP_QUIET) -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
+	. tools/pip-env.sh && $(PYTHON) tools/install.py $(VENV) '.[test]'
 	$(PY) -c "import ppl_vae.models, ppl_vae.guides, pytest, hypothesis, xdist"
 	touch $(STAMP)
 

@@ -1,5 +1,7 @@
-"""Packaging and code health: the wheel maps the rooms into the package; ruff is clean."""
+"""Packaging and code health: the wheel maps the rooms into the package; ruff is clean; the installer hands uv
+pip's configuration."""
 
+import importlib.util
 import subprocess
 import sys
 import zipfile
@@ -60,3 +62,46 @@ def test_ruff_is_clean(command):
         pytest.skip("ruff is not installed beside this Python (pip install -e '.[test]')")
     result = subprocess.run([str(ruff), *command, str(ROOT)], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-3000:]
+
+
+def _installer():
+    spec = importlib.util.spec_from_file_location("install", ROOT / "tools" / "install.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_installer_hands_uv_the_indexes_pip_is_configured_with(tmp_path):
+    """uv reads none of pip's configuration: what `pip config list` and PIP_* say reaches it, in pip's precedence."""
+    install = _installer()
+    listed = "\n".join(
+        [
+            "global.extra-index-url='file:///mirror/a file:///mirror/b'",
+            "global.find-links='/global/wheels'",
+            "install.find-links='/install/wheels'",
+            "global.constraint='/etc/constraints.txt'",
+            "global.index-url='https://index.example/simple'",
+            ":env:.default-timeout='180'",
+            "not an option line",
+        ]
+    )
+    options = install.pip_options(listed, {"PIP_FIND_LINKS": "/env/wheels /env/more", "PIP_DEFAULT_TIMEOUT": "180"})
+    assert options["find-links"] == ["/env/wheels", "/env/more"]  # a variable over [install] over [global]
+    assert options["extra-index-url"] == ["file:///mirror/a", "file:///mirror/b"]
+    assert install.pip_options("install.find-links='/install/wheels'\nglobal.find-links='/g'", {})["find-links"] == [
+        "/install/wheels"
+    ]
+
+    cert = tmp_path / "ca.pem"
+    cert.write_text("")
+    command, env = install.uv_command(Path("/venv/bin/python"), {**options, "cert": [str(cert)]}, ".[test]")
+    assert command[:3] == ["/venv/bin/uv", "pip", "install"]
+    # the extra indexes first, in pip's order, and the default index last: a version on several comes from a mirror
+    indexes = [command[i + 1] for i, arg in enumerate(command) if arg in ("--index", "--default-index")]
+    assert indexes == ["file:///mirror/a", "file:///mirror/b", "https://index.example/simple"]
+    assert command[command.index("--index-strategy") + 1] == "unsafe-best-match"  # the best version, as pip
+    assert command[command.index("--constraint") + 1] == "/etc/constraints.txt"
+    assert "--compile-bytecode" in command and command[-2:] == ["--editable", ".[test]"]
+    assert env["SSL_CERT_FILE"] == str(cert) and env["UV_HTTP_TIMEOUT"] == "180"
+    _, env = install.uv_command(Path("/venv/bin/python"), {"cert": [str(tmp_path / "missing.pem")]}, ".")
+    assert env.get("SSL_CERT_FILE") != str(tmp_path / "missing.pem")  # a certificate that is not there is not passed
