@@ -22,10 +22,11 @@ run: $(STAMP)
 	@sed -n '/^## Summary/,/^## Figures/{/^## Figures/!p;}' $(RUN)/report.md
 	@echo "report: $(RUN)/report.md (and report.html)"
 
-## make test: the whole suite, a file per worker on two workers, the 15 slowest tests named at the end;
+## make test: the whole suite, a file per worker on two workers, longest files first (tests/conftest.py), the 15
+## slowest tests named at the end;
 ## make test-slow: the long statistical runs marked slow
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadfile --durations=15
+	$(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow

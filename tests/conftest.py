@@ -13,19 +13,26 @@ import pytest
 SHARED_DATA = Path(os.environ.get("PPL_VAE_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 
 
-# the files that take longest, first: two workers then start on them, and the suite does not end with one
-# worker alone on a long file while the other has nothing left (make test prints the slowest tests)
+# the files that take longest, first (measured 2026-12-07): two workers then start on them, and the suite does not end
+# with one worker alone on a long file while the other has nothing left (make test prints the slowest tests; it runs
+# pytest-xdist with --no-loadscope-reorder, whose default would order the files by their number of tests instead)
 LONGEST_FIRST = [
     "tests/ppl_vae/test_reliability.py",
+    "tests/ppl_vae/test_benchmarks.py",
     "tests/ppl_vae/studies/test_executors.py",
     "tests/ppl_vae/studies/test_compare.py",
-    "tests/ppl_vae/test_benchmarks.py",
-    "tests/ppl_vae/runs/test_transactions.py",
     "tests/ppl_vae/inference/test_compiled.py",
-    "tests/ppl_vae/inference/test_recorded_enum.py",
-    "tests/ppl_vae/diagnostics/test_compiled_sampler.py",
+    "tests/ppl_vae/runs/test_transactions.py",
+    "tests/ppl_vae/test_adversarial.py",
     "tests/ppl_vae/inference/test_distributed.py",
-    "tests/ppl_vae/studies/test_sigma.py",
+    "tests/ppl_vae/test_cli.py",
+    "tests/ppl_vae/test_pyro_style.py",
+    "tests/ppl_vae/studies/test_sweep.py",
+    "tests/ppl_vae/diagnostics/test_compiled_sampler.py",
+    "tests/ppl_vae/runs/test_variants.py",
+    "tests/ppl_vae/data/test_data.py",
+    "tests/ppl_vae/inference/test_recorded_enum.py",
+    "tests/ppl_vae/runs/test_global_latents.py",
 ]
 
 
