@@ -13,31 +13,38 @@ modules again. Where uv cannot be installed, or fails, pip installs the project 
 """
 
 import ast
+import math
 import os
+import shutil
 import subprocess
 import sys
 import venv
 from collections.abc import Mapping
 from pathlib import Path
 
+# pip's options that uv is given, by pip's names (a pip option answers to each of its long names)
+OPTIONS = ("index-url", "extra-index-url", "no-index", "find-links", "constraint", "cert", "timeout")
+ALIASES = {"default-timeout": "timeout", "i": "index-url", "f": "find-links", "c": "constraint"}
+
 
 def pip_options(listed: str, environ: Mapping[str, str]) -> dict[str, list[str]]:
     """pip's effective options from what ``pip config list`` prints and the environment: a PIP_* variable over the
-    [install] section over [global], as pip reads them; a value is a whitespace-separated list."""
+    [install] section over [global], as pip reads them; a value is a whitespace-separated list, and an empty value
+    is no value (pip skips it)."""
     layers: dict[str, dict[str, str]] = {}
     for line in listed.splitlines():
         name, sep, value = line.partition("=")
         section, dot, key = name.rpartition(".")
         if sep and dot:
-            layers.setdefault(key, {})[section] = ast.literal_eval(value)
-    for key in ("index-url", "extra-index-url", "find-links", "constraint", "cert", "default-timeout"):
-        env = environ.get("PIP_" + key.upper().replace("-", "_"))
-        if env is not None:
-            layers.setdefault(key, {})[":env:"] = env
+            layers.setdefault(ALIASES.get(key, key), {})[section] = ast.literal_eval(value)
+    for name, value in environ.items():
+        key = name.removeprefix("PIP_").lower().replace("_", "-")
+        if name.startswith("PIP_") and ALIASES.get(key, key) in OPTIONS:
+            layers.setdefault(ALIASES.get(key, key), {})[":env:"] = value
     options = {}
     for key, by_section in layers.items():
         for section in (":env:", "install", "global"):
-            if section in by_section:
+            if by_section.get(section, "").strip():
                 options[key] = by_section[section].split()
                 break
     return options
@@ -49,18 +56,24 @@ def pip_configuration(python: Path) -> dict[str, list[str]]:
 
 
 def uv_command(python: Path, options: dict[str, list[str]], requirement: str) -> tuple[list[str], dict]:
-    """uv's command line and environment for pip's ``options``."""
-    command = [str(python.parent / "uv"), "pip", "install", "--quiet", "--python", str(python), "--compile-bytecode"]
-    command += ["--index-strategy", "unsafe-best-match"]
-    command += [arg for url in options.get("extra-index-url", []) for arg in ("--index", url)]
-    command += [arg for url in options.get("index-url", [])[:1] for arg in ("--default-index", url)]
-    command += [arg for link in options.get("find-links", []) for arg in ("--find-links", link)]
-    command += [arg for path in options.get("constraint", []) for arg in ("--constraint", path)]
+    """uv's command line and environment for pip's ``options`` (and nothing from uv's own configuration)."""
+    command = [str(python.parent / "uv"), "pip", "install", "--quiet", "--no-config", "--python", str(python)]
+    command += ["--compile-bytecode", "--index-strategy", "unsafe-best-match"]
+    if options.get("no-index", ["no"])[0].lower() in ("1", "true", "yes", "on"):
+        command += ["--no-index"]
+    else:
+        command += [arg for url in options.get("extra-index-url", []) for arg in ("--index", url)]
+        command += [arg for url in options.get("index-url", [])[:1] for arg in ("--default-index", url)]
+    links = [os.path.expanduser(link) for link in options.get("find-links", [])]
+    command += [arg for link in links for arg in ("--find-links", link)]
+    # pip's constraints bind the packages a build needs too; uv's --constraint binds the installed ones only
+    constraints = [os.path.expanduser(path) for path in options.get("constraint", [])]
+    command += [arg for path in constraints for flag in ("--constraint", "--build-constraints") for arg in (flag, path)]
     env = dict(os.environ)
     if options.get("cert") and Path(options["cert"][0]).is_file():
         env["SSL_CERT_FILE"] = options["cert"][0]
-    if options.get("default-timeout"):
-        env["UV_HTTP_TIMEOUT"] = options["default-timeout"][0]
+    if options.get("timeout"):
+        env["UV_HTTP_TIMEOUT"] = str(math.ceil(float(options["timeout"][0])))
     return [*command, "--editable", requirement], env
 
 
@@ -70,22 +83,53 @@ def _last_line(result: subprocess.CompletedProcess) -> str:
     return lines[-1].strip() if lines else f"exit code {result.returncode}"
 
 
+def _has_pip(python: Path) -> bool:
+    return python.exists() and subprocess.run([python, "-m", "pip", "--version"], capture_output=True).returncode == 0
+
+
+def make_venv(venv_dir: Path) -> str | None:
+    """A virtual environment with pip at ``venv_dir``, made again where one is there without pip (a make that
+    failed half-way); the reason in one line where none can be made."""
+    if _has_pip(venv_dir / "bin" / "python"):
+        return None
+    if venv_dir.is_dir() and any(venv_dir.iterdir()) and not (venv_dir / "pyvenv.cfg").is_file():
+        return f"{venv_dir} is a folder that holds something other than a virtual environment: move it away"
+    if venv_dir.exists() and not venv_dir.is_dir():
+        return f"{venv_dir} is a file, not a virtual environment: move it away"
+    try:
+        venv.create(venv_dir, with_pip=True, clear=True)
+    except (OSError, subprocess.CalledProcessError) as err:
+        shutil.rmtree(venv_dir, ignore_errors=True)
+        why = err.strerror if isinstance(err, OSError) else "ensurepip failed (Debian: apt-get install python3-venv)"
+        return f"{sys.executable} cannot make a virtual environment with pip at {venv_dir}: {why}"
+    return None
+
+
+def _run(command: list, **kwargs) -> subprocess.CompletedProcess:
+    """``command``'s result; a program that cannot be started is a failed result, not an exception."""
+    try:
+        return subprocess.run(command, capture_output=True, text=True, **kwargs)
+    except OSError as err:
+        return subprocess.CompletedProcess(command, 127, "", f"{command[0]}: {err.strerror}")
+
+
 def install(venv_dir: Path, requirement: str) -> int:
+    refused = make_venv(venv_dir)
+    if refused:
+        print(f"install: {refused}", file=sys.stderr)
+        return 2
     python = venv_dir / "bin" / "python"
-    if not python.exists():
-        venv.create(venv_dir, with_pip=True)
     quiet = ["-q", "--disable-pip-version-check"]
-    got_uv = subprocess.run([python, "-m", "pip", "install", *quiet, "uv>=0.5"], capture_output=True, text=True)
+    got_uv = _run([python, "-m", "pip", "install", *quiet, "uv>=0.5"])
     if got_uv.returncode == 0:
         command, env = uv_command(python, pip_configuration(python), requirement)
-        result = subprocess.run(command, env=env, capture_output=True, text=True)
+        result = _run(command, env=env)
         if result.returncode == 0:
             return 0
         print(f"install: uv failed ({_last_line(result)}); installing with pip", file=sys.stderr)
     else:
         print(f"install: uv is not available ({_last_line(got_uv)}); installing with pip", file=sys.stderr)
-    pip = [python, "-m", "pip", "install", *quiet, "--editable", requirement]
-    result = subprocess.run(pip, capture_output=True, text=True)
+    result = _run([python, "-m", "pip", "install", *quiet, "--editable", requirement])
     # pip warns of every local index that lacks a package; the rest of what it says is kept
     said = [line for line in (result.stdout + result.stderr).splitlines() if not line.startswith("WARNING: Location")]
     print("\n".join(said), file=sys.stderr, end="\n" if said else "")

@@ -71,7 +71,7 @@ def _installer():
     return module
 
 
-def test_the_installer_hands_uv_the_indexes_pip_is_configured_with(tmp_path):
+def test_the_installer_hands_uv_the_indexes_pip_is_configured_with(tmp_path, monkeypatch):
     """uv reads none of pip's configuration: what `pip config list` and PIP_* say reaches it, in pip's precedence."""
     install = _installer()
     listed = "\n".join(
@@ -85,23 +85,45 @@ def test_the_installer_hands_uv_the_indexes_pip_is_configured_with(tmp_path):
             "not an option line",
         ]
     )
-    options = install.pip_options(listed, {"PIP_FIND_LINKS": "/env/wheels /env/more", "PIP_DEFAULT_TIMEOUT": "180"})
-    assert options["find-links"] == ["/env/wheels", "/env/more"]  # a variable over [install] over [global]
+    environ = {"PIP_FIND_LINKS": "/env/wheels ~/more", "PIP_TIMEOUT": "15.5", "PIP_INDEX_URL": "", "HOME": "/h"}
+    options = install.pip_options(listed, environ)
+    assert options["find-links"] == ["/env/wheels", "~/more"]  # a variable over [install] over [global]
     assert options["extra-index-url"] == ["file:///mirror/a", "file:///mirror/b"]
+    assert options["index-url"] == ["https://index.example/simple"]  # an empty variable is no value, as to pip
+    assert options["timeout"] == ["15.5"]  # --timeout and --default-timeout are one option
     assert install.pip_options("install.find-links='/install/wheels'\nglobal.find-links='/g'", {})["find-links"] == [
         "/install/wheels"
     ]
+    assert install.pip_options("global.constraint=''", {"PIP_CONSTRAINT": " "}) == {}
 
     cert = tmp_path / "ca.pem"
     cert.write_text("")
+    monkeypatch.setenv("HOME", "/h")
     command, env = install.uv_command(Path("/venv/bin/python"), {**options, "cert": [str(cert)]}, ".[test]")
-    assert command[:3] == ["/venv/bin/uv", "pip", "install"]
+    assert command[:3] == ["/venv/bin/uv", "pip", "install"] and "--no-config" in command  # pip's settings only
     # the extra indexes first, in pip's order, and the default index last: a version on several comes from a mirror
     indexes = [command[i + 1] for i, arg in enumerate(command) if arg in ("--index", "--default-index")]
     assert indexes == ["file:///mirror/a", "file:///mirror/b", "https://index.example/simple"]
     assert command[command.index("--index-strategy") + 1] == "unsafe-best-match"  # the best version, as pip
+    assert [command[i + 1] for i, arg in enumerate(command) if arg == "--find-links"] == ["/env/wheels", "/h/more"]
+    # pip's constraints bind what a build installs too
+    assert command[command.index("--constraint") + 1] == command[command.index("--build-constraints") + 1]
     assert command[command.index("--constraint") + 1] == "/etc/constraints.txt"
     assert "--compile-bytecode" in command and command[-2:] == ["--editable", ".[test]"]
-    assert env["SSL_CERT_FILE"] == str(cert) and env["UV_HTTP_TIMEOUT"] == "180"
+    assert env["SSL_CERT_FILE"] == str(cert) and env["UV_HTTP_TIMEOUT"] == "16"  # uv takes whole seconds
+    offline, _ = install.uv_command(Path("/venv/bin/python"), {**options, "no-index": ["yes"]}, ".")
+    assert "--no-index" in offline and "--index" not in offline and "--default-index" not in offline
     _, env = install.uv_command(Path("/venv/bin/python"), {"cert": [str(tmp_path / "missing.pem")]}, ".")
     assert env.get("SSL_CERT_FILE") != str(tmp_path / "missing.pem")  # a certificate that is not there is not passed
+
+
+def test_the_installer_refuses_a_folder_that_is_not_a_virtual_environment(tmp_path):
+    """It makes a venv again where one lacks pip (clearing it): never in a folder that holds something else."""
+    install = _installer()
+    folder = tmp_path / "work"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    assert "holds something other than a virtual environment" in install.make_venv(folder)
+    assert (folder / "notes.txt").read_text() == "mine"
+    (tmp_path / "file").write_text("x")
+    assert "is a file" in install.make_venv(tmp_path / "file")
