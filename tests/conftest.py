@@ -9,6 +9,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import pyro  # noqa: E402
 import pytest
 
+from ppl_vae.inference.recording import kept_cache  # noqa: E402
+
+# one TorchInductor cache for the whole run, both workers and the processes they start: the folder the bench keeps
+# (a step that two tests compile alike is compiled once); without this, each worker took whichever folder its first
+# compile named, torch's temporary one or the bench's
+kept_cache()
+
 # ../shared/data beside the checkout; PPL_VAE_DATA (the bench's own variable) points a checkout elsewhere at it
 SHARED_DATA = Path(os.environ.get("PPL_VAE_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 
