@@ -41,7 +41,10 @@ def run_worker(script: str, args: list[str], env: dict | None = None) -> dict:
     if out.returncode != 0:
         last = (out.stderr.strip().splitlines() or [f"exit code {out.returncode}"])[-1]
         raise SystemExit(f"{Path(script).name}: a worker ({' '.join(args)}) failed: {last}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    said = out.stdout.strip().splitlines()
+    if not said:
+        raise SystemExit(f"{Path(script).name}: a worker ({' '.join(args)}) printed no result")
+    return json.loads(said[-1])
 
 
 def count(text: str) -> int:

@@ -230,6 +230,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if (args.step or args.worker) and args.whole_run is None:
         p.error("--step forces the default's step of a whole run: give --whole-run EPOCHS too")
+    if args.worker and not (args.case and args.likelihood):
+        p.error("a --worker runs one case: give --case and --likelihood too")
     torch.set_num_threads(torch.get_num_threads())
     if args.smoke:
         args.epochs = 1

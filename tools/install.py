@@ -3,7 +3,7 @@
     python3 tools/install.py .venv '.[test]'        (what the Makefile runs; editable, as pip -e)
 
 The install is mostly torch's CUDA build: about 6 GB of torch, triton and NVIDIA wheels to unpack. pip unpacks
-them one after another (2 min 30 s on the two-core machine); uv unpacks in parallel (1 min 35 s, byte code
+them one after another (2 min 30 s on the two-core machine); uv unpacks in parallel (1 to 1.75 min, byte code
 included). uv reads none of pip's configuration, so the package indexes, find-links, constraints, certificate
 and timeout that pip is set up with (its files and PIP_* variables) are handed to it, and it looks for the best
 version across all indexes as pip does; a version on several indexes is taken from pip's extra indexes first
@@ -24,7 +24,7 @@ from pathlib import Path
 
 # pip's options that uv is given, by pip's names (a pip option answers to each of its long names)
 OPTIONS = ("index-url", "extra-index-url", "no-index", "find-links", "constraint", "cert", "timeout")
-ALIASES = {"default-timeout": "timeout", "i": "index-url", "f": "find-links", "c": "constraint"}
+ALIASES = {"default-timeout": "timeout"}
 
 
 def pip_options(listed: str, environ: Mapping[str, str]) -> dict[str, list[str]]:
@@ -35,7 +35,7 @@ def pip_options(listed: str, environ: Mapping[str, str]) -> dict[str, list[str]]
     for line in listed.splitlines():
         name, sep, value = line.partition("=")
         section, dot, key = name.rpartition(".")
-        if sep and dot:
+        if sep and dot and value[:1] in "'\"":  # pip prints each value as a Python string
             layers.setdefault(ALIASES.get(key, key), {})[section] = ast.literal_eval(value)
     for name, value in environ.items():
         key = name.removeprefix("PIP_").lower().replace("_", "-")
@@ -72,15 +72,20 @@ def uv_command(python: Path, options: dict[str, list[str]], requirement: str) ->
     env = dict(os.environ)
     if options.get("cert") and Path(options["cert"][0]).is_file():
         env["SSL_CERT_FILE"] = options["cert"][0]
-    if options.get("timeout"):
-        env["UV_HTTP_TIMEOUT"] = str(math.ceil(float(options["timeout"][0])))
+    timeout = options.get("timeout", [""])[0]
+    if timeout.replace(".", "", 1).isdigit():  # whole seconds to uv; a timeout that is no number pip refuses itself
+        env["UV_HTTP_TIMEOUT"] = str(math.ceil(float(timeout)))
     return [*command, "--editable", requirement], env
 
 
+def _said(result: subprocess.CompletedProcess) -> list[str]:
+    """What a command printed, less pip's warning for every local index that lacks a package."""
+    said = (result.stdout + "\n" + result.stderr).splitlines()
+    return [line for line in said if line.strip() and not line.startswith("WARNING: Location")]
+
+
 def _last_line(result: subprocess.CompletedProcess) -> str:
-    said = (result.stderr or result.stdout or "").splitlines()
-    lines = [line for line in said if line.strip() and not line.startswith("WARNING: Location")]
-    return lines[-1].strip() if lines else f"exit code {result.returncode}"
+    return (_said(result) or [f"exit code {result.returncode}"])[-1].strip()
 
 
 def _has_pip(python: Path) -> bool:
@@ -130,9 +135,8 @@ def install(venv_dir: Path, requirement: str) -> int:
     else:
         print(f"install: uv is not available ({_last_line(got_uv)}); installing with pip", file=sys.stderr)
     result = _run([python, "-m", "pip", "install", *quiet, "--editable", requirement])
-    # pip warns of every local index that lacks a package; the rest of what it says is kept
-    said = [line for line in (result.stdout + result.stderr).splitlines() if not line.startswith("WARNING: Location")]
-    print("\n".join(said), file=sys.stderr, end="\n" if said else "")
+    if _said(result):
+        print("\n".join(_said(result)), file=sys.stderr)
     return result.returncode
 
 

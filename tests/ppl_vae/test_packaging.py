@@ -2,6 +2,7 @@
 pip's configuration."""
 
 import importlib.util
+import os
 import subprocess
 import sys
 import zipfile
@@ -113,6 +114,8 @@ def test_the_installer_hands_uv_the_indexes_pip_is_configured_with(tmp_path, mon
     assert env["SSL_CERT_FILE"] == str(cert) and env["UV_HTTP_TIMEOUT"] == "16"  # uv takes whole seconds
     offline, _ = install.uv_command(Path("/venv/bin/python"), {**options, "no-index": ["yes"]}, ".")
     assert "--no-index" in offline and "--index" not in offline and "--default-index" not in offline
+    _, env = install.uv_command(Path("/venv/bin/python"), {"timeout": ["soon"]}, ".")
+    assert "UV_HTTP_TIMEOUT" not in env or env["UV_HTTP_TIMEOUT"] == os.environ.get("UV_HTTP_TIMEOUT")
     _, env = install.uv_command(Path("/venv/bin/python"), {"cert": [str(tmp_path / "missing.pem")]}, ".")
     assert env.get("SSL_CERT_FILE") != str(tmp_path / "missing.pem")  # a certificate that is not there is not passed
 
